@@ -1,0 +1,29 @@
+"""Command line of the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = "actor"
+    if argv and argv[0] in {"actor", "e2e"}:
+        command = argv.pop(0)
+    if command == "e2e":
+        from bench import e2e
+
+        parser = argparse.ArgumentParser(prog="python -m bench e2e", description=e2e.__doc__)
+        e2e.add_arguments(parser)
+        return e2e.main(parser.parse_args(argv))
+    from bench import actor
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench [actor]", description=actor.__doc__,
+        epilog="`python -m bench e2e --help` for the end-to-end benchmark through Redis.",
+    )
+    actor.add_arguments(parser)
+    return actor.main(parser.parse_args(argv))
