@@ -1,0 +1,138 @@
+"""Decoding of input entries into rows or typed errors, and result encoding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from worker.protocol import (
+    Limits,
+    dead_letter_fields,
+    decode_entry,
+    discrete,
+    encode_state,
+    error_fields,
+    ok_fields,
+    parse_result,
+)
+
+LIMITS = Limits(max_field_bytes=4096, default_stream="statpair:actions",
+                reply_prefix="statpair:actions:", default_ttl_ms=0)
+NOW = 1_700_000_000_000.0
+EID = b"1700000000000-0"
+STATE = [0.1 * i for i in range(28)]
+
+
+def dec(fields: dict[bytes, bytes], state_dim: int | None = 28, now: float = NOW, limits: Limits = LIMITS):
+    return decode_entry(EID, fields, state_dim, now, limits)
+
+
+def test_json_state() -> None:
+    r = dec({b"state": json.dumps(STATE).encode(), b"id": b"abc", b"pair": b"KO/PEP"})
+    assert r.error is None and r.id == "abc" and r.pair == "KO/PEP"
+    assert r.reply_to == "statpair:actions" and r.entry_id == EID.decode()
+    assert r.row.dtype == np.float32 and np.allclose(r.row, STATE)
+
+
+def test_f32_state_and_default_id() -> None:
+    r = dec(encode_state(STATE) | {})  # type: ignore[operator]
+    r = dec({b"state_f32": np.asarray(STATE, "<f4").tobytes()})
+    assert r.error is None and r.id == EID.decode()
+    assert np.array_equal(r.row, np.asarray(STATE, np.float32))
+
+
+def test_integers_are_numbers() -> None:
+    assert dec({b"state": json.dumps(list(range(28))).encode()}).error is None
+
+
+@pytest.mark.parametrize("fields, detail", [
+    ({}, "no 'state'"),
+    ({b"state": b"[1]", b"state_f32": b"\0\0\0\0"}, "both 'state' and 'state_f32'"),
+    ({b"state": b"[1, 2"}, "not valid JSON"),
+    ({b"state": b'{"a": 1}'}, "JSON dict, not an array"),
+    ({b"state": json.dumps(STATE[:27]).encode()}, "state has 27 values, the model expects 28"),
+    ({b"state": json.dumps(STATE + [1.0]).encode()}, "state has 29 values, the model expects 28"),
+    ({b"state": json.dumps(STATE[:27] + ["x"]).encode()}, 'state[27] is "x", not a number'),
+    ({b"state": json.dumps(STATE[:27] + [True]).encode()}, "state[27] is true, not a number"),
+    ({b"state": json.dumps(STATE[:27] + [None]).encode()}, "state[27] is null, not a number"),
+    ({b"state": (json.dumps(STATE[:27])[:-1] + ", NaN]").encode()}, "state[27] is nan"),
+    ({b"state": (json.dumps(STATE[:26])[:-1] + ", Infinity, 1]").encode()}, "state[26] is inf"),
+    ({b"state": json.dumps(STATE[:27] + [1e300]).encode()}, "state[27] is 1e+300, beyond float32"),
+    ({b"state": ("[" + "1, " * 27 + "1" + "0" * 400 + "]").encode()}, "integer too large"),
+    ({b"state_f32": b"\0\0\0"}, "not a whole number of float32"),
+    ({b"state_f32": np.zeros(27, "<f4").tobytes()}, "state has 27 values, the model expects 28"),
+    ({b"state_f32": np.full(28, np.nan, "<f4").tobytes()}, "state[0] is nan"),
+    ({b"state": json.dumps(STATE).encode(), b"id": "é".encode() * 129}, "id has 129 characters"),
+    ({b"state": json.dumps(STATE).encode(), b"id": b"\xff\xfe"}, "id is not valid UTF-8"),
+    ({b"state": json.dumps(STATE).encode(), b"pair": b"P" * 65}, "pair has 65 characters"),
+    ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"soon"}, "not a whole number"),
+    ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"-5"}, "ttl_ms -5 is negative"),
+])
+def test_invalid_state(fields: dict[bytes, bytes], detail: str) -> None:
+    r = dec(fields)
+    assert r.error == "invalid_state" and r.row is None
+    assert detail in r.detail
+
+
+def test_too_large_is_checked_before_parsing() -> None:
+    r = dec({b"state": b"[" + b"1," * 5000 + b"1]"})
+    assert r.error == "too_large" and "field 'state' is 10003 bytes, the limit is 4096" in r.detail
+    r = dec({f"f{i}".encode(): b"1" for i in range(40)})
+    assert r.error == "too_large" and "40 fields" in r.detail
+
+
+@pytest.mark.parametrize("reply_to, ok", [
+    (b"statpair:actions:client-7", True),
+    (b"statpair:actions:", False),
+    (b"statpair:actions", False),
+    (b"statpair:states", False),
+    (b"other:key", False),
+    (b"statpair:actionsX", False),
+])
+def test_reply_to_must_be_under_prefix(reply_to: bytes, ok: bool) -> None:
+    r = dec({b"state": json.dumps(STATE).encode(), b"reply_to": reply_to})
+    if ok:
+        assert r.error is None and r.reply_to == reply_to.decode()
+    else:
+        assert r.error == "invalid_state" and "not a stream name under" in r.detail
+        assert r.reply_to == "statpair:actions"  # the error goes to the default stream
+
+
+def test_ttl_from_entry_and_default() -> None:
+    fresh = {b"state": json.dumps(STATE).encode(), b"ttl_ms": b"100"}
+    assert dec(fresh, now=NOW + 50).error is None
+    r = dec(fresh, now=NOW + 250)
+    assert r.error == "expired" and "250 ms old, its ttl_ms is 100" in r.detail
+    limits = Limits(4096, "statpair:actions", "statpair:actions:", default_ttl_ms=10)
+    assert dec({b"state": json.dumps(STATE).encode()}, now=NOW + 11, limits=limits).error == "expired"
+    # An explicit ttl_ms=0 switches the default off for that entry.
+    no_ttl = {b"state": json.dumps(STATE).encode(), b"ttl_ms": b"0"}
+    assert dec(no_ttl, now=NOW + 1e6, limits=limits).error is None
+
+
+def test_no_model_skips_length_check() -> None:
+    assert dec({b"state": b"[1, 2]"}, state_dim=None).error is None
+
+
+def test_discrete_dead_band() -> None:
+    assert [discrete(a, 0.1) for a in (-0.5, -0.1, 0.0, 0.1, 0.11)] == [-1, 0, 0, 0, 1]
+
+
+def test_result_round_trip() -> None:
+    r = dec({b"state": json.dumps(STATE).encode(), b"id": b"x1", b"pair": b"A/B"})
+    model = {"model_path": "/m.pt", "model_mtime_utc": "2026-01-01T00:00:00.000+00:00",
+             "model_sha256": "0123456789abcdef", "backend": "jit", "jit_compiled": "true"}
+    timing = {"queue_ms": "0.100", "infer_ms": "0.020", "latency_ms": "0.050", "batch_size": "3"}
+    res = parse_result({k.encode(): v.encode() for k, v in ok_fields(r, "w1", 0.5, 0.1, model, timing).items()})
+    assert res.status == "ok" and res.action == 0.5 and res.discrete == 1 and res.pair == "A/B"
+    assert res.backend == "jit" and res.jit_compiled is True and res.batch_size == 3
+    bad = dec({b"state": b"nope"})
+    res = parse_result(error_fields(bad, "w1", timing))
+    assert res.status == "error" and res.error == "invalid_state" and res.action is None
+
+
+def test_dead_letter_cuts_long_values() -> None:
+    out = dead_letter_fields("1-0", {b"state": b"x" * 5000}, "s", "w", "too_large", "big")
+    assert len(out[b"orig:state"]) < 1100 and out["error"] == "too_large"

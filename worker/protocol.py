@@ -1,0 +1,268 @@
+"""The wire format. Input entries are decoded here into ``Request`` rows (or a
+typed error); results and dead letters are encoded here; clients parse results
+with ``parse_result``. Nothing else touches raw stream fields.
+
+The worker's decode is hand-written rather than a pydantic model per entry:
+it runs for every state on the hot path and a batch of 128 must cost
+microseconds, not a model validation each. Clients use the pydantic models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+ERROR_CODES = ("invalid_state", "too_large", "expired", "model_unavailable", "internal")
+ErrorCode = Literal["invalid_state", "too_large", "expired", "model_unavailable", "internal"]
+
+MAX_ID_CHARS = 128
+MAX_PAIR_CHARS = 64
+MAX_FIELDS = 32
+DEAD_LETTER_VALUE_BYTES = 1024  # copies of rejected fields are cut to this
+
+KNOWN_FIELDS = frozenset({b"state", b"state_f32", b"id", b"pair", b"ttl_ms", b"reply_to"})
+
+
+@dataclass(slots=True)
+class Request:
+    """One input entry after decoding: a state row, or the error it earned."""
+
+    entry_id: str
+    id: str
+    reply_to: str
+    pair: str | None = None
+    row: np.ndarray | None = None
+    error: ErrorCode | None = None
+    detail: str = ""
+
+    def fail(self, code: ErrorCode, detail: str) -> Request:
+        self.error, self.detail, self.row = code, detail, None
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What decode needs from the settings (kept apart so it is cheap to pass)."""
+
+    max_field_bytes: int
+    default_stream: str
+    reply_prefix: str
+    default_ttl_ms: int
+
+
+def entry_time_ms(entry_id: str) -> int:
+    """The millisecond timestamp in a stream entry id ``<ms>-<seq>``."""
+    return int(entry_id.partition("-")[0])
+
+
+def _text(value: bytes, name: str, limit: int) -> str:
+    if len(value) > 4 * limit:  # UTF-8 needs at most 4 bytes a character
+        raise ValueError(f"{name} is {len(value)} bytes, the limit is {limit} characters")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is not valid UTF-8") from None
+    if len(text) > limit:
+        raise ValueError(f"{name} has {len(text)} characters, the limit is {limit}")
+    return text
+
+
+def decode_entry(
+    entry_id: bytes | str,
+    fields: dict[bytes, bytes],
+    state_dim: int | None,
+    now_ms: float,
+    limits: Limits,
+) -> Request:
+    """Decode one entry. Never raises: problems become ``Request.error``."""
+    eid = entry_id.decode("ascii") if isinstance(entry_id, bytes) else entry_id
+    req = Request(entry_id=eid, id=eid, reply_to=limits.default_stream)
+    # Sizes first, before any parsing.
+    if len(fields) > MAX_FIELDS:
+        return req.fail("too_large", f"entry has {len(fields)} fields, the limit is {MAX_FIELDS}")
+    too_large = None
+    for name, value in fields.items():
+        if len(value) > limits.max_field_bytes or len(name) > 256:
+            shown = name[:64].decode("utf-8", "replace")
+            too_large = f"field {shown!r} is {len(value)} bytes, the limit is {limits.max_field_bytes}"
+            break
+    # The small fields are read even for an oversized entry, so that its error
+    # still carries the client's id and goes to its reply stream.
+    try:
+        raw = fields.get(b"reply_to")
+        if raw is not None:
+            reply = _text(raw, "reply_to", 256)
+            if not reply.startswith(limits.reply_prefix) or len(reply) == len(limits.reply_prefix):
+                raise ValueError(
+                    f"reply_to {reply!r} is not a stream name under {limits.reply_prefix!r}"
+                )
+            req.reply_to = reply
+        raw = fields.get(b"id")
+        if raw is not None:
+            cid = _text(raw, "id", MAX_ID_CHARS)
+            if cid:
+                req.id = cid
+        raw = fields.get(b"pair")
+        if raw is not None:
+            req.pair = _text(raw, "pair", MAX_PAIR_CHARS)
+        raw = fields.get(b"ttl_ms")
+        ttl = limits.default_ttl_ms
+        if raw is not None:
+            try:
+                ttl = int(raw)
+            except ValueError:
+                raise ValueError(f"ttl_ms {raw[:32]!r} is not a whole number of milliseconds") from None
+            if ttl < 0:
+                raise ValueError(f"ttl_ms {ttl} is negative")
+    except ValueError as exc:
+        return req.fail("too_large" if too_large else "invalid_state", too_large or str(exc))
+    if too_large:
+        return req.fail("too_large", too_large)
+    if ttl > 0:
+        age = now_ms - entry_time_ms(eid)
+        if age > ttl:
+            return req.fail("expired", f"state is {age:.0f} ms old, its ttl_ms is {ttl}")
+    js, f32 = fields.get(b"state"), fields.get(b"state_f32")
+    if (js is None) == (f32 is None):
+        return req.fail(
+            "invalid_state",
+            "entry has both 'state' and 'state_f32', send exactly one" if js is not None
+            else "entry has no 'state' (JSON array) or 'state_f32' (little-endian float32 bytes)",
+        )
+    if f32 is not None:
+        if len(f32) % 4:
+            return req.fail("invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32")
+        row = np.frombuffer(f32, dtype="<f4")
+    else:
+        try:
+            values = json.loads(js)
+        except (ValueError, RecursionError):
+            return req.fail("invalid_state", "state is not valid JSON")
+        if not isinstance(values, list):
+            return req.fail("invalid_state", f"state is a JSON {type(values).__name__}, not an array of numbers")
+        for i, v in enumerate(values):
+            if type(v) is not float and type(v) is not int:
+                return req.fail("invalid_state", f"state[{i}] is {json.dumps(v)[:40]}, not a number")
+        try:
+            wide = np.asarray(values, dtype=np.float64)
+        except OverflowError:
+            return req.fail("invalid_state", "state has an integer too large for a float")
+        with np.errstate(over="ignore"):
+            row = wide.astype(np.float32)
+        if not np.isfinite(row).all() and wide.ndim == 1 and np.isfinite(wide).all():
+            bad = int(np.flatnonzero(~np.isfinite(row))[0])
+            return req.fail("invalid_state", f"state[{bad}] is {wide[bad]:g}, beyond float32 range")
+    if state_dim is not None and row.shape[0] != state_dim:
+        return req.fail("invalid_state", f"state has {row.shape[0]} values, the model expects {state_dim}")
+    if not np.isfinite(row).all():
+        bad = int(np.flatnonzero(~np.isfinite(row))[0])
+        return req.fail("invalid_state", f"state[{bad}] is {row[bad]}, states must be finite numbers")
+    req.row = row
+    return req
+
+
+def discrete(action: float, dead_band: float) -> int:
+    """-1 short, 0 flat, 1 long the spread."""
+    if action > dead_band:
+        return 1
+    if action < -dead_band:
+        return -1
+    return 0
+
+
+def _base(req: Request, worker: str) -> dict[str, str]:
+    out = {"id": req.id, "entry_id": req.entry_id}
+    if req.pair is not None:
+        out["pair"] = req.pair
+    out["worker"] = worker
+    return out
+
+
+def ok_fields(
+    req: Request, worker: str, action: float, dead_band: float, model: dict[str, str],
+    timing: dict[str, str],
+) -> dict[str, str]:
+    out = _base(req, worker)
+    out["status"] = "ok"
+    out["action"] = repr(action)
+    out["discrete"] = str(discrete(action, dead_band))
+    out.update(model)
+    out.update(timing)
+    return out
+
+
+def error_fields(req: Request, worker: str, timing: dict[str, str]) -> dict[str, str]:
+    out = _base(req, worker)
+    out["status"] = "error"
+    out["error"] = req.error or "internal"
+    out["detail"] = req.detail
+    out.update(timing)
+    return out
+
+
+def dead_letter_fields(
+    entry_id: str, fields: dict[bytes, bytes], source: str, worker: str, error: str, detail: str,
+    deliveries: int | None = None,
+) -> dict[bytes | str, bytes | str]:
+    """A copy of a rejected entry with the reason; long values are cut."""
+    out: dict[bytes | str, bytes | str] = {}
+    for name, value in list(fields.items())[:MAX_FIELDS]:
+        key = b"orig:" + name[:64]
+        out[key] = value if len(value) <= DEAD_LETTER_VALUE_BYTES else (
+            value[:DEAD_LETTER_VALUE_BYTES] + b"...[cut]")
+    out.update({"entry_id": entry_id, "source_stream": source, "worker": worker,
+                "error": error, "detail": detail})
+    if deliveries is not None:
+        out["deliveries"] = str(deliveries)
+    return out
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+# --- Client side: typed results -------------------------------------------------------
+
+
+class Result(BaseModel):
+    """A result entry as clients see it (all fields arrive as strings)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    id: str
+    entry_id: str
+    status: Literal["ok", "error"]
+    worker: str
+    pair: str | None = None
+    action: float | None = None
+    discrete: int | None = None
+    model_path: str | None = None
+    model_mtime_utc: str | None = None
+    model_sha256: str | None = None
+    backend: Literal["eager", "jit"] | None = None
+    jit_compiled: bool | None = None
+    error: ErrorCode | None = None
+    detail: str | None = None
+    queue_ms: float | None = None
+    infer_ms: float | None = None
+    latency_ms: float | None = None
+    batch_size: int | None = None
+
+
+def parse_result(fields: dict[bytes | str, bytes | str]) -> Result:
+    return Result.model_validate(
+        {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+         for k, v in fields.items()}
+    )
+
+
+def encode_state(values: np.ndarray | list[float]) -> dict[str, bytes]:
+    """The fast encoding for a client: ``{'state_f32': little-endian float32 bytes}``."""
+    arr = np.asarray(values, dtype="<f4")
+    if arr.ndim != 1:
+        raise ValueError(f"a state is one vector, got shape {arr.shape}")
+    return {"state_f32": arr.tobytes()}

@@ -1,0 +1,106 @@
+"""The one settings model: read from the environment once, in ``main()``, and
+passed down. Environment variable names are the field names in upper case."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# redis-py 8 closes a socket idle for 5 s (its default socket_timeout); a
+# blocking read must return well before that.
+REDIS_SOCKET_TIMEOUT_S = 5.0
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told. Each field's description is the doc."""
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore",
+                                      populate_by_name=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0",
+                           description="Redis to serve from; redis://, rediss:// (TLS), may carry a password.")
+    states_stream: str = Field("statpair:states", description="Input stream strategies XADD states to.")
+    group: str = Field("statpair-workers", description="Consumer group shared by all workers.")
+    consumer: str = Field(default_factory=default_consumer_name,
+                          description="This worker's consumer name (default: host-pid).")
+    results_stream: str = Field("statpair:actions", description="Default result stream.")
+    reply_prefix: str = Field("statpair:actions:",
+                              description="A reply_to stream must start with this prefix.")
+    dead_stream: str = Field("statpair:states:dead", description="Dead-letter stream for rejected entries.")
+    control_stream: str = Field("statpair:control", description="Control commands, read by every worker.")
+    control_replies: str = Field("statpair:control:replies", description="Answers to control commands.")
+    heartbeat_prefix: str = Field("statpair:workers:", description="Per-worker heartbeat hash key prefix.")
+    results_maxlen: int = Field(100_000, ge=1, description="Approximate MAXLEN of each result stream.")
+    dead_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of the dead-letter stream.")
+    read_count: int = Field(128, ge=1, le=10_000, description="Most entries read (and inferred) per batch.")
+    block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK; must stay below the 5 s socket timeout.")
+    max_field_bytes: int = Field(16_384, ge=64, description="Largest accepted field value, checked before parsing.")
+    state_ttl_ms: int = Field(0, ge=0, description="Default age limit for a state (0 = no limit).")
+    dead_band: float = Field(0.1, ge=0.0, lt=1.0,
+                             description="|action| at or below this is 'flat' (discrete 0).")
+    model_path: Path | None = Field(None, description="Serve this checkpoint (wins over MODEL_DIR).")
+    model_dir: Path = Field(Path("models"), description="Serve the newest *.pt here when MODEL_PATH is unset.")
+    jit: bool = Field(False, validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
+                      description="STAT_PAIR_RL_JIT=1/true/yes: compile the actor with torch.jit.script.")
+    watch_interval_s: float = Field(1.0, gt=0, description="How often the model file is stat'ed.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads for inference.")
+    max_deliveries: int = Field(5, ge=1, description="Deliveries after which an entry is answered internal and dead-lettered.")
+    claim_idle_ms: int = Field(30_000, ge=100, description="Reclaim other workers' entries idle this long.")
+    claim_interval_s: float = Field(5.0, gt=0, description="How often to look for entries to reclaim.")
+    heartbeat_ttl_s: int = Field(15, ge=2, description="Heartbeat hash TTL; refreshed every third of it.")
+    shutdown_grace_s: float = Field(10.0, gt=0, description="Time to finish the batch in hand after SIGTERM.")
+    metrics_port: int | None = Field(None, ge=0, le=65535,
+                                     description="Serve /metrics, /healthz, /readyz on this port (off when unset).")
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
+    log_level: str = Field("INFO", description="Logging level.")
+
+    @field_validator("jit", mode="before")
+    @classmethod
+    def _truthy(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() in {"1", "true", "yes", "on"}
+        return value
+
+    @field_validator("model_path", "metrics_port", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.block_ms >= REDIS_SOCKET_TIMEOUT_S * 1000:
+            raise ValueError(
+                f"block_ms={self.block_ms} must be below the Redis client's "
+                f"{REDIS_SOCKET_TIMEOUT_S:.0f} s socket timeout"
+            )
+        if not self.reply_prefix:
+            raise ValueError("reply_prefix must not be empty")
+        return self
+
+    @property
+    def redis_url_masked(self) -> str:
+        return mask_url(self.redis_url)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and status)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
