@@ -51,3 +51,135 @@ def start_redis(datadir: Path, appendonly: bool = False, port: int | None = None
     )
     executor.start()
     return executor
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll a synchronous predicate with a deadline (no sleep as synchronisation)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) on a free loopback port.
+
+    initdb refuses to run as root, so as root the cluster is owned by the
+    ``postgres`` system user and the commands run through ``runuser``.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import tempfile
+
+        initdb = need_binary("initdb", "/usr/lib/postgresql/*/bin")
+        self.pg_ctl = str(Path(initdb).resolve().parent / "pg_ctl")
+        # Its own folder directly under the temp dir, so the postgres user can reach it.
+        self.base = base = Path(tempfile.mkdtemp(prefix="statpair-pg-"))
+        self.data = base / "data"
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            runuser = shutil.which("runuser")
+            if runuser is None:
+                pytest.fail("running as root needs runuser to start PostgreSQL as 'postgres'")
+            self.prefix = [runuser, "-u", "postgres", "--"]
+            shutil.chown(base, "postgres", "postgres")
+        subprocess.run([*self.prefix, initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        subprocess.run(
+            [*self.prefix, self.pg_ctl, "-D", str(self.data), "-l", str(base / "postgres.log"), "-w",
+             "-t", "60", "-o", f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+             "start"], check=True, capture_output=True)
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn())
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.dsn(name)
+
+    def stop(self) -> None:
+        import subprocess
+
+        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w",
+                        "stop"], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class MlflowServer:
+    """A real ``mlflow server`` process (--serve-artifacts) on a free loopback port."""
+
+    def __init__(self, backend_uri: str, artifacts: Path, log: Path) -> None:
+        import subprocess
+        import sys
+
+        mlflow = Path(sys.executable).parent / "mlflow"
+        if not mlflow.exists():
+            if REQUIRE:
+                pytest.fail("the mlflow extra is not installed and STATPAIR_REQUIRE_SERVERS=1")
+            pytest.skip("mlflow is not installed (pip install 'statpair[mlflow]')")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", backend_uri, "--serve-artifacts",
+             "--artifacts-destination", str(artifacts)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_until(self.healthy, timeout=180, what=f"mlflow server on {self.url} (log: {log})")
+        except BaseException:
+            self.stop()
+            raise
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """End the server and the workers it started (its own process group)."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+class BlackHole:
+    """A loopback port that accepts TCP connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)  # the kernel completes handshakes; nothing ever reads
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.sock.close()
