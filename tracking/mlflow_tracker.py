@@ -4,8 +4,10 @@ that does nothing unless ``MLFLOW_TRACKING_URI`` is set.
 It can never crash or stall training: every MLflow call runs on one background
 thread fed by a bounded queue, so a ``log_*`` call only enqueues; a failure is
 logged and swallowed, repeated failures switch the tracker off, and leaving the
-context waits for pending calls at most ``close_timeout_s`` seconds. MLflow's
-own HTTP retries (minutes by default) are tightened unless the user set them.
+context waits for pending calls at most ``close_timeout_s`` seconds (entering
+it waits at most ``start_timeout_s`` for the run to start, so that ``run_id``
+is usually known). MLflow's own HTTP retries (minutes by default) are
+tightened unless the user set them.
 
 The tracker reads its two documented variables (``MLFLOW_TRACKING_URI``,
 ``MLFLOW_EXPERIMENT_NAME``) itself: it is the tracking contract, and this
@@ -89,6 +91,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         tags: Mapping[str, Any] | None = None,
         *,
         tracking_uri: str | None = None,
+        start_timeout_s: float = 2.0,
         close_timeout_s: float = 5.0,
         max_failures: int = 3,
         queue_size: int = 10_000,
@@ -99,6 +102,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         uri = tracking_uri if tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
         self.tracking_uri = uri.strip()
+        self.start_timeout_s = start_timeout_s
         self.close_timeout_s = close_timeout_s
         self.max_failures = max_failures
         self.run_id: str | None = None
@@ -112,6 +116,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         self._thread: threading.Thread | None = None
         self._client: Any = None
         self._abandoned = threading.Event()
+        self._start_done = threading.Event()
         self._lock = threading.Lock()
         if not self._enabled:
             self.disabled_reason = "MLFLOW_TRACKING_URI is not set"
@@ -149,6 +154,9 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         self._put(("start",))
         if self.params:
             self.log_params(self.params)
+        # Wait briefly so that run_id is known (checkpoints record it); a slow
+        # or dead server costs at most start_timeout_s here, once.
+        self._start_done.wait(self.start_timeout_s)
         return self
 
     def __exit__(
@@ -272,7 +280,10 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
     def _do(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "start":
-            self._start()
+            try:
+                self._start()
+            finally:
+                self._start_done.set()
             return
         if self.run_id is None:
             if kind != "end":
