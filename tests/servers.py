@@ -34,20 +34,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_redis(datadir: Path, appendonly: bool = False, port: int | None = None):
+def start_redis(datadir: Path, appendonly: bool = False, port: int | None = None,
+                password: str | None = None):
     """A RedisExecutor (pytest-redis) on a free loopback port, started."""
     from pytest_redis.executor import RedisExecutor
 
+    datadir.mkdir(parents=True, exist_ok=True)
     executor = RedisExecutor(
         executable=need_binary("redis-server"),
         databases=4,
-        redis_timeout=30,
+        redis_timeout=0,  # the server's idle-client timeout: off, as in production
         loglevel="warning",
         host="127.0.0.1",
         port=port or free_port(),
         startup_timeout=30,
         appendonly="yes" if appendonly else "no",
         datadir=datadir,
+        password=password,
     )
     executor.start()
     return executor

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import torch
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 
 from worker.control import Control
 from worker.loop import Worker
+from worker.metrics import Metrics, heartbeat, serve_http
 from worker.model import ModelManager
 from worker.settings import Settings
 
@@ -34,19 +36,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(settings: Settings, max_messages: int | None = None, burst: bool = False,
-                stop: asyncio.Event | None = None) -> None:
-    """Run one worker until ``stop`` is set (or the bounded mode ends)."""
+                stop: asyncio.Event | None = None) -> Worker:
+    """Run one worker until ``stop`` is set (or the bounded mode ends); drain like uvicorn.
+
+    Signals only set ``stop``; the loop finishes the batch in hand, publishes and
+    acknowledges it, and returns. Past ``shutdown_grace_s`` what is left is cancelled
+    (its entries stay pending and are reclaimed by another worker).
+    """
     torch.set_num_threads(settings.torch_threads)
     stop = stop or asyncio.Event()
     redis = Redis.from_url(settings.redis_url, decode_responses=False,
                            client_name=f"statpair-worker:{settings.consumer}")
     models = ModelManager(settings.model_path, settings.model_dir, settings.jit)
     worker = Worker(settings, redis, models, stop=stop, max_messages=max_messages, burst=burst)
+    metrics = http = None
+    if settings.metrics_port is not None:
+        metrics = Metrics()
+        worker.observers.append(metrics.observe_batch)
+        models.on_change.append(metrics.on_model)
+        http = serve_http(settings.metrics_host, settings.metrics_port, metrics, worker)
     loop = asyncio.get_running_loop()
     handled: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _stopper(stop, sig))
             handled.append(sig)
     with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(models.check(force=True)))
@@ -57,18 +70,49 @@ async def serve(settings: Settings, max_messages: int | None = None, burst: bool
     background = [
         asyncio.create_task(models.watch(settings.watch_interval_s, stop), name="model-watch"),
         asyncio.create_task(Control(worker).run(), name="control"),
+        asyncio.create_task(heartbeat(worker, metrics), name="heartbeat"),
     ]
+    main_task = asyncio.create_task(worker.run(), name="consume")
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await worker.run()
+        await asyncio.wait({main_task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not main_task.done():
+            done, _ = await asyncio.wait({main_task}, timeout=settings.shutdown_grace_s)
+            if not done:
+                logger.warning("shutdown grace of %.1f s ran out; cancelling the batch in hand "
+                               "(its entries stay pending and will be reclaimed)",
+                               settings.shutdown_grace_s)
+                main_task.cancel()
+        (outcome,) = await asyncio.gather(main_task, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            raise outcome
     finally:
         stop.set()
+        stopping.cancel()
+        if not main_task.done():
+            main_task.cancel()
+        await asyncio.wait(background, timeout=max(2.0, settings.block_ms / 1000 * 2))
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.gather(*background, main_task, stopping, return_exceptions=True)
         for sig in handled:
             loop.remove_signal_handler(sig)
+        if http is not None:
+            http.shutdown()
+            http.server_close()
         await redis.aclose()
         logger.info("worker %s stopped after %d entries", settings.consumer, worker.stats.processed)
+    return worker
+
+
+def _stopper(stop: asyncio.Event, sig: int) -> Callable[[], None]:
+    def handler() -> None:
+        if not stop.is_set():
+            logger.info("%s received: finishing the batch in hand, then exiting",
+                        signal.Signals(sig).name)
+        stop.set()
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:

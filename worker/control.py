@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from worker.loop import TRANSIENT, Backoff, Worker
+from worker.metrics import live_workers
 from worker.model import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def status(worker: Worker) -> dict[str, Any]:
         "batches": st.batches,
         "dead_lettered": st.dead_lettered,
         "reclaimed": st.reclaimed,
+        "failed": st.failed,
         "redis_errors": st.redis_errors,
         "uptime_s": round(time.time() - st.started_at, 3),
         "redis": worker.s.redis_url_masked,
@@ -131,6 +133,7 @@ class Control:
                          "last_reload_error": self.worker.models.last_error}
             elif cmd == "status":
                 reply = status(self.worker)
+                reply["live_workers"] = await live_workers(self.worker)
             elif cmd == "benchmark":
                 model = self.worker.models.current
                 if model is None:

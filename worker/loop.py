@@ -9,13 +9,14 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.model import ModelManager
@@ -29,6 +30,7 @@ from worker.protocol import (
     ms,
     ok_fields,
 )
+from worker.recovery import DELETED, Recovery
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Stats:
     batches: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
+    failed: int = 0  # entry processings that raised (left pending for redelivery)
     redis_errors: int = 0
     started_at: float = field(default_factory=time.time)
 
@@ -98,8 +101,10 @@ class Worker:
             default_ttl_ms=settings.state_ttl_ms,
         )
         # After a start or a lost connection, first re-read our own pending
-        # entries (XREADGROUP id 0): they were read but maybe never answered.
-        self._own_pending = True
+        # entries (XREADGROUP from id 0): they were read but maybe never answered.
+        self._history_from: str | bytes | None = "0"
+        self.redis_up = False
+        self.recovery = Recovery(self)
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -116,18 +121,23 @@ class Worker:
     async def run(self) -> None:
         backoff = Backoff()
         await self._retrying(self.ensure_group, backoff)
+        next_claim = 0.0
         while not self.stop.is_set():
             if self.max_messages is not None and self.stats.processed >= self.max_messages:
                 break
             count = self.s.read_count
             if self.max_messages is not None:
                 count = min(count, self.max_messages - self.stats.processed)
-            history = self._own_pending
+            history = self._history_from is not None
             try:
+                if time.monotonic() >= next_claim:
+                    await self.recovery.reclaim()
+                    next_claim = time.monotonic() + self.s.claim_interval_s
                 entries = await self._read(count)
                 if entries:
-                    await self.process(entries)
-                backoff.reset()
+                    counts = await self.recovery.delivery_counts(entries) if history else None
+                    await self.handle(entries, counts)
+                self._redis_ok(backoff)
             except TRANSIENT as exc:
                 await self._on_redis_error(exc, backoff)
                 continue
@@ -141,21 +151,51 @@ class Worker:
                 break  # bounded mode: the stream is drained
 
     async def _read(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        start = "0" if self._own_pending else ">"
-        # No BLOCK for our own history; a short one otherwise (below the socket timeout).
-        block = None if self._own_pending else self.s.block_ms
-        if self.burst and not self._own_pending:
-            block = None
+        """New entries (``>``), or first our own pending ones from before a restart or outage."""
+        start = self._history_from or ">"
+        # No BLOCK for our own history, nor in burst mode; else a short one (below the socket timeout).
+        block = None if (self._history_from is not None or self.burst) else self.s.block_ms
         resp = await self.redis.xreadgroup(
             self.s.group, self.s.consumer, {self.s.states_stream: start}, count=count, block=block
         )
         entries = resp[0][1] if resp else []
-        if self._own_pending:
-            # History entries whose payload was deleted come back as (id, None).
-            entries = [(eid, f if f is not None else {}) for eid, f in entries]
-            if not entries:
-                self._own_pending = False
+        if self._history_from is not None:
+            # Step past what we got, so an entry left pending is not re-read in a loop
+            # (the reclaim pass takes care of it); deleted payloads come back as None.
+            self._history_from = entries[-1][0] if entries else None
+            entries = [(eid, f if f is not None else DELETED) for eid, f in entries]
         return entries
+
+    async def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]],
+                     counts: dict[bytes, int] | None = None) -> None:
+        """Answer entries: poison ones (delivered too often) as ``internal``, the rest
+        normally; a batch that fails is retried entry by entry so one bad entry
+        cannot hold the others back. What still fails stays pending for reclaim."""
+        if counts:
+            poison = [e for e in entries if counts.get(e[0], 0) >= self.s.max_deliveries]
+            if poison:
+                await self.recovery.answer_poison(poison, counts)
+                entries = [e for e in entries if counts.get(e[0], 0) < self.s.max_deliveries]
+        if not entries:
+            return
+        try:
+            await self.process(entries)
+            return
+        except TRANSIENT:
+            raise
+        except Exception:  # noqa: BLE001 - the loop's boundary: isolate, never die
+            logger.exception("a batch of %d failed; answering its entries one by one", len(entries))
+        if len(entries) == 1:
+            self.stats.failed += 1
+            return
+        for entry in entries:
+            try:
+                await self.process([entry])
+            except TRANSIENT:
+                raise
+            except Exception:  # noqa: BLE001
+                self.stats.failed += 1
+                logger.exception("entry %s failed; left pending for redelivery", entry[0].decode())
 
     async def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Answer and acknowledge every entry of one read, in one MULTI/EXEC."""
@@ -164,7 +204,8 @@ class Worker:
         now_ms = time.time() * 1000.0
         model = self.models.current  # one model for the whole batch
         state_dim = model.state_dim if model is not None else None
-        reqs = [decode_entry(eid, f, state_dim, now_ms, self.limits) for eid, f in entries]
+        reqs = [decode_entry(eid, f, state_dim, now_ms, self.limits) if f is not DELETED
+                else deleted(eid, s.results_stream) for eid, f in entries]
         valid = [r for r in reqs if r.error is None]
         actions: list[float] = []
         infer_s = 0.0
@@ -188,6 +229,8 @@ class Worker:
         queue: list[float] = []
         next_action = iter(actions)
         pipe = self.redis.pipeline(transaction=True)
+        sent: list[tuple[int, Request, dict[str, str]]] = []  # (command index, entry, result)
+        n_cmds = 0
         for r in reqs:
             q = max(0.0, now_ms - entry_time_ms(r.entry_id))
             queue.append(q)
@@ -198,12 +241,16 @@ class Worker:
             else:
                 fields = error_fields(r, worker, timing)
                 if r.error in DEAD_LETTER_CODES:
-                    pipe.xadd(s.dead_stream, dead_letter_fields(
-                        r.entry_id, raw.get(r.entry_id.encode(), {}), s.states_stream, worker,
-                        r.error, r.detail), maxlen=s.dead_maxlen, approximate=True)
+                    self.dead_letter(pipe, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error,
+                                      r.detail)
+                    n_cmds += 1
             pipe.xadd(r.reply_to, fields, maxlen=s.results_maxlen, approximate=True)
+            sent.append((n_cmds, r, fields))
+            n_cmds += 1
         pipe.xack(s.states_stream, s.group, *[r.entry_id for r in reqs])
-        await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
+        if any(isinstance(x, Exception) for x in replies):
+            await self._after_failed_commands(replies, sent)
         self.stats.batches += 1
         for r in reqs:
             self.stats.results[r.error or "ok"] += 1
@@ -212,11 +259,46 @@ class Worker:
         for observe in self.observers:
             observe(reqs, infer_s, latency, queue)
 
+    def dead_letter(self, pipe: Any, entry_id: str, fields: dict[bytes, bytes], error: str,
+                     detail: str, deliveries: int | None = None) -> None:
+        pipe.xadd(self.s.dead_stream,
+                  dead_letter_fields(entry_id, fields, self.s.states_stream, self.s.consumer, error,
+                                     detail, deliveries),
+                  maxlen=self.s.dead_maxlen, approximate=True)
+
+    async def _after_failed_commands(self, replies: list[Any],
+                                     sent: list[tuple[int, Request, dict[str, str]]]) -> None:
+        """A MULTI runs every command even if one fails (e.g. a reply_to key that is
+        not a stream: WRONGTYPE). The entries are acknowledged all the same, so an
+        answer that could not be written goes to the default result stream instead."""
+        if isinstance(replies[-1], Exception):  # the XACK failed: the entries stay pending
+            raise replies[-1]
+        pipe = self.redis.pipeline(transaction=True)
+        for index, r, fields in sent:
+            reply = replies[index]
+            if not isinstance(reply, Exception):
+                continue
+            why = f"{type(reply).__name__}: {reply}"
+            logger.warning("result for %s could not go to %r (%s); sent to %s instead",
+                           r.entry_id, r.reply_to, why, self.s.results_stream)
+            fallback = {k: v for k, v in fields.items() if k not in ("action", "discrete")}
+            fallback.update({"status": "error", "error": "internal",
+                             "detail": f"the result could not be written to {r.reply_to!r}: {why}"})
+            pipe.xadd(self.s.results_stream, fallback, maxlen=self.s.results_maxlen, approximate=True)
+        await pipe.execute()
+
     # -- failures ------------------------------------------------------------------------
+
+    def _redis_ok(self, backoff: Backoff) -> None:
+        if backoff.attempt:
+            logger.warning("Redis reachable again after %d failed attempt(s)", backoff.attempt)
+        backoff.reset()
+        self.redis_up = True
 
     async def _on_redis_error(self, exc: BaseException, backoff: Backoff) -> None:
         self.stats.redis_errors += 1
-        self._own_pending = True  # what we read may not have been answered
+        self.redis_up = False
+        self._history_from = "0"  # what we read may not have been answered: re-read our pending
         delay = backoff.next_delay()
         logger.warning("Redis unavailable (%s: %s); retry %d in %.2f s",
                        type(exc).__name__, exc, backoff.attempt, delay)
@@ -225,14 +307,18 @@ class Worker:
         except TimeoutError:
             pass
 
-    async def _retrying(self, op: Callable[[], object], backoff: Backoff) -> None:
+    async def _retrying(self, op: Callable[[], Awaitable[object]], backoff: Backoff) -> None:
         while not self.stop.is_set():
             try:
-                await op()  # type: ignore[misc]
-                backoff.reset()
+                await op()
+                self._redis_ok(backoff)
                 return
             except TRANSIENT as exc:
                 await self._on_redis_error(exc, backoff)
 
 
-__all__ = ["Worker", "Stats", "Backoff", "RedisError"]
+def deleted(entry_id: bytes, reply_to: str) -> Request:
+    """An entry still pending whose payload was trimmed or XDEL'ed before it was answered."""
+    eid = entry_id.decode("ascii")
+    return Request(entry_id=eid, id=eid, reply_to=reply_to).fail(
+        "internal", "the entry was deleted from the stream before it could be answered")

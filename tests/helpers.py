@@ -1,0 +1,58 @@
+"""Helpers for tests that run `python -m worker` as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    """`python -m worker` in a subprocess, its log in a file; ended by its PID only."""
+
+    def __init__(self, log: Path, **env: str) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        full = {k: v for k, v in os.environ.items()
+                if not k.startswith(("MLFLOW_", "STAT_PAIR", "MODEL_", "REDIS_"))}
+        full.update({"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **env})
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=full,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 60.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode} before logging {text!r}:\n"
+                                     + self.log()[-3000:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker did not log {text!r} within {timeout:.0f} s:\n"
+                                     + self.log()[-3000:])
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._log.close()

@@ -1,0 +1,178 @@
+"""Prometheus metrics, health endpoints and the Redis heartbeat: what an
+operator watches. Metrics live in a registry per worker; the HTTP server
+(``METRICS_PORT``) runs in a thread and only reads worker state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from worker.loop import TRANSIENT, Backoff
+from worker.protocol import Request
+
+if TYPE_CHECKING:
+    from worker.loop import Worker
+    from worker.model import ModelManager
+
+logger = logging.getLogger(__name__)
+
+MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """Every metric the worker exports (see docs/operations.md)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.entries = Counter("statpair_entries", "Entries answered, by status and error code",
+                               ["status", "error"], registry=r)
+        self.queue_ms = Histogram("statpair_queue_ms", "Entry id time to read by a worker (ms), per entry",
+                                  buckets=MS_BUCKETS, registry=r)
+        self.infer_ms = Histogram("statpair_infer_ms", "Actor forward pass (ms), per batch",
+                                  buckets=MS_BUCKETS, registry=r)
+        self.latency_ms = Histogram("statpair_latency_ms", "Read to results ready (ms), per batch",
+                                    buckets=MS_BUCKETS, registry=r)
+        self.batch_size = Histogram("statpair_batch_size", "Entries per batch", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.reloads = Counter("statpair_model_reloads", "Models loaded and swapped in", registry=r)
+        self.reload_failures = Counter("statpair_model_reload_failures",
+                                       "Model files that failed to load (the old model kept serving)",
+                                       registry=r)
+        self.model = Info("statpair_model", "The model being served", registry=r)
+        self.model_loaded = Gauge("statpair_model_loaded", "1 when a model is loaded", registry=r)
+        self.lag = Gauge("statpair_group_lag", "Entries in the stream not yet read by the group", registry=r)
+        self.pending = Gauge("statpair_group_pending", "Entries read by the group but not acknowledged",
+                             registry=r)
+        self.reclaimed = Counter("statpair_reclaimed", "Entries reclaimed from idle consumers", registry=r)
+        self.dead_lettered = Counter("statpair_dead_lettered", "Entries copied to the dead-letter stream",
+                                     registry=r)
+        self.redis_errors = Counter("statpair_redis_errors", "Failed Redis round trips (retried)", registry=r)
+        self.redis_up = Gauge("statpair_redis_up", "1 when the last Redis call succeeded", registry=r)
+        self._seen = {"reloads": 0, "failures": 0, "reclaimed": 0, "dead": 0, "redis_errors": 0}
+
+    def observe_batch(self, reqs: list[Request], infer_s: float, latency_s: float,
+                      queue_ms: list[float]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for r in reqs:
+            key = ("ok", "") if r.error is None else ("error", r.error)
+            counts[key] = counts.get(key, 0) + 1
+        for (status, error), n in counts.items():
+            self.entries.labels(status, error).inc(n)
+        for q in queue_ms:
+            self.queue_ms.observe(q)
+        self.infer_ms.observe(infer_s * 1e3)
+        self.latency_ms.observe(latency_s * 1e3)
+        self.batch_size.observe(len(reqs))
+
+    def on_model(self, models: ModelManager) -> None:
+        m = models.current
+        self._inc(self.reloads, "reloads", models.reloads)
+        self._inc(self.reload_failures, "failures", models.reload_failures)
+        self.model_loaded.set(1 if m else 0)
+        if m is not None:
+            self.model.info({"path": m.path, "sha256": m.sha256, "backend": m.backend,
+                             "mtime_utc": m.mtime_utc, "state_dim": str(m.state_dim)})
+
+    def sync(self, worker: Worker) -> None:
+        """Copy the worker's own counters into Prometheus counters."""
+        st = worker.stats
+        self._inc(self.reclaimed, "reclaimed", st.reclaimed)
+        self._inc(self.dead_lettered, "dead", st.dead_lettered)
+        self._inc(self.redis_errors, "redis_errors", st.redis_errors)
+        self.redis_up.set(1 if worker.redis_up else 0)
+
+    def _inc(self, counter: Counter, key: str, total: int) -> None:
+        if total > self._seen[key]:
+            counter.inc(total - self._seen[key])
+            self._seen[key] = total
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+def serve_http(host: str, port: int, metrics: Metrics, worker: Worker) -> ThreadingWSGIServer:
+    """``/metrics``, ``/healthz`` (alive, Redis reachable), ``/readyz`` (a model is loaded)."""
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/healthz", "/readyz"):
+            if path == "/healthz":
+                ok, text = worker.redis_up, "ok" if worker.redis_up else "redis unreachable"
+            else:
+                m = worker.models.current
+                ok, text = m is not None, f"serving {m.sha256} ({m.backend})" if m else "no model loaded"
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])
+            return [text.encode() + b"\n"]
+        metrics.sync(worker)
+        return metrics_app(environ, start_response)
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    logger.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", host,
+                server.server_port)
+    return server
+
+
+async def heartbeat(worker: Worker, metrics: Metrics | None) -> None:
+    """Refresh this worker's heartbeat hash (with a TTL) and sample the group's lag."""
+    s = worker.s
+    key = f"{s.heartbeat_prefix}{s.consumer}"
+    interval = s.heartbeat_ttl_s / 3
+    backoff = Backoff()
+    while not worker.stop.is_set():
+        try:
+            m = worker.models.current
+            pipe = worker.redis.pipeline(transaction=True)
+            pipe.hset(key, mapping={
+                "name": s.consumer, "host": socket.gethostname(), "pid": str(os.getpid()),
+                "model_path": m.path if m else "", "model_sha256": m.sha256 if m else "",
+                "backend": m.backend if m else "", "processed": str(worker.stats.processed),
+                "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            })
+            pipe.expire(key, s.heartbeat_ttl_s)
+            await pipe.execute()
+            if metrics is not None:
+                for group in await worker.redis.xinfo_groups(s.states_stream):
+                    if group["name"].decode() == s.group:
+                        metrics.lag.set(group.get("lag") or 0)
+                        metrics.pending.set(group["pending"])
+                metrics.sync(worker)
+            backoff.reset()
+            wait = interval
+        except TRANSIENT as exc:
+            wait = backoff.next_delay()
+            logger.debug("heartbeat skipped: %s", exc)
+        try:
+            await asyncio.wait_for(worker.stop.wait(), timeout=wait)
+        except TimeoutError:
+            pass
+    try:
+        await worker.redis.delete(key)
+    except TRANSIENT:
+        pass
+
+
+async def live_workers(worker: Worker) -> list[dict[str, str]]:
+    """Heartbeat hashes of every live worker (SCAN of the prefix, bounded)."""
+    out = []
+    async for key in worker.redis.scan_iter(match=f"{worker.s.heartbeat_prefix}*", count=100):
+        data = await worker.redis.hgetall(key)
+        out.append({k.decode(): v.decode() for k, v in data.items()})
+        if len(out) >= 1000:
+            break
+    return sorted(out, key=lambda d: d.get("name", ""))
