@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench demo
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,8 +11,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = "actor"
-    if argv and argv[0] in {"actor", "e2e"}:
+    if argv and argv[0] in {"actor", "e2e", "demo"}:
         command = argv.pop(0)
+    if command == "demo":
+        from bench import demo
+
+        return demo.main(argv)
     if command == "e2e":
         from bench import e2e
 

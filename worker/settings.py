@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_field_bytes: int = Field(16_384, ge=64, description="Largest accepted field value, checked before parsing.")
     state_ttl_ms: int = Field(0, ge=0, description="Default age limit for a state (0 = no limit).")
     dead_band: float = Field(0.1, ge=0.0, lt=1.0,
-                             description="|action| at or below this is 'flat' (discrete 0).")
+                             description="An action whose absolute value is at or below this is 'flat' (discrete 0).")
     model_path: Path | None = Field(None, description="Serve this checkpoint (wins over MODEL_DIR).")
     model_dir: Path = Field(Path("models"), description="Serve the newest *.pt here when MODEL_PATH is unset.")
     jit: bool = Field(False, validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
@@ -104,3 +104,29 @@ def mask_url(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable a settings field is read from."""
+    alias = Settings.model_fields[field_name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0]).upper()
+    return field_name.upper()
+
+
+def settings_table() -> str:
+    """The README's Configuration table, generated from the model (a test keeps them equal)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        if info.default_factory is not None:
+            default = "host-pid" if name == "consumer" else "(computed)"
+        elif info.default is None:
+            default = "unset"
+        else:
+            default = str(info.default).lower() if isinstance(info.default, bool) else str(info.default)
+        rows.append(f"| `{env_name(name)}` | `{default}` | {info.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

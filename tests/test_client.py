@@ -1,0 +1,69 @@
+"""ActionClient against a worker: on fakeredis, and on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import make_settings, write_model
+from worker.cli import serve
+from worker.client import ActionClient, ActionError
+
+STATE = np.linspace(-1, 1, 28)
+
+
+async def _exercise(redis: Redis, settings) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_on(redis, settings, stop))
+    try:
+        async with ActionClient(redis=redis, timeout=20) as client:
+            action = await client.act(STATE, pair="KO/PEP")
+            assert action.status == "ok" and -1 <= action.action <= 1 and action.pair == "KO/PEP"
+            assert action.id.startswith(client.token)
+            with pytest.raises(ActionError) as err:
+                await client.act(STATE[:27])
+            assert err.value.code == "invalid_state" and "27 values" in err.value.detail
+            out = await client.act_many([STATE, STATE[:5], STATE * 0.5], pairs=["A/B", None, "C/D"])
+            assert out[0].status == "ok" and isinstance(out[1], ActionError) and out[2].pair == "C/D"
+            assert await redis.exists(client.reply_stream)
+        assert not await redis.exists(client.reply_stream)  # cleaned up on close
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def serve_on(redis: Redis, settings, stop: asyncio.Event) -> None:
+    """serve() builds its own client from the URL; for fakeredis, run the loop directly."""
+    if settings.redis_url != "fake":
+        await serve(settings, stop=stop)
+        return
+    from worker.loop import Worker
+    from worker.model import ModelManager
+
+    models = ModelManager(None, settings.model_dir, False)
+    await models.check()
+    await Worker(settings, redis, models, stop=stop).run()
+
+
+async def test_client_on_fakeredis(tmp_path: Path, fake_redis: Redis) -> None:
+    s = make_settings(tmp_path, redis_url="fake")
+    write_model(s.model_dir / "m.pt")
+    await _exercise(fake_redis, s)
+
+
+@pytest.mark.integration
+async def test_client_on_real_redis(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url, jit=True)
+    write_model(s.model_dir / "m.pt")
+    await _exercise(real_redis, s)
+
+
+@pytest.mark.integration
+async def test_client_times_out_without_a_worker(real_redis: Redis) -> None:
+    async with ActionClient(redis=real_redis, timeout=0.3) as client:
+        with pytest.raises(TimeoutError):
+            await client.act(STATE)

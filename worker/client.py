@@ -1,0 +1,155 @@
+"""The client strategies use: send states, get typed actions back.
+
+The shortest correct use of the protocol::
+
+    async with ActionClient("redis://127.0.0.1:6379/0") as client:
+        action = await client.act(state, pair="KO/PEP")   # 28 floats
+        print(action.action, action.discrete, action.model_sha256)
+
+Each client has its own reply stream (``statpair:actions:<uuid>``, sent as
+``reply_to``), matches results to requests by its own ``id``, raises
+``ActionError`` (with the worker's ``error`` code and ``detail``) for an error
+result and ``TimeoutError`` when no answer comes in time, and deletes its
+reply stream on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.protocol import Result, encode_state, parse_result
+
+logger = logging.getLogger(__name__)
+
+Action = Result  # an ``ok`` result: ``action``, ``discrete``, model provenance and timings
+
+
+class ActionError(Exception):
+    """The worker answered with an error: ``code`` is one of the protocol's error codes."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        self.code = result.error or "internal"
+        self.detail = result.detail or ""
+        super().__init__(f"{self.code}: {self.detail}")
+
+
+class ActionClient:
+    def __init__(
+        self,
+        redis_url: str = "redis://127.0.0.1:6379/0",
+        *,
+        states_stream: str = "statpair:states",
+        reply_prefix: str = "statpair:actions:",
+        timeout: float = 5.0,
+        ttl_ms: int | None = None,
+        redis: Redis | None = None,
+        block_ms: int = 1000,
+    ) -> None:
+        self._owns_redis = redis is None
+        self.redis = redis if redis is not None else Redis.from_url(redis_url, decode_responses=False)
+        self.states_stream = states_stream
+        self.token = uuid.uuid4().hex[:12]
+        self.reply_stream = f"{reply_prefix}{self.token}"
+        self.timeout = timeout
+        self.ttl_ms = ttl_ms
+        self.block_ms = block_ms
+        self._ids = itertools.count()
+        self._waiting: dict[bytes, asyncio.Future[Result]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._last = b"0-0"
+        self._since_trim = 0
+
+    async def __aenter__(self) -> ActionClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def _fields(self, state: Sequence[float] | np.ndarray, pair: str | None, cid: str) -> dict:
+        fields: dict[str, str | bytes] = {**encode_state(state), "id": cid, "reply_to": self.reply_stream}
+        if pair is not None:
+            fields["pair"] = pair
+        if self.ttl_ms is not None:
+            fields["ttl_ms"] = str(self.ttl_ms)
+        return fields
+
+    def _register(self) -> tuple[str, asyncio.Future[Result]]:
+        cid = f"{self.token}-{next(self._ids)}"
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting[cid.encode()] = fut
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_replies(), name=f"replies-{self.token}")
+        return cid, fut
+
+    async def act(self, state: Sequence[float] | np.ndarray, pair: str | None = None) -> Result:
+        """One state → its action; raises ``ActionError`` or ``TimeoutError``."""
+        cid, fut = self._register()
+        try:
+            await self.redis.xadd(self.states_stream, self._fields(state, pair, cid))
+            result = await asyncio.wait_for(fut, self.timeout)
+        finally:
+            self._waiting.pop(cid.encode(), None)
+        if result.status != "ok":
+            raise ActionError(result)
+        return result
+
+    async def act_many(self, states: Sequence[Sequence[float]] | np.ndarray,
+                       pairs: Sequence[str | None] | None = None) -> list[Result | ActionError]:
+        """Many states in one pipelined round trip; one ``Result`` or ``ActionError`` each, in order.
+
+        Raises ``TimeoutError`` if any answer is missing after ``timeout``."""
+        pairs = list(pairs) if pairs is not None else [None] * len(states)
+        registered = [self._register() for _ in range(len(states))]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for (cid, _), state, pair in zip(registered, states, pairs, strict=True):
+                pipe.xadd(self.states_stream, self._fields(state, pair, cid))
+            await pipe.execute()
+            results = await asyncio.wait_for(asyncio.gather(*(f for _, f in registered)), self.timeout)
+        finally:
+            for cid, _ in registered:
+                self._waiting.pop(cid.encode(), None)
+        return [r if r.status == "ok" else ActionError(r) for r in results]
+
+    async def _read_replies(self) -> None:
+        while self._waiting:
+            try:
+                resp = await self.redis.xread({self.reply_stream: self._last}, count=1000,
+                                              block=self.block_ms)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # callers time out
+                logger.warning("reply stream read failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            for eid, fields in (resp[0][1] if resp else []):
+                self._last = eid
+                fut = self._waiting.get(fields.get(b"id", b""))
+                if fut is not None and not fut.done():
+                    fut.set_result(parse_result(fields))
+                self._since_trim += 1
+            if self._since_trim >= 1000:  # keep our reply stream short
+                self._since_trim = 0
+                await self.redis.xtrim(self.reply_stream, minid=self._last.decode(), approximate=True)
+
+    async def close(self) -> None:
+        """Stop reading and delete the reply stream."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.reply_stream)
+        if self._owns_redis:
+            await self.redis.aclose()
