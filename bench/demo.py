@@ -91,12 +91,19 @@ async def strategy(redis_url: str, ticks: int, rate: float, pairs: list[str]) ->
     tracks = {p: Track() for p in pairs}
     rtt, worker_ms, infer_ms = [], [], []
     backend = "?"
+    # Ctrl-C sets a flag the tick loop checks (uvicorn's pattern), rather than
+    # cancelling whatever await happens to be running.
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
     async with ActionClient(redis_url, timeout=10) as client:
         await wait_ready(client, states[0])
         print(f"\n{'pair':<8} {'z-score':>8} {'action':>8} {'side':>6} {'queue':>8} {'infer':>8} "
               f"{'total':>8} {'rtt':>8}  backend", flush=True)
         started = time.monotonic()
         for tick in range(ticks):
+            if interrupted.is_set():
+                break
             t0 = time.perf_counter()
             results = await client.act_many(states, pairs)
             elapsed = (time.perf_counter() - t0) * 1e3
@@ -123,6 +130,9 @@ async def strategy(redis_url: str, ticks: int, rate: float, pairs: list[str]) ->
             states = np.stack(next_states)
             # Pace the ticks so a person can watch (this is a demo, not a benchmark).
             await asyncio.sleep(max(0.0, started + (tick + 1) / rate - time.monotonic()))
+    loop.remove_signal_handler(signal.SIGINT)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
     return {"tracks": tracks, "rtt": rtt, "worker_ms": worker_ms, "infer_ms": infer_ms,
             "backend": backend}
 
