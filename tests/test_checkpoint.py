@@ -112,8 +112,9 @@ def test_atomic_save_reader_never_sees_partial_file(tmp_path: Path) -> None:
     """A reader looping during repeated saves sees only whole old or new files."""
     path = tmp_path / "live.pt"
     actors = [_actor(seed=1), _actor(seed=2)]
-    save_checkpoint(actors[0], path)
-    valid = {load_checkpoint(save_checkpoint(a, tmp_path / f"ref{i}.pt")).sha256
+    meta = {"created_utc": "fixed"}  # so each actor's file has one exact content
+    save_checkpoint(actors[0], path, meta)
+    valid = {load_checkpoint(save_checkpoint(a, tmp_path / f"ref{i}.pt", meta)).sha256
              for i, a in enumerate(actors)}
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -121,7 +122,7 @@ def test_atomic_save_reader_never_sees_partial_file(tmp_path: Path) -> None:
     def writer() -> None:
         try:
             for i in range(60):
-                save_checkpoint(actors[i % 2], path)
+                save_checkpoint(actors[i % 2], path, meta)
         except BaseException as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
         finally:

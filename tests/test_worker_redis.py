@@ -201,3 +201,21 @@ def test_redis_cli_session(tmp_path: Path, redis_server) -> None:
                          capture_output=True, text=True).stdout
     assert "demo-1" in out and "ok" in out and "action" in out and "jit" in out
     assert "demo-2" in out and "invalid_state" in out and "state has 3 values, the model expects 28" in out
+
+
+async def test_reply_to_that_is_not_a_stream_is_answered_elsewhere(
+        tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url)
+    write_model(s.model_dir / "a.pt")
+    await real_redis.set("statpair:actions:oops", "a string, not a stream")
+    await real_redis.xadd("statpair:states", {"state": json.dumps(STATE), "id": "lost?",
+                                              "reply_to": "statpair:actions:oops"})
+    async with running(s):
+        (ok,) = await ask(real_redis)  # the batch after it is fine
+    by_id = {parse_result(f).id: parse_result(f) for _, f in await real_redis.xrange("statpair:actions")}
+    moved = by_id["lost?"]
+    assert moved.status == "error" and moved.error == "internal"
+    assert "could not be written to 'statpair:actions:oops'" in moved.detail and moved.action is None
+    assert ok.status == "ok"
+    assert await real_redis.get("statpair:actions:oops") == b"a string, not a stream"
+    assert (await real_redis.xinfo_groups("statpair:states"))[0]["pending"] == 0

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
+from worker.connection import redis_client
 from worker.control import Control
 from worker.loop import Worker
 from worker.metrics import Metrics, heartbeat, serve_http
@@ -45,8 +45,8 @@ async def serve(settings: Settings, max_messages: int | None = None, burst: bool
     """
     torch.set_num_threads(settings.torch_threads)
     stop = stop or asyncio.Event()
-    redis = Redis.from_url(settings.redis_url, decode_responses=False,
-                           client_name=f"statpair-worker:{settings.consumer}")
+    redis = redis_client(settings.redis_url, decode_responses=False,
+                         client_name=f"statpair-worker:{settings.consumer}")
     models = ModelManager(settings.model_path, settings.model_dir, settings.jit)
     worker = Worker(settings, redis, models, stop=stop, max_messages=max_messages, burst=burst)
     metrics = http = None

@@ -30,6 +30,7 @@ from worker.protocol import (
     ms,
     ok_fields,
 )
+from worker.publish import PUBLISH_LUA, Batch
 from worker.recovery import DELETED, Recovery
 from worker.settings import Settings
 
@@ -105,6 +106,7 @@ class Worker:
         self._history_from: str | bytes | None = "0"
         self.redis_up = False
         self.recovery = Recovery(self)
+        self.publish_script = redis.register_script(PUBLISH_LUA)
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -223,34 +225,29 @@ class Worker:
                     r.fail("internal", f"inference failed: {type(exc).__name__}")
             infer_s = time.perf_counter() - t0
         latency = time.perf_counter() - t_read
-        infer_ms, lat_ms, batch = ms(infer_s), ms(latency), str(len(reqs))
+        infer_ms, lat_ms, batch_size = ms(infer_s), ms(latency), str(len(reqs))
         worker = s.consumer
         raw = dict(entries)
         queue: list[float] = []
         next_action = iter(actions)
-        pipe = self.redis.pipeline(transaction=True)
-        sent: list[tuple[int, Request, dict[str, str]]] = []  # (command index, entry, result)
-        n_cmds = 0
+        batch = Batch(s.states_stream, s.group)
+        sent: list[tuple[int, Request, dict[str, str]]] = []  # (op index, entry, result)
         for r in reqs:
             q = max(0.0, now_ms - entry_time_ms(r.entry_id))
             queue.append(q)
             timing = {"queue_ms": f"{q:.3f}", "infer_ms": infer_ms, "latency_ms": lat_ms,
-                      "batch_size": batch}
+                      "batch_size": batch_size}
             if r.error is None:
                 fields = ok_fields(r, worker, next(next_action), s.dead_band, model.fields, timing)
             else:
                 fields = error_fields(r, worker, timing)
                 if r.error in DEAD_LETTER_CODES:
-                    self.dead_letter(pipe, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error,
-                                      r.detail)
-                    n_cmds += 1
-            pipe.xadd(r.reply_to, fields, maxlen=s.results_maxlen, approximate=True)
-            sent.append((n_cmds, r, fields))
-            n_cmds += 1
-        pipe.xack(s.states_stream, s.group, *[r.entry_id for r in reqs])
-        replies = await pipe.execute(raise_on_error=False)
-        if any(isinstance(x, Exception) for x in replies):
-            await self._after_failed_commands(replies, sent)
+                    self.dead_letter(batch, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error,
+                                     r.detail)
+            sent.append((batch.xadd(r.reply_to, fields, s.results_maxlen), r, fields))
+        _, failed = await batch.run(self.redis, self.publish_script, [r.entry_id for r in reqs])
+        if failed:
+            await self._answer_elsewhere(failed, sent)
         self.stats.batches += 1
         for r in reqs:
             self.stats.results[r.error or "ok"] += 1
@@ -259,33 +256,30 @@ class Worker:
         for observe in self.observers:
             observe(reqs, infer_s, latency, queue)
 
-    def dead_letter(self, pipe: Any, entry_id: str, fields: dict[bytes, bytes], error: str,
-                     detail: str, deliveries: int | None = None) -> None:
-        pipe.xadd(self.s.dead_stream,
-                  dead_letter_fields(entry_id, fields, self.s.states_stream, self.s.consumer, error,
-                                     detail, deliveries),
-                  maxlen=self.s.dead_maxlen, approximate=True)
+    def dead_letter(self, batch: Batch, entry_id: str, fields: dict[bytes, bytes], error: str,
+                    detail: str, deliveries: int | None = None) -> None:
+        batch.xadd(self.s.dead_stream,
+                   dead_letter_fields(entry_id, fields, self.s.states_stream, self.s.consumer, error,
+                                      detail, deliveries),
+                   self.s.dead_maxlen)
 
-    async def _after_failed_commands(self, replies: list[Any],
-                                     sent: list[tuple[int, Request, dict[str, str]]]) -> None:
-        """A MULTI runs every command even if one fails (e.g. a reply_to key that is
-        not a stream: WRONGTYPE). The entries are acknowledged all the same, so an
-        answer that could not be written goes to the default result stream instead."""
-        if isinstance(replies[-1], Exception):  # the XACK failed: the entries stay pending
-            raise replies[-1]
-        pipe = self.redis.pipeline(transaction=True)
+    async def _answer_elsewhere(self, failed: list[int],
+                                sent: list[tuple[int, Request, dict[str, str]]]) -> None:
+        """An XADD to a ``reply_to`` that is not a stream (WRONGTYPE) fails alone; the
+        entry is acknowledged all the same, so its answer goes to the default stream."""
+        bad = set(failed)
+        batch = Batch(self.s.states_stream, self.s.group)
         for index, r, fields in sent:
-            reply = replies[index]
-            if not isinstance(reply, Exception):
+            if index not in bad:
                 continue
-            why = f"{type(reply).__name__}: {reply}"
-            logger.warning("result for %s could not go to %r (%s); sent to %s instead",
-                           r.entry_id, r.reply_to, why, self.s.results_stream)
+            logger.warning("result for %s could not go to %r; sent to %s instead",
+                           r.entry_id, r.reply_to, self.s.results_stream)
             fallback = {k: v for k, v in fields.items() if k not in ("action", "discrete")}
             fallback.update({"status": "error", "error": "internal",
-                             "detail": f"the result could not be written to {r.reply_to!r}: {why}"})
-            pipe.xadd(self.s.results_stream, fallback, maxlen=self.s.results_maxlen, approximate=True)
-        await pipe.execute()
+                             "detail": f"the result could not be written to {r.reply_to!r} "
+                                       "(is that key a stream?)"})
+            batch.xadd(self.s.results_stream, fallback, self.s.results_maxlen)
+        await batch.run(self.redis, self.publish_script, [])
 
     # -- failures ------------------------------------------------------------------------
 

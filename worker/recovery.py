@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from worker.protocol import Request, decode_entry, entry_time_ms, error_fields
+from worker.publish import Batch
 
 if TYPE_CHECKING:
     from worker.loop import Worker
@@ -61,7 +62,7 @@ class Recovery:
     async def answer_poison(self, entries: Entries, counts: dict[bytes, int]) -> None:
         """Entries delivered MAX_DELIVERIES times: answer ``internal``, dead-letter, acknowledge."""
         now_ms = time.time() * 1000.0
-        pipe = self.w.redis.pipeline(transaction=True)
+        batch = Batch(self.s.states_stream, self.s.group)
         for eid, fields in entries:
             n = counts.get(eid, 0)
             req = self._envelope(eid, fields, now_ms)
@@ -70,11 +71,9 @@ class Recovery:
             req.fail("internal", detail)
             timing = {"queue_ms": f"{max(0.0, now_ms - entry_time_ms(req.entry_id)):.3f}",
                       "infer_ms": "0.000", "latency_ms": "0.000", "batch_size": "1"}
-            pipe.xadd(req.reply_to, error_fields(req, self.s.consumer, timing),
-                      maxlen=self.s.results_maxlen, approximate=True)
-            self.w.dead_letter(pipe, req.entry_id, fields, "internal", detail, deliveries=n)
-        pipe.xack(self.s.states_stream, self.s.group, *[eid for eid, _ in entries])
-        await pipe.execute()
+            batch.xadd(req.reply_to, error_fields(req, self.s.consumer, timing), self.s.results_maxlen)
+            self.w.dead_letter(batch, req.entry_id, fields, "internal", detail, deliveries=n)
+        await batch.run(self.w.redis, self.w.publish_script, [eid.decode() for eid, _ in entries])
         self.w.stats.results["internal"] += len(entries)
         self.w.stats.dead_lettered += len(entries)
         logger.warning("dead-lettered %d poison entr%s after %d deliveries: %s", len(entries),
