@@ -62,7 +62,7 @@ DEFAULT_SCENARIOS = [
 
 def _producer(url: str, stream: str, tag: str, rate: float | None, count: int, start_ns: int,
               seed: int, out: Any) -> None:
-    """XADD ``count`` states; each ``id`` carries its scheduled send time (ns since epoch)."""
+    """XADD ``count`` states; each ``id`` carries its send time (ns since epoch)."""
     client = redis.Redis.from_url(url)
     rng = np.random.default_rng(seed)
     states = [rng.standard_normal(28).astype("<f4").tobytes() for _ in range(64)]
@@ -78,13 +78,14 @@ def _producer(url: str, stream: str, tag: str, rate: float | None, count: int, s
                 time.sleep(max(0.0, (start_ns + sent * 1e9 / rate - now) / 1e9))
                 continue
             n = min(due - sent, 500)
-            stamps = [start_ns + int((sent + i) * 1e9 / rate) for i in range(n)]
         else:
             n = min(count - sent, 200)
-            stamps = [time.time_ns()] * n
+        # The send time is taken as the commands leave: a late wake-up of this
+        # process is not the system's latency (the pacing still keeps the rate).
+        stamp = time.time_ns()
         pipe = client.pipeline(transaction=False)
         for i in range(n):
-            pipe.xadd(stream, {"state_f32": states[(sent + i) % 64], "id": f"{tag}:{sent + i}:{stamps[i]}"})
+            pipe.xadd(stream, {"state_f32": states[(sent + i) % 64], "id": f"{tag}:{sent + i}:{stamp}"})
         pipe.execute()
         sent += n
     out.put((tag, sent))
@@ -335,7 +336,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds at a fixed rate (default 10)")
     p.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
     p.add_argument("--warmup", type=int, default=5000, help="states sent before measuring (default 5000)")
-    p.add_argument("--hidden", default="256,256", help="actor hidden sizes of the generated model")
+    p.add_argument("--hidden", default="64,64",
+                   help="actor hidden sizes of the generated model (default 64,64: what agent.train makes)")
     p.add_argument("--model", type=Path, default=None, help="a checkpoint to serve instead")
     p.add_argument("--no-floor", action="store_true", help="skip measuring the Redis floor")
     p.add_argument("--floor-requests", type=int, default=200_000, help="redis-benchmark requests (default 200000)")

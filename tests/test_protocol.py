@@ -13,6 +13,7 @@ from worker.protocol import (
     decode_entry,
     discrete,
     encode_state,
+    batch_tail,
     error_fields,
     ok_fields,
     parse_result,
@@ -124,13 +125,16 @@ def test_result_round_trip() -> None:
     r = dec({b"state": json.dumps(STATE).encode(), b"id": b"x1", b"pair": b"A/B"})
     model = {"model_path": "/m.pt", "model_mtime_utc": "2026-01-01T00:00:00.000+00:00",
              "model_sha256": "0123456789abcdef", "backend": "jit", "jit_compiled": "true"}
-    timing = {"queue_ms": "0.100", "infer_ms": "0.020", "latency_ms": "0.050", "batch_size": "3"}
-    res = parse_result({k.encode(): v.encode() for k, v in ok_fields(r, "w1", 0.5, 0.1, model, timing).items()})
+    tail = batch_tail("w1", 20e-6, 50e-6, 3, model)
+    fields = {**ok_fields(r, 0.5, 0.1, 0.1), **tail}
+    res = parse_result({k.encode(): v.encode() for k, v in fields.items()})
     assert res.status == "ok" and res.action == 0.5 and res.discrete == 1 and res.pair == "A/B"
     assert res.backend == "jit" and res.jit_compiled is True and res.batch_size == 3
+    assert res.infer_ms == 0.02 and res.latency_ms == 0.05 and res.queue_ms == 0.1
     bad = dec({b"state": b"nope"})
-    res = parse_result(error_fields(bad, "w1", timing))
+    res = parse_result({**error_fields(bad, 0.2), **batch_tail("w1", 0.0, 1e-4, 1)})
     assert res.status == "error" and res.error == "invalid_state" and res.action is None
+    assert res.worker == "w1" and res.backend is None
 
 
 def test_dead_letter_cuts_long_values() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.model import ModelManager
@@ -27,7 +27,7 @@ from worker.protocol import (
     decode_entry,
     entry_time_ms,
     error_fields,
-    ms,
+    batch_tail,
     ok_fields,
 )
 from worker.publish import PUBLISH_LUA, Batch
@@ -57,6 +57,7 @@ class Stats:
         return sum(self.results.values())
 
 
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 BatchObserver = Callable[[list[Request], float, float, list[float]], None]
 
 
@@ -124,21 +125,25 @@ class Worker:
         backoff = Backoff()
         await self._retrying(self.ensure_group, backoff)
         next_claim = 0.0
-        while not self.stop.is_set():
+        ahead: Entries = []  # read together with the previous batch's publish
+        while ahead or not self.stop.is_set():
             if self.max_messages is not None and self.stats.processed >= self.max_messages:
                 break
-            count = self.s.read_count
-            if self.max_messages is not None:
-                count = min(count, self.max_messages - self.stats.processed)
             history = self._history_from is not None
             try:
-                if time.monotonic() >= next_claim:
+                if not ahead and time.monotonic() >= next_claim:
                     await self.recovery.reclaim()
                     next_claim = time.monotonic() + self.s.claim_interval_s
-                entries = await self._read(count)
+                entries, ahead = ahead or await self._read(self._room()), []
                 if entries:
                     counts = await self.recovery.delivery_counts(entries) if history else None
-                    await self.handle(entries, counts)
+                    # Under load (a batch at least half full), read the next batch in the
+                    # same round trip as this one's publish. Not when idle-ish: there the
+                    # extra read only competes for the CPU with the result's reader
+                    # (p50 at 1000/s went 0.83 → 1.1 ms); nor for history, nor when stopping.
+                    busy = 2 * len(entries) >= self.s.read_count
+                    more = self._room(len(entries)) if busy and not history and not self.stop.is_set() else 0
+                    ahead = await self.handle(entries, counts, read_more=more)
                 self._redis_ok(backoff)
             except TRANSIENT as exc:
                 await self._on_redis_error(exc, backoff)
@@ -152,7 +157,13 @@ class Worker:
             if not entries and self.burst and not history:
                 break  # bounded mode: the stream is drained
 
-    async def _read(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _room(self, in_hand: int = 0) -> int:
+        """How many entries the next read may take (``max_messages`` bounds it)."""
+        if self.max_messages is None:
+            return self.s.read_count
+        return max(0, min(self.s.read_count, self.max_messages - self.stats.processed - in_hand))
+
+    async def _read(self, count: int) -> Entries:
         """New entries (``>``), or first our own pending ones from before a restart or outage."""
         start = self._history_from or ">"
         # No BLOCK for our own history, nor in burst mode; else a short one (below the socket timeout).
@@ -168,28 +179,30 @@ class Worker:
             entries = [(eid, f if f is not None else DELETED) for eid, f in entries]
         return entries
 
-    async def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]],
-                     counts: dict[bytes, int] | None = None) -> None:
+    async def handle(self, entries: Entries, counts: dict[bytes, int] | None = None,
+                     read_more: int = 0) -> Entries:
         """Answer entries: poison ones (delivered too often) as ``internal``, the rest
         normally; a batch that fails is retried entry by entry so one bad entry
-        cannot hold the others back. What still fails stays pending for reclaim."""
+        cannot hold the others back. What still fails stays pending for reclaim.
+        Returns the next batch when ``read_more`` asked ``process`` to read it."""
         if counts:
             poison = [e for e in entries if counts.get(e[0], 0) >= self.s.max_deliveries]
             if poison:
                 await self.recovery.answer_poison(poison, counts)
                 entries = [e for e in entries if counts.get(e[0], 0) < self.s.max_deliveries]
         if not entries:
-            return
+            return []
         try:
-            await self.process(entries)
-            return
+            return await self.process(entries, read_more)
         except TRANSIENT:
             raise
         except Exception:  # noqa: BLE001 - the loop's boundary: isolate, never die
             logger.exception("a batch of %d failed; answering its entries one by one", len(entries))
+            # A read made with the publish may have happened: re-read our pending entries.
+            self._history_from = self._history_from or "0"
         if len(entries) == 1:
             self.stats.failed += 1
-            return
+            return []
         for entry in entries:
             try:
                 await self.process([entry])
@@ -198,9 +211,11 @@ class Worker:
             except Exception:  # noqa: BLE001
                 self.stats.failed += 1
                 logger.exception("entry %s failed; left pending for redelivery", entry[0].decode())
+        return []
 
-    async def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Answer and acknowledge every entry of one read, in one MULTI/EXEC."""
+    async def process(self, entries: Entries, read_more: int = 0) -> Entries:
+        """Answer and acknowledge every entry of one read in one atomic script call;
+        with ``read_more``, read up to that many new entries in the same round trip."""
         s = self.s
         t_read = time.perf_counter()
         now_ms = time.time() * 1000.0
@@ -225,27 +240,45 @@ class Worker:
                     r.fail("internal", f"inference failed: {type(exc).__name__}")
             infer_s = time.perf_counter() - t0
         latency = time.perf_counter() - t_read
-        infer_ms, lat_ms, batch_size = ms(infer_s), ms(latency), str(len(reqs))
-        worker = s.consumer
         raw = dict(entries)
         queue: list[float] = []
         next_action = iter(actions)
         batch = Batch(s.states_stream, s.group)
-        sent: list[tuple[int, Request, dict[str, str]]] = []  # (op index, entry, result)
+        ok_tail = batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs), model.fields)) \
+            if actions else 0
+        err_tail = batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs))) \
+            if len(actions) < len(reqs) else 0
+        sent: list[tuple[int, Request, dict[str, str]]] = []  # (op index, entry, its own fields)
         for r in reqs:
             q = max(0.0, now_ms - entry_time_ms(r.entry_id))
             queue.append(q)
-            timing = {"queue_ms": f"{q:.3f}", "infer_ms": infer_ms, "latency_ms": lat_ms,
-                      "batch_size": batch_size}
             if r.error is None:
-                fields = ok_fields(r, worker, next(next_action), s.dead_band, model.fields, timing)
+                fields = ok_fields(r, next(next_action), s.dead_band, q)
+                sent.append((batch.xadd(r.reply_to, fields, s.results_maxlen, ok_tail), r, fields))
+                continue
+            fields = error_fields(r, q)
+            if r.error in DEAD_LETTER_CODES:
+                self.dead_letter(batch, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error, r.detail)
+            sent.append((batch.xadd(r.reply_to, fields, s.results_maxlen, err_tail), r, fields))
+        ids = [r.entry_id for r in reqs]
+        ahead: Entries = []
+        if read_more:
+            pipe = self.redis.pipeline(transaction=False)
+            batch.queue(pipe, self.publish_script, ids)
+            pipe.xreadgroup(s.group, s.consumer, {s.states_stream: ">"}, count=read_more)
+            published, resp = await pipe.execute(raise_on_error=False)
+            if isinstance(resp, Exception):
+                raise resp
+            ahead = resp[0][1] if resp else []
+            if isinstance(published, NoScriptError):  # Redis restarted or SCRIPT FLUSH
+                _, failed = await batch.run(self.redis, self.publish_script, ids)
+            elif isinstance(published, Exception):
+                self._history_from = self._history_from or "0"  # re-read what came with it
+                raise published
             else:
-                fields = error_fields(r, worker, timing)
-                if r.error in DEAD_LETTER_CODES:
-                    self.dead_letter(batch, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error,
-                                     r.detail)
-            sent.append((batch.xadd(r.reply_to, fields, s.results_maxlen), r, fields))
-        _, failed = await batch.run(self.redis, self.publish_script, [r.entry_id for r in reqs])
+                failed = [int(x) for x in published[1]]
+        else:
+            _, failed = await batch.run(self.redis, self.publish_script, ids)
         if failed:
             await self._answer_elsewhere(failed, sent)
         self.stats.batches += 1
@@ -255,6 +288,7 @@ class Worker:
                 self.stats.dead_lettered += 1
         for observe in self.observers:
             observe(reqs, infer_s, latency, queue)
+        return ahead
 
     def dead_letter(self, batch: Batch, entry_id: str, fields: dict[bytes, bytes], error: str,
                     detail: str, deliveries: int | None = None) -> None:
@@ -269,16 +303,16 @@ class Worker:
         entry is acknowledged all the same, so its answer goes to the default stream."""
         bad = set(failed)
         batch = Batch(self.s.states_stream, self.s.group)
+        tail = batch.tail(batch_tail(self.s.consumer, 0.0, 0.0, 1))
         for index, r, fields in sent:
             if index not in bad:
                 continue
             logger.warning("result for %s could not go to %r; sent to %s instead",
                            r.entry_id, r.reply_to, self.s.results_stream)
-            fallback = {k: v for k, v in fields.items() if k not in ("action", "discrete")}
-            fallback.update({"status": "error", "error": "internal",
-                             "detail": f"the result could not be written to {r.reply_to!r} "
-                                       "(is that key a stream?)"})
-            batch.xadd(self.s.results_stream, fallback, self.s.results_maxlen)
+            moved = Request(r.entry_id, r.id, self.s.results_stream, r.pair).fail(
+                "internal", f"the result could not be written to {r.reply_to!r} (is that key a stream?)")
+            batch.xadd(self.s.results_stream, error_fields(moved, float(fields["queue_ms"])),
+                       self.s.results_maxlen, tail)
         await batch.run(self.redis, self.publish_script, [])
 
     # -- failures ------------------------------------------------------------------------

@@ -174,33 +174,42 @@ def discrete(action: float, dead_band: float) -> int:
     return 0
 
 
-def _base(req: Request, worker: str) -> dict[str, str]:
+def _base(req: Request) -> dict[str, str]:
     out = {"id": req.id, "entry_id": req.entry_id}
     if req.pair is not None:
         out["pair"] = req.pair
-    out["worker"] = worker
     return out
 
 
-def ok_fields(
-    req: Request, worker: str, action: float, dead_band: float, model: dict[str, str],
-    timing: dict[str, str],
-) -> dict[str, str]:
-    out = _base(req, worker)
+# A result entry is its own fields followed by a tail shared by its whole batch
+# (worker, model provenance, batch timings): the publish script appends the tail
+# server-side, so the worker encodes it once per batch, not once per entry.
+
+def ok_fields(req: Request, action: float, dead_band: float, queue_ms: float) -> dict[str, str]:
+    out = _base(req)
     out["status"] = "ok"
     out["action"] = repr(action)
     out["discrete"] = str(discrete(action, dead_band))
-    out.update(model)
-    out.update(timing)
+    out["queue_ms"] = f"{queue_ms:.3f}"
     return out
 
 
-def error_fields(req: Request, worker: str, timing: dict[str, str]) -> dict[str, str]:
-    out = _base(req, worker)
+def error_fields(req: Request, queue_ms: float) -> dict[str, str]:
+    out = _base(req)
     out["status"] = "error"
     out["error"] = req.error or "internal"
     out["detail"] = req.detail
-    out.update(timing)
+    out["queue_ms"] = f"{queue_ms:.3f}"
+    return out
+
+
+def batch_tail(worker: str, infer_s: float, latency_s: float, batch_size: int,
+               model: dict[str, str] | None = None) -> dict[str, str]:
+    """The fields every result of a batch shares (``model`` only for ok results)."""
+    out = {"worker": worker}
+    if model:
+        out.update(model)
+    out.update({"infer_ms": ms(infer_s), "latency_ms": ms(latency_s), "batch_size": str(batch_size)})
     return out
 
 

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from worker.protocol import Request, decode_entry, entry_time_ms, error_fields
+from worker.protocol import Request, batch_tail, decode_entry, entry_time_ms, error_fields
 from worker.publish import Batch
 
 if TYPE_CHECKING:
@@ -63,15 +63,15 @@ class Recovery:
         """Entries delivered MAX_DELIVERIES times: answer ``internal``, dead-letter, acknowledge."""
         now_ms = time.time() * 1000.0
         batch = Batch(self.s.states_stream, self.s.group)
+        tail = batch.tail(batch_tail(self.s.consumer, 0.0, 0.0, 1))
         for eid, fields in entries:
             n = counts.get(eid, 0)
             req = self._envelope(eid, fields, now_ms)
             detail = (f"processing failed on each of {n} deliveries (MAX_DELIVERIES="
                       f"{self.s.max_deliveries}); the entry was dead-lettered")
             req.fail("internal", detail)
-            timing = {"queue_ms": f"{max(0.0, now_ms - entry_time_ms(req.entry_id)):.3f}",
-                      "infer_ms": "0.000", "latency_ms": "0.000", "batch_size": "1"}
-            batch.xadd(req.reply_to, error_fields(req, self.s.consumer, timing), self.s.results_maxlen)
+            queue_ms = max(0.0, now_ms - entry_time_ms(req.entry_id))
+            batch.xadd(req.reply_to, error_fields(req, queue_ms), self.s.results_maxlen, tail)
             self.w.dead_letter(batch, req.entry_id, fields, "internal", detail, deliveries=n)
         await batch.run(self.w.redis, self.w.publish_script, [eid.decode() for eid, _ in entries])
         self.w.stats.results["internal"] += len(entries)
