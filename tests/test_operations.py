@@ -33,6 +33,10 @@ def get(port: int, path: str) -> tuple[int, str]:
         return 0, str(err.reason)
 
 
+def _counted(text: str) -> bool:
+    return "statpair_queue_ms_count 3.0" in text
+
+
 def value(text: str, sample: str) -> float:
     for line in text.splitlines():
         if line.startswith(sample + " "):
@@ -54,6 +58,8 @@ async def test_metrics_health_and_heartbeat(tmp_path: Path, real_redis: Redis, r
         for body in (STATE, STATE, "[1]"):
             await real_redis.xadd("statpair:states", {"state": body})
         await wait_for(lambda: _count(real_redis, 3), what="3 answers")
+        # Results are visible in Redis a moment before the worker counts them.
+        await wait_for(lambda: _counted(get(port, "/metrics")[1]), what="3 entries in the metrics")
         await wait_for(lambda: "statpair_group_pending 0.0" in get(port, "/metrics")[1],
                        what="group gauges")
         text = get(port, "/metrics")[1]
