@@ -69,15 +69,17 @@ class TrainConfig:
     sigma: float = _f(PairConfig.sigma, "spread innovation std per step (synthetic pair)")
     regime_prob: float = _f(PairConfig.regime_prob, "chance of a regime shift per step (synthetic pair)")
     cost: float = _f(PairConfig.cost, "cost per unit of position change")
+    train_cost_multiplier: float = _f(1.0, "the cost charged while learning, as a multiple of --cost "
+                                      "(above 1 discourages churn; validation uses --cost)")
     csv: Path | None = _f(None, "train on this CSV of two price columns instead of the synthetic pair")
     csv_columns: str | None = _f(None, "the CSV's two price columns, as A,B (default: first two numeric)")
     train_fraction: float = _f(0.7, "CSV rows used for training; the rest is held out")
     experiment: str = _f("statpair-sac", "MLflow experiment (MLFLOW_EXPERIMENT_NAME overrides)")
     quiet: bool = _f(False, "no progress bar")
 
-    def pair(self, length: int) -> PairConfig:
+    def pair(self, length: int, cost_multiplier: float = 1.0) -> PairConfig:
         return PairConfig(episode_length=length, half_life=self.half_life, sigma=self.sigma,
-                          regime_prob=self.regime_prob, cost=self.cost)
+                          regime_prob=self.regime_prob, cost=self.cost * cost_multiplier)
 
     def hyper(self) -> SACHyper:
         return SACHyper(hidden=self.hidden, critic_hidden=self.critic_hidden, actor_lr=self.actor_lr,
@@ -115,7 +117,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_source, val_source = _sources(cfg)
-    env = PairTradingEnv(cfg.pair(cfg.episode_length), source=train_source)
+    env = PairTradingEnv(cfg.pair(cfg.episode_length, cfg.train_cost_multiplier), source=train_source)
     val_config = cfg.pair(cfg.eval_length)
     agent = SAC(env.state_dim, cfg.hyper())
     buffer = ReplayBuffer(cfg.buffer_size, env.state_dim)

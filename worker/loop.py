@@ -1,6 +1,6 @@
 """The consume loop, the hot path: read a batch with XREADGROUP, decode it,
 infer once, encode, then publish every result and acknowledge every entry in
-one MULTI/EXEC round trip."""
+one atomic script call (worker/publish.py), one round trip."""
 
 from __future__ import annotations
 
