@@ -69,7 +69,7 @@ class TrainConfig:
     sigma: float = _f(PairConfig.sigma, "spread innovation std per step (synthetic pair)")
     regime_prob: float = _f(PairConfig.regime_prob, "chance of a regime shift per step (synthetic pair)")
     cost: float = _f(PairConfig.cost, "cost per unit of position change")
-    train_cost_multiplier: float = _f(1.0, "the cost charged while learning, as a multiple of --cost "
+    train_cost_multiplier: float = _f(3.0, "the cost charged while learning, as a multiple of --cost "
                                       "(above 1 discourages churn; validation uses --cost)")
     csv: Path | None = _f(None, "train on this CSV of two price columns instead of the synthetic pair")
     csv_columns: str | None = _f(None, "the CSV's two price columns, as A,B (default: first two numeric)")
