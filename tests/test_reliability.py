@@ -238,10 +238,10 @@ async def test_bad_model_files_while_serving(tmp_path: Path, real_redis: Redis, 
                 write_model(path, state_dim=27)
             else:
                 path.write_bytes(bad)
-            await wait_for(lambda: _metric(port, "statpair_model_reload_failures_total") >= n,
+            await wait_for(lambda n=n: _metric(port, "statpair_model_reload_failures_total") >= n,
                            timeout=30, what=f"reload failure {n} in metrics")
             await produce(real_redis, 2)
-            await wait_for(lambda: _len(real_redis, 3 + 2 * n), what="answers from the old model")
+            await wait_for(lambda n=n: _len(real_redis, 3 + 2 * n), what="answers from the old model")
             last = parse_result((await real_redis.xrevrange("statpair:actions", count=1))[0][1])
             assert last.status == "ok" and last.model_sha256 == first_sha
         await real_redis.xadd("statpair:control", {"cmd": "status"})

@@ -79,6 +79,10 @@ async def test_invalid_entries_do_not_poison_the_batch(tmp_path: Path, fake_redi
     assert by_id["short"].detail == "state has 27 values, the model expects 28"
     assert by_id["big"].error == "too_large" and by_id["old"].error == "expired"
     assert [by_id[c].status for c in ("c0", "c1")] == ["ok", "ok"]
+    # Each kind of result gets its own shared tail: provenance on ok results only.
+    assert by_id["c0"].backend == "eager" and by_id["c0"].latency_ms >= by_id["c0"].infer_ms > 0
+    assert by_id["short"].backend is None and by_id["short"].worker == "w1"
+    assert by_id["short"].batch_size == by_id["c0"].batch_size
     dead = [f for _, f in await fake_redis.xrange("statpair:states:dead")]
     assert sorted(f[b"error"] for f in dead) == [b"invalid_state", b"too_large"]
     assert all(f[b"source_stream"] == b"statpair:states" for f in dead)

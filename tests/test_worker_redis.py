@@ -165,7 +165,7 @@ async def test_reply_to_and_trimming(tmp_path: Path, real_redis: Redis, redis_ur
     s = make_settings(tmp_path, redis_url=redis_url, results_maxlen=10)
     write_model(s.model_dir / "a.pt")
     pipe = real_redis.pipeline(transaction=False)
-    for i in range(600):
+    for _ in range(600):
         pipe.xadd("statpair:states", {"state": json.dumps(STATE), "reply_to": "statpair:actions:me"})
     await pipe.execute()
     async with running(s):

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
@@ -239,15 +238,14 @@ class Worker:
                 for r in valid:
                     r.fail("internal", f"inference failed: {type(exc).__name__}")
             infer_s = time.perf_counter() - t0
-        latency = time.perf_counter() - t_read
         raw = dict(entries)
         queue: list[float] = []
         next_action = iter(actions)
         batch = Batch(s.states_stream, s.group)
-        ok_tail = batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs), model.fields)) \
-            if actions else 0
-        err_tail = batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs))) \
-            if len(actions) < len(reqs) else 0
+        # Tails are registered after the entries are encoded (so latency_ms covers the
+        # encoding too); their indexes are fixed now: ok results 1, errors the next.
+        ok_tail = 1 if actions else 0
+        err_tail = ok_tail + 1 if len(actions) < len(reqs) else 0
         sent: list[tuple[int, Request, dict[str, str]]] = []  # (op index, entry, its own fields)
         for r in reqs:
             q = max(0.0, now_ms - entry_time_ms(r.entry_id))
@@ -260,6 +258,11 @@ class Worker:
             if r.error in DEAD_LETTER_CODES:
                 self.dead_letter(batch, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error, r.detail)
             sent.append((batch.xadd(r.reply_to, fields, s.results_maxlen, err_tail), r, fields))
+        latency = time.perf_counter() - t_read
+        if ok_tail:
+            batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs), model.fields))
+        if err_tail:
+            batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs)))
         ids = [r.entry_id for r in reqs]
         ahead: Entries = []
         if read_more:
@@ -267,9 +270,10 @@ class Worker:
             batch.queue(pipe, self.publish_script, ids)
             pipe.xreadgroup(s.group, s.consumer, {s.states_stream: ">"}, count=read_more)
             published, resp = await pipe.execute(raise_on_error=False)
-            if isinstance(resp, Exception):
-                raise resp
-            ahead = resp[0][1] if resp else []
+            if isinstance(resp, Exception):  # the next plain read will meet it again
+                logger.warning("read-ahead failed: %s", resp)
+            else:
+                ahead = resp[0][1] if resp else []
             if isinstance(published, NoScriptError):  # Redis restarted or SCRIPT FLUSH
                 _, failed = await batch.run(self.redis, self.publish_script, ids)
             elif isinstance(published, Exception):
