@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.loop import TRANSIENT, Backoff, Worker
+from worker.backoff import Backoff, pause
+from worker.loop import TRANSIENT, Worker
 from worker.metrics import live_workers
 from worker.model import ServedModel
 
@@ -105,10 +106,7 @@ class Control:
                 delay = backoff.next_delay()
                 logger.warning("control stream: Redis unavailable (%s); retry %d in %.2f s",
                                type(exc).__name__, backoff.attempt, delay)
-                try:
-                    await asyncio.wait_for(self.worker.stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                await pause(self.worker.stop, delay)
                 continue
             for eid, fields in (resp[0][1] if resp else []):
                 last_id = eid.decode()

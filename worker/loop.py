@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.backoff import Backoff, pause
 from worker.model import ModelManager
 from worker.protocol import (
     Limits,
@@ -58,20 +58,6 @@ class Stats:
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 BatchObserver = Callable[[list[Request], float, float, list[float]], None]
-
-
-class Backoff:
-    """Exponential backoff with full jitter, reset after a success."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        return random.uniform(self.base, min(self.cap, self.base * 2 ** self.attempt))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Worker:
@@ -334,10 +320,7 @@ class Worker:
         delay = backoff.next_delay()
         logger.warning("Redis unavailable (%s: %s); retry %d in %.2f s",
                        type(exc).__name__, exc, backoff.attempt, delay)
-        try:
-            await asyncio.wait_for(self.stop.wait(), timeout=delay)
-        except TimeoutError:
-            pass
+        await pause(self.stop, delay)
 
     async def _retrying(self, op: Callable[[], Awaitable[object]], backoff: Backoff) -> None:
         while not self.stop.is_set():

@@ -4,7 +4,6 @@ operator watches. Metrics live in a registry per worker; the HTTP server
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -17,7 +16,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from worker.loop import TRANSIENT, Backoff
+from worker.backoff import Backoff, pause
+from worker.loop import TRANSIENT
 from worker.protocol import Request
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Metrics:
         self.redis_errors = Counter("statpair_redis_errors", "Failed Redis round trips (retried)", registry=r)
         self.redis_up = Gauge("statpair_redis_up", "1 when the last Redis call succeeded", registry=r)
         self._seen = {"reloads": 0, "failures": 0, "reclaimed": 0, "dead": 0, "redis_errors": 0}
+        self._lock = threading.Lock()  # sync() runs on the loop (heartbeat) and the HTTP thread
 
     def observe_batch(self, reqs: list[Request], infer_s: float, latency_s: float,
                       queue_ms: list[float]) -> None:
@@ -93,9 +94,10 @@ class Metrics:
         self.redis_up.set(1 if worker.redis_up else 0)
 
     def _inc(self, counter: Counter, key: str, total: int) -> None:
-        if total > self._seen[key]:
-            counter.inc(total - self._seen[key])
-            self._seen[key] = total
+        with self._lock:
+            if total > self._seen[key]:
+                counter.inc(total - self._seen[key])
+                self._seen[key] = total
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -157,10 +159,7 @@ async def heartbeat(worker: Worker, metrics: Metrics | None) -> None:
         except TRANSIENT as exc:
             wait = backoff.next_delay()
             logger.debug("heartbeat skipped: %s", exc)
-        try:
-            await asyncio.wait_for(worker.stop.wait(), timeout=wait)
-        except TimeoutError:
-            pass
+        await pause(worker.stop, wait)
     try:
         await worker.redis.delete(key)
     except TRANSIENT:

@@ -15,6 +15,7 @@ import torch
 
 from agent.checkpoint import CheckpointError, load_checkpoint
 from agent.compile import Infer, compile_actor
+from worker.backoff import pause
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,4 @@ class ModelManager:
         """Stat the file every ``interval_s`` until ``stop`` is set."""
         while not stop.is_set():
             await self.check()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
-            except TimeoutError:
-                pass
+            await pause(stop, interval_s)
