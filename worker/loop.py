@@ -27,7 +27,7 @@ from worker.protocol import (
     entry_time_ms,
     error_fields,
     batch_tail,
-    ok_fields,
+    ok_args,
 )
 from worker.publish import PUBLISH_LUA, Batch
 from worker.recovery import DELETED, Recovery
@@ -232,18 +232,19 @@ class Worker:
         # encoding too); their indexes are fixed now: ok results 1, errors the next.
         ok_tail = 1 if actions else 0
         err_tail = ok_tail + 1 if len(actions) < len(reqs) else 0
-        sent: list[tuple[int, Request, dict[str, str]]] = []  # (op index, entry, its own fields)
+        sent: list[tuple[int, Request, float]] = []  # (op index, entry, its queue_ms)
+        maxlen, dead_band = s.results_maxlen, s.dead_band
         for r in reqs:
             q = max(0.0, now_ms - entry_time_ms(r.entry_id))
             queue.append(q)
             if r.error is None:
-                fields = ok_fields(r, next(next_action), s.dead_band, q)
-                sent.append((batch.xadd(r.reply_to, fields, s.results_maxlen, ok_tail), r, fields))
-                continue
-            fields = error_fields(r, q)
-            if r.error in DEAD_LETTER_CODES:
-                self.dead_letter(batch, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error, r.detail)
-            sent.append((batch.xadd(r.reply_to, fields, s.results_maxlen, err_tail), r, fields))
+                op = batch.xadd_flat(r.reply_to, ok_args(r, next(next_action), dead_band, q), maxlen, ok_tail)
+            else:
+                if r.error in DEAD_LETTER_CODES:
+                    self.dead_letter(batch, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error,
+                                     r.detail)
+                op = batch.xadd(r.reply_to, error_fields(r, q), maxlen, err_tail)
+            sent.append((op, r, q))
         latency = time.perf_counter() - t_read
         if ok_tail:
             batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs), model.fields))
@@ -287,22 +288,20 @@ class Worker:
                                       detail, deliveries),
                    self.s.dead_maxlen)
 
-    async def _answer_elsewhere(self, failed: list[int],
-                                sent: list[tuple[int, Request, dict[str, str]]]) -> None:
+    async def _answer_elsewhere(self, failed: list[int], sent: list[tuple[int, Request, float]]) -> None:
         """An XADD to a ``reply_to`` that is not a stream (WRONGTYPE) fails alone; the
         entry is acknowledged all the same, so its answer goes to the default stream."""
         bad = set(failed)
         batch = Batch(self.s.states_stream, self.s.group)
         tail = batch.tail(batch_tail(self.s.consumer, 0.0, 0.0, 1))
-        for index, r, fields in sent:
+        for index, r, queue_ms in sent:
             if index not in bad:
                 continue
             logger.warning("result for %s could not go to %r; sent to %s instead",
                            r.entry_id, r.reply_to, self.s.results_stream)
             moved = Request(r.entry_id, r.id, self.s.results_stream, r.pair).fail(
                 "internal", f"the result could not be written to {r.reply_to!r} (is that key a stream?)")
-            batch.xadd(self.s.results_stream, error_fields(moved, float(fields["queue_ms"])),
-                       self.s.results_maxlen, tail)
+            batch.xadd(self.s.results_stream, error_fields(moved, queue_ms), self.s.results_maxlen, tail)
         await batch.run(self.redis, self.publish_script, [])
 
     # -- failures ------------------------------------------------------------------------

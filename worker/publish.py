@@ -83,17 +83,15 @@ class Batch:
 
     def xadd(self, stream: str, fields: dict[Any, Any], maxlen: int, tail: int = 0) -> int:
         """Queue an XADD of ``fields`` (then the tail's, if any); returns its op index."""
+        return self.xadd_flat(stream, [x for item in fields.items() for x in item], maxlen, tail)
+
+    def xadd_flat(self, stream: str, flat: tuple[Any, ...] | list[Any], maxlen: int, tail: int = 0) -> int:
+        """``xadd`` with the fields already flat: name, value, name, value, …"""
         k = self._index.get(stream)
         if k is None:
             self.keys.append(stream)
             k = self._index[stream] = len(self.keys)
-        args = self.args
-        args.append(k)
-        args.append(maxlen)
-        args.append(2 * len(fields))
-        for item in fields.items():
-            args.extend(item)
-        args.append(tail)
+        self.args += (k, maxlen, len(flat), *flat, tail)
         self.n_ops += 1
         return self.n_ops - 1
 
