@@ -172,7 +172,7 @@ def test_unreachable_server_never_stalls_training(kind: str) -> None:
     if kind == "refused":
         assert "could not start an MLflow run" in reason and "Max retries exceeded" in reason
     else:
-        assert "did not answer within 3 s" in reason or "timed out" in reason.lower()
+        assert "did not answer within 2 s" in reason or "timed out" in reason.lower()
     print(f"{kind}: training {training:.2f} s, whole block {total:.2f} s: {tracker.disabled_reason}")
     # Only a generous bound that catches a minutes-long hang (MLflow's defaults).
     assert total < 60, f"tracking cost {total - training:.1f} s"

@@ -168,15 +168,19 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         if self._thread is None:
             return None
         status = "FINISHED" if exc_type is None else "FAILED"
+        # A run that has not even started by now is on a server that does not
+        # answer: give it no more than the start timeout again.
+        wait = self.close_timeout_s if self._start_done.is_set() else min(self.close_timeout_s,
+                                                                          self.start_timeout_s)
         try:
-            self._queue.put(("end", status), timeout=self.close_timeout_s)
-            self._queue.put(_STOP, timeout=self.close_timeout_s)
+            self._queue.put(("end", status), timeout=wait)
+            self._queue.put(_STOP, timeout=wait)
         except queue.Full:
             pass
-        self._thread.join(timeout=self.close_timeout_s)
+        self._thread.join(timeout=wait)
         if self._thread.is_alive():
             self._abandoned.set()
-            self._disable(f"MLflow did not answer within {self.close_timeout_s:.0f} s at the end "
+            self._disable(f"MLflow did not answer within {wait:.0f} s at the end "
                           "of the run; pending calls were abandoned")
         return None  # never swallow the block's exception
 
