@@ -31,6 +31,7 @@ import numpy as np
 import redis
 
 from bench.embedded import redis_for
+from bench.stats import percentiles
 
 MAX_SECONDS = 300  # hard cap on any one phase
 
@@ -208,12 +209,8 @@ class Run:
 
 
 def pct(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.asarray(values)
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max()),
-            "mean": float(a.mean())}
+    """Percentiles, or {} when there is nothing to summarize."""
+    return {k: v for k, v in percentiles(values).items() if k != "n"} if values else {}
 
 
 # -- the floor -------------------------------------------------------------------------------

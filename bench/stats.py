@@ -7,12 +7,17 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def summarize_us(samples_ns: Sequence[int] | np.ndarray) -> dict[str, float]:
-    """mean/p50/p95/p99/max in microseconds of timings given in nanoseconds."""
-    a = np.asarray(samples_ns, dtype=np.float64) / 1e3
+def percentiles(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """n, mean, p50, p95, p99 and max of ``values``, in their own unit."""
+    a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
-        return {"n": 0, "mean": float("nan"), "p50": float("nan"), "p95": float("nan"),
-                "p99": float("nan"), "max": float("nan")}
+        nan = float("nan")
+        return {"n": 0, "mean": nan, "p50": nan, "p95": nan, "p99": nan, "max": nan}
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
     return {"n": int(a.size), "mean": float(a.mean()), "p50": float(p50), "p95": float(p95),
             "p99": float(p99), "max": float(a.max())}
+
+
+def summarize_us(samples_ns: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """``percentiles`` in microseconds of timings given in nanoseconds."""
+    return percentiles(np.asarray(samples_ns, dtype=np.float64) / 1e3)
