@@ -168,10 +168,14 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         if self._thread is None:
             return None
         status = "FINISHED" if exc_type is None else "FAILED"
-        # A run that has not even started by now is on a server that does not
-        # answer: give it no more than the start timeout again.
-        wait = self.close_timeout_s if self._start_done.is_set() else min(self.close_timeout_s,
-                                                                          self.start_timeout_s)
+        # A run that has not even started by now, on an HTTP server, is on a server
+        # that does not answer: give it no more than the start timeout again. A
+        # local store (sqlite, file, a database URI) may just be creating its
+        # tables on first use, which takes seconds: it gets the full close timeout.
+        remote = self.tracking_uri.lower().startswith(("http://", "https://"))
+        wait = self.close_timeout_s
+        if remote and not self._start_done.is_set():
+            wait = min(self.close_timeout_s, self.start_timeout_s)
         try:
             self._queue.put(("end", status), timeout=wait)
             self._queue.put(_STOP, timeout=wait)
