@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.servers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,15 +30,16 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float = 60.0, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while self.log().count(text) < count:
+        def logged() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited {self.proc.returncode} before logging {text!r}:\n"
                                      + self.log()[-3000:])
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker did not log {text!r} within {timeout:.0f} s:\n"
-                                     + self.log()[-3000:])
-            time.sleep(0.05)
+            return self.log().count(text) >= count
+
+        try:
+            wait_until(logged, timeout, what=f"the worker to log {text!r}", interval=0.05)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()[-3000:]}") from None
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:

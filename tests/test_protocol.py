@@ -15,7 +15,7 @@ from worker.protocol import (
     encode_state,
     batch_tail,
     error_fields,
-    ok_fields,
+    ok_args,
     parse_result,
 )
 
@@ -126,7 +126,8 @@ def test_result_round_trip() -> None:
     model = {"model_path": "/m.pt", "model_mtime_utc": "2026-01-01T00:00:00.000+00:00",
              "model_sha256": "0123456789abcdef", "backend": "jit", "jit_compiled": "true"}
     tail = batch_tail("w1", 20e-6, 50e-6, 3, model)
-    fields = {**ok_fields(r, 0.5, 0.1, 0.1), **tail}
+    flat = ok_args(r, 0.5, 0.1, 0.1)
+    fields = {**dict(zip(flat[::2], flat[1::2], strict=True)), **tail}
     res = parse_result({k.encode(): v.encode() for k, v in fields.items()})
     assert res.status == "ok" and res.action == 0.5 and res.discrete == 1 and res.pair == "A/B"
     assert res.backend == "jit" and res.jit_compiled is True and res.batch_size == 3

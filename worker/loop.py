@@ -224,7 +224,6 @@ class Worker:
                 for r in valid:
                     r.fail("internal", f"inference failed: {type(exc).__name__}")
             infer_s = time.perf_counter() - t0
-        raw = dict(entries)
         queue: list[float] = []
         next_action = iter(actions)
         batch = Batch(s.states_stream, s.group)
@@ -234,15 +233,14 @@ class Worker:
         err_tail = ok_tail + 1 if len(actions) < len(reqs) else 0
         sent: list[tuple[int, Request, float]] = []  # (op index, entry, its queue_ms)
         maxlen, dead_band = s.results_maxlen, s.dead_band
-        for r in reqs:
+        for r, (_, received) in zip(reqs, entries, strict=True):
             q = max(0.0, now_ms - entry_time_ms(r.entry_id))
             queue.append(q)
             if r.error is None:
                 op = batch.xadd_flat(r.reply_to, ok_args(r, next(next_action), dead_band, q), maxlen, ok_tail)
             else:
                 if r.error in DEAD_LETTER_CODES:
-                    self.dead_letter(batch, r.entry_id, raw.get(r.entry_id.encode(), {}), r.error,
-                                     r.detail)
+                    self.dead_letter(batch, r.entry_id, received, r.error, r.detail)
                 op = batch.xadd(r.reply_to, error_fields(r, q), maxlen, err_tail)
             sent.append((op, r, q))
         latency = time.perf_counter() - t_read

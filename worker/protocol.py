@@ -24,7 +24,6 @@ MAX_PAIR_CHARS = 64
 MAX_FIELDS = 32
 DEAD_LETTER_VALUE_BYTES = 1024  # copies of rejected fields are cut to this
 
-KNOWN_FIELDS = frozenset({b"state", b"state_f32", b"id", b"pair", b"ttl_ms", b"reply_to"})
 
 
 @dataclass(slots=True)
@@ -187,17 +186,12 @@ def _base(req: Request) -> dict[str, str]:
 
 def ok_args(req: Request, action: float, dead_band: float, queue_ms: float) -> tuple[str, ...]:
     """An ok result's own fields as a flat name, value, … tuple (the hot path's form)."""
-    d = "1" if action > dead_band else "-1" if action < -dead_band else "0"
+    d = str(discrete(action, dead_band))
     if req.pair is None:
         return ("id", req.id, "entry_id", req.entry_id, "status", "ok", "action", repr(action),
                 "discrete", d, "queue_ms", f"{queue_ms:.3f}")
     return ("id", req.id, "entry_id", req.entry_id, "pair", req.pair, "status", "ok",
             "action", repr(action), "discrete", d, "queue_ms", f"{queue_ms:.3f}")
-
-
-def ok_fields(req: Request, action: float, dead_band: float, queue_ms: float) -> dict[str, str]:
-    flat = ok_args(req, action, dead_band, queue_ms)
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def error_fields(req: Request, queue_ms: float) -> dict[str, str]:
