@@ -1,6 +1,7 @@
-"""Bad input at volume (hypothesis) against a real redis-server: random field
+"""Bad input at volume (hypothesis): against a real redis-server, random field
 sets and values; every entry gets exactly one result, the worker never dies,
-and the valid entries mixed in are answered correctly."""
+and the valid entries mixed in are answered correctly. And the batched decode
+gives every entry what decoding it alone gives."""
 
 from __future__ import annotations
 
@@ -19,9 +20,7 @@ from agent.checkpoint import load_checkpoint
 from tests.conftest import make_settings, write_model
 from worker.loop import Worker
 from worker.model import ModelManager
-from worker.protocol import parse_result
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from worker.protocol import GONE, Limits, decode_batch, decode_entry, parse_result
 
 NAMES = [b"state", b"state_f32", b"id", b"pair", b"ttl_ms", b"reply_to", b"junk", "é".encode(), b"\xff"]
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30))
@@ -51,6 +50,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(entries=batch)
@@ -88,3 +89,29 @@ async def _scenario(entries: list[dict[bytes, bytes]], redis_server, folder: Pat
         assert info["pending"] == 0 and worker.stats.failed == 0
     finally:
         await redis.aclose()
+
+
+f32_entry = st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=27, max_size=29).map(
+    lambda xs: {b"state_f32": np.asarray(xs, "<f4").tobytes(), b"id": b"c"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(st.one_of(garbage_entry, valid_entry, f32_entry, st.just(GONE)), min_size=1, max_size=40),
+       state_dim=st.sampled_from([28, None]))
+def test_batch_decode_equals_decoding_each_entry(entries: list[dict[bytes, bytes]], state_dim: int | None) -> None:
+    """The worker decodes a read at once (one buffer, one finiteness check): it must
+    give every entry exactly what decoding that entry alone gives."""
+    limits = Limits(max_field_bytes=16_384, default_stream="statpair:actions",
+                    reply_prefix="statpair:actions:", default_ttl_ms=0)
+    now = 1_700_000_000_500.0
+    raw = [(f"1700000000000-{i}".encode(), e) for i, e in enumerate(entries)]
+    got = decode_batch(raw, state_dim, now, limits)
+    alone = [decode_entry(eid, e, state_dim, now, limits) for eid, e in raw]
+    assert [(r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in got.reqs] == \
+        [(r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in alone]
+    assert got.valid == [i for i, r in enumerate(alone) if r.error is None]
+    if state_dim is None:
+        assert got.rows is None
+    elif got.valid:
+        assert np.array_equal(got.rows, np.stack([alone[i].row for i in got.valid]))
+        assert got.rows.flags.writeable

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from worker.publish import PUBLISH_LUA, Batch
 from worker.protocol import (
     Limits,
     dead_letter_fields,
@@ -15,7 +16,7 @@ from worker.protocol import (
     encode_state,
     batch_tail,
     error_fields,
-    ok_args,
+    ok_values,
     parse_result,
 )
 
@@ -121,21 +122,31 @@ def test_discrete_dead_band() -> None:
     assert [discrete(a, 0.1) for a in (-0.5, -0.1, 0.0, 0.1, 0.11)] == [-1, 0, 0, 0, 1]
 
 
-def test_result_round_trip() -> None:
+async def test_result_round_trip_through_the_publish_script(fake_redis) -> None:
+    """What the worker sends (values, a shared tail) becomes the fields clients parse."""
     r = dec({b"state": json.dumps(STATE).encode(), b"id": b"x1", b"pair": b"A/B"})
+    plain = dec({b"state_f32": np.zeros(28, "<f4").tobytes()})
+    bad = dec({b"state": b"nope"})
     model = {"model_path": "/m.pt", "model_mtime_utc": "2026-01-01T00:00:00.000+00:00",
              "model_sha256": "0123456789abcdef", "backend": "jit", "jit_compiled": "true"}
-    tail = batch_tail("w1", 20e-6, 50e-6, 3, model)
-    flat = ok_args(r, 0.5, 0.1, 0.1)
-    fields = {**dict(zip(flat[::2], flat[1::2], strict=True)), **tail}
-    res = parse_result({k.encode(): v.encode() for k, v in fields.items()})
-    assert res.status == "ok" and res.action == 0.5 and res.discrete == 1 and res.pair == "A/B"
-    assert res.backend == "jit" and res.jit_compiled is True and res.batch_size == 3
-    assert res.infer_ms == 0.02 and res.latency_ms == 0.05 and res.queue_ms == 0.1
-    bad = dec({b"state": b"nope"})
-    res = parse_result({**error_fields(bad, 0.2), **batch_tail("w1", 0.0, 1e-4, 1)})
-    assert res.status == "error" and res.error == "invalid_state" and res.action is None
-    assert res.worker == "w1" and res.backend is None
+    await fake_redis.xgroup_create("s", "g", id="0", mkstream=True)
+    batch = Batch("s", "g", 1000)
+    batch.ok_tail = 1
+    assert batch.ok("out", r.id, r.entry_id, r.pair, *ok_values(0.5, 0.1, 0.1)) == 0
+    assert batch.ok("out", plain.id, "1700000000000-1", None, *ok_values(-0.05, 0.1, 0.0)) == 1
+    assert batch.xadd("out", error_fields(bad, 0.2), 1000, 2) == -1
+    batch.tail(batch_tail("w1", 20e-6, 50e-6, 3, model))
+    batch.tail(batch_tail("w1", 20e-6, 50e-6, 3))
+    script = fake_redis.register_script(PUBLISH_LUA)
+    assert await batch.run(fake_redis, script, []) == (0, [])  # nothing was pending in "g"
+    first, second, third = [parse_result(f) for _, f in await fake_redis.xrange("out")]
+    assert first.status == "ok" and first.action == 0.5 and first.discrete == 1 and first.pair == "A/B"
+    assert first.id == "x1" and first.entry_id == EID.decode()
+    assert first.backend == "jit" and first.jit_compiled is True and first.batch_size == 3
+    assert first.infer_ms == 0.02 and first.latency_ms == 0.05 and first.queue_ms == 0.1
+    assert second.pair is None and second.discrete == 0 and second.action == -0.05
+    assert third.status == "error" and third.error == "invalid_state" and third.action is None
+    assert third.worker == "w1" and third.backend is None
 
 
 def test_dead_letter_cuts_long_values() -> None:

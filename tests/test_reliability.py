@@ -111,14 +111,14 @@ async def test_sigkill_mid_run_entries_are_reclaimed(tmp_path: Path, real_redis:
 
 async def test_poison_entry_is_dead_lettered_after_max_deliveries(
         tmp_path: Path, real_redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_decode = worker.loop.decode_entry
+    real_decode = worker.loop.decode_batch
 
-    def flaky_decode(eid, fields, *args):
-        if b"poison" in fields:
+    def flaky_decode(entries, *args):
+        if any(b"poison" in fields for _, fields in entries):
             raise RuntimeError("simulated bug triggered by this entry")
-        return real_decode(eid, fields, *args)
+        return real_decode(entries, *args)
 
-    monkeypatch.setattr(worker.loop, "decode_entry", flaky_decode)
+    monkeypatch.setattr(worker.loop, "decode_batch", flaky_decode)
     s = make_settings(tmp_path, redis_url=redis_url, max_deliveries=3, claim_idle_ms=100,
                       claim_interval_s=0.1)
     write_model(s.model_dir / "m.pt")

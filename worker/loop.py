@@ -22,15 +22,16 @@ from worker.model import ModelManager
 from worker.protocol import (
     Limits,
     Request,
+    batch_tail,
     dead_letter_fields,
-    decode_entry,
+    decode_batch,
     entry_time_ms,
     error_fields,
-    batch_tail,
-    ok_args,
+    ok_values,
 )
 from worker.publish import PUBLISH_LUA, Batch
-from worker.recovery import DELETED, Recovery
+from worker.protocol import GONE
+from worker.recovery import Recovery
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class Stats:
 
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
-BatchObserver = Callable[[list[Request], float, float, list[float]], None]
+# (entries by outcome: "ok" or an error code, infer seconds, batch latency seconds, queue_ms per entry)
+BatchObserver = Callable[[Counter[str], float, float, list[float]], None]
 
 
 class Worker:
@@ -161,7 +163,7 @@ class Worker:
             # Step past what we got, so an entry left pending is not re-read in a loop
             # (the reclaim pass takes care of it); deleted payloads come back as None.
             self._history_from = entries[-1][0] if entries else None
-            entries = [(eid, f if f is not None else DELETED) for eid, f in entries]
+            entries = [(eid, f if f is not None else GONE) for eid, f in entries]
         return entries
 
     async def handle(self, entries: Entries, counts: dict[bytes, int] | None = None,
@@ -205,50 +207,48 @@ class Worker:
         t_read = time.perf_counter()
         now_ms = time.time() * 1000.0
         model = self.models.current  # one model for the whole batch
-        state_dim = model.state_dim if model is not None else None
-        reqs = [decode_entry(eid, f, state_dim, now_ms, self.limits) if f is not DELETED
-                else deleted(eid, s.results_stream) for eid, f in entries]
-        valid = [r for r in reqs if r.error is None]
+        dec = decode_batch(entries, model.state_dim if model is not None else None, now_ms, self.limits)
+        reqs, valid = dec.reqs, dec.valid
         actions: list[float] = []
         infer_s = 0.0
         if valid and model is None:
-            for r in valid:
-                r.fail("model_unavailable", "no model is loaded; the worker is waiting for a checkpoint")
+            for i in valid:
+                reqs[i].fail("model_unavailable", "no model is loaded; the worker is waiting for a checkpoint")
+            valid = []
         elif valid:
-            rows = np.stack([r.row for r in valid])  # type: ignore[misc]
             t0 = time.perf_counter()
             try:
-                actions = model.infer(rows).tolist()
+                actions = model.infer(dec.rows).astype(np.float64).tolist()  # type: ignore[union-attr, arg-type]
             except Exception as exc:  # noqa: BLE001 - answer every entry, never die
                 logger.exception("inference failed for a batch of %d", len(valid))
-                for r in valid:
-                    r.fail("internal", f"inference failed: {type(exc).__name__}")
+                for i in valid:
+                    reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
+                valid = []
             infer_s = time.perf_counter() - t0
-        queue: list[float] = []
-        next_action = iter(actions)
-        batch = Batch(s.states_stream, s.group)
+        queue = [max(0.0, now_ms - entry_time_ms(r.entry_id)) for r in reqs]
+        batch = Batch(s.states_stream, s.group, s.results_maxlen)
         # Tails are registered after the entries are encoded (so latency_ms covers the
         # encoding too); their indexes are fixed now: ok results 1, errors the next.
-        ok_tail = 1 if actions else 0
-        err_tail = ok_tail + 1 if len(actions) < len(reqs) else 0
-        sent: list[tuple[int, Request, float]] = []  # (op index, entry, its queue_ms)
-        maxlen, dead_band = s.results_maxlen, s.dead_band
-        for r, (_, received) in zip(reqs, entries, strict=True):
-            q = max(0.0, now_ms - entry_time_ms(r.entry_id))
-            queue.append(q)
-            if r.error is None:
-                op = batch.xadd_flat(r.reply_to, ok_args(r, next(next_action), dead_band, q), maxlen, ok_tail)
-            else:
+        batch.ok_tail = 1 if valid else 0
+        err_tail = batch.ok_tail + 1 if len(valid) < len(reqs) else 0
+        band = s.dead_band
+        for i, a in zip(valid, actions, strict=True):
+            r = reqs[i]
+            batch.ok(r.reply_to, r.id, r.entry_id, r.pair, *ok_values(a, band, queue[i]))
+        others: list[tuple[int, Request, float]] = []  # (op, entry, its queue_ms) of the errors
+        if err_tail:
+            for r, (_, received), q in zip(reqs, entries, queue, strict=True):
+                if r.error is None:
+                    continue
                 if r.error in DEAD_LETTER_CODES:
                     self.dead_letter(batch, r.entry_id, received, r.error, r.detail)
-                op = batch.xadd(r.reply_to, error_fields(r, q), maxlen, err_tail)
-            sent.append((op, r, q))
+                others.append((batch.xadd(r.reply_to, error_fields(r, q), s.results_maxlen, err_tail), r, q))
         latency = time.perf_counter() - t_read
-        if ok_tail:
-            batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs), model.fields))
+        if valid:
+            batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs), model.fields))  # type: ignore[union-attr]
         if err_tail:
             batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs)))
-        ids = [r.entry_id for r in reqs]
+        ids = [r.entry_id for _, r, _ in others]  # the ok results' entries are acknowledged with them
         ahead: Entries = []
         if read_more:
             pipe = self.redis.pipeline(transaction=False)
@@ -269,14 +269,16 @@ class Worker:
         else:
             _, failed = await batch.run(self.redis, self.publish_script, ids)
         if failed:
+            sent = [(j, reqs[i], queue[i]) for j, i in enumerate(valid)] + others
             await self._answer_elsewhere(failed, sent)
         self.stats.batches += 1
-        for r in reqs:
-            self.stats.results[r.error or "ok"] += 1
-            if r.error in DEAD_LETTER_CODES:
-                self.stats.dead_lettered += 1
+        outcome = Counter(r.error for _, r, _ in others)
+        if valid:
+            outcome["ok"] = len(valid)
+        self.stats.results.update(outcome)
+        self.stats.dead_lettered += sum(n for code, n in outcome.items() if code in DEAD_LETTER_CODES)
         for observe in self.observers:
-            observe(reqs, infer_s, latency, queue)
+            observe(outcome, infer_s, latency, queue)
         return ahead
 
     def dead_letter(self, batch: Batch, entry_id: str, fields: dict[bytes, bytes], error: str,
@@ -290,7 +292,7 @@ class Worker:
         """An XADD to a ``reply_to`` that is not a stream (WRONGTYPE) fails alone; the
         entry is acknowledged all the same, so its answer goes to the default stream."""
         bad = set(failed)
-        batch = Batch(self.s.states_stream, self.s.group)
+        batch = Batch(self.s.states_stream, self.s.group, self.s.results_maxlen)
         tail = batch.tail(batch_tail(self.s.consumer, 0.0, 0.0, 1))
         for index, r, queue_ms in sent:
             if index not in bad:
@@ -328,9 +330,3 @@ class Worker:
             except TRANSIENT as exc:
                 await self._on_redis_error(exc, backoff)
 
-
-def deleted(entry_id: bytes, reply_to: str) -> Request:
-    """An entry still pending whose payload was trimmed or XDEL'ed before it was answered."""
-    eid = entry_id.decode("ascii")
-    return Request(entry_id=eid, id=eid, reply_to=reply_to).fail(
-        "internal", "the entry was deleted from the stream before it could be answered")

@@ -13,12 +13,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from worker.backoff import Backoff, pause
 from worker.loop import TRANSIENT
-from worker.protocol import Request
 
 if TYPE_CHECKING:
     from worker.loop import Worker
@@ -30,6 +33,37 @@ MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class BatchHistogram(Collector):
+    """A Prometheus histogram fed a whole batch at a time: the per-entry queue
+    time is 128 values a batch at full load, and ``Histogram.observe`` per value
+    (a lock each) was 7 % of the worker's time. Exposed exactly like a
+    ``Histogram`` (``_bucket``, ``_count``, ``_sum``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._labels = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()  # observed on the loop, collected by the HTTP thread
+        registry.register(self)
+
+    def observe_many(self, values: list[float]) -> None:
+        arr = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self._bounds, arr, side="left"), minlength=len(self._labels))
+        total = float(arr.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        return [HistogramMetricFamily(self.name, self.documentation, sum_value=total,
+                                      buckets=list(zip(self._labels, cumulative)))]
+
+
 class Metrics:
     """Every metric the worker exports (see docs/operations.md)."""
 
@@ -37,8 +71,8 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.entries = Counter("statpair_entries", "Entries answered, by status and error code",
                                ["status", "error"], registry=r)
-        self.queue_ms = Histogram("statpair_queue_ms", "Entry id time to read by a worker (ms), per entry",
-                                  buckets=MS_BUCKETS, registry=r)
+        self.queue_ms = BatchHistogram("statpair_queue_ms", "Entry id time to read by a worker (ms), per entry",
+                                       MS_BUCKETS, r)
         self.infer_ms = Histogram("statpair_infer_ms", "Actor forward pass (ms), per batch",
                                   buckets=MS_BUCKETS, registry=r)
         self.latency_ms = Histogram("statpair_latency_ms", "Read to results ready (ms), per batch",
@@ -62,19 +96,14 @@ class Metrics:
         self._seen = {"reloads": 0, "failures": 0, "reclaimed": 0, "dead": 0, "redis_errors": 0}
         self._lock = threading.Lock()  # sync() runs on the loop (heartbeat) and the HTTP thread
 
-    def observe_batch(self, reqs: list[Request], infer_s: float, latency_s: float,
+    def observe_batch(self, outcome: dict[str, int], infer_s: float, latency_s: float,
                       queue_ms: list[float]) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for r in reqs:
-            key = ("ok", "") if r.error is None else ("error", r.error)
-            counts[key] = counts.get(key, 0) + 1
-        for (status, error), n in counts.items():
-            self.entries.labels(status, error).inc(n)
-        for q in queue_ms:
-            self.queue_ms.observe(q)
+        for code, n in outcome.items():
+            self.entries.labels(*(("ok", "") if code == "ok" else ("error", code))).inc(n)
+        self.queue_ms.observe_many(queue_ms)
         self.infer_ms.observe(infer_s * 1e3)
         self.latency_ms.observe(latency_s * 1e3)
-        self.batch_size.observe(len(reqs))
+        self.batch_size.observe(len(queue_ms))
 
     def on_model(self, models: ModelManager) -> None:
         m = models.current

@@ -70,6 +70,55 @@ def _text(value: bytes, name: str, limit: int) -> str:
     return text
 
 
+# The fields of an entry whose payload is gone (XDEL'ed or trimmed while still
+# pending). Compared by identity, so no field set a client sends can look like it.
+GONE: dict[bytes, bytes] = {}
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One read, decoded: a request per entry (in order), and for the valid ones
+    their indexes and, when the state size is known, their rows as one matrix."""
+
+    reqs: list[Request]
+    valid: list[int]
+    rows: np.ndarray | None  # (len(valid), state_dim) float32, or None
+
+
+def decode_batch(
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+    state_dim: int | None,
+    now_ms: float,
+    limits: Limits,
+) -> Decoded:
+    """Decode a whole read. Never raises on bad input: problems become ``Request.error``.
+
+    The fields are checked entry by entry; the states are joined into one buffer
+    and checked together (size, finiteness), the way the model consumes them."""
+    reqs: list[Request] = []
+    blobs: list[bytes] = []
+    where: list[int] = []
+    for entry_id, fields in entries:
+        req, blob = _decode(entry_id, fields, state_dim, now_ms, limits)
+        if blob is not None:
+            blobs.append(blob)
+            where.append(len(reqs))
+        reqs.append(req)
+    if not blobs or state_dim is None:
+        for i, blob in zip(where, blobs):  # no model: check what can be checked, per entry
+            _finite(reqs[i], np.frombuffer(blob, dtype="<f4"))
+        return Decoded(reqs, [i for i in where if reqs[i].error is None], None)
+    # A bytearray: torch wants a writable buffer (and the join copies once anyway).
+    rows = np.frombuffer(bytearray().join(blobs), dtype="<f4").reshape(len(blobs), state_dim)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        for j in np.flatnonzero(~finite).tolist():
+            _finite(reqs[where[j]], rows[j])
+        where = [i for i, ok in zip(where, finite.tolist()) if ok]
+        rows = rows[finite]
+    return Decoded(reqs, where, rows)
+
+
 def decode_entry(
     entry_id: bytes | str,
     fields: dict[bytes, bytes],
@@ -77,12 +126,39 @@ def decode_entry(
     now_ms: float,
     limits: Limits,
 ) -> Request:
-    """Decode one entry. Never raises: problems become ``Request.error``."""
+    """Decode one entry (``decode_batch`` of one), with its state in ``Request.row``."""
+    req, blob = _decode(entry_id, fields, state_dim, now_ms, limits)
+    if blob is not None:
+        row = np.frombuffer(blob, dtype="<f4")
+        if _finite(req, row):
+            req.row = row
+    return req
+
+
+def _finite(req: Request, row: np.ndarray) -> bool:
+    if np.isfinite(row).all():
+        return True
+    bad = int(np.flatnonzero(~np.isfinite(row))[0])
+    req.fail("invalid_state", f"state[{bad}] is {row[bad]}, states must be finite numbers")
+    return False
+
+
+def _decode(
+    entry_id: bytes | str,
+    fields: dict[bytes, bytes],
+    state_dim: int | None,
+    now_ms: float,
+    limits: Limits,
+) -> tuple[Request, bytes | None]:
+    """Everything but the finiteness of the state: the request, and its state as
+    little-endian float32 bytes of the right size (None when the entry failed)."""
     eid = entry_id.decode("ascii") if isinstance(entry_id, bytes) else entry_id
     req = Request(entry_id=eid, id=eid, reply_to=limits.default_stream)
+    if fields is GONE:
+        return req.fail("internal", "the entry was deleted from the stream before it could be answered"), None
     # Sizes first, before any parsing.
     if len(fields) > MAX_FIELDS:
-        return req.fail("too_large", f"entry has {len(fields)} fields, the limit is {MAX_FIELDS}")
+        return req.fail("too_large", f"entry has {len(fields)} fields, the limit is {MAX_FIELDS}"), None
     too_large = None
     for name, value in fields.items():
         if len(value) > limits.max_field_bytes or len(name) > 256:
@@ -118,50 +194,47 @@ def decode_entry(
             if ttl < 0:
                 raise ValueError(f"ttl_ms {ttl} is negative")
     except ValueError as exc:
-        return req.fail("too_large" if too_large else "invalid_state", too_large or str(exc))
+        return req.fail("too_large" if too_large else "invalid_state", too_large or str(exc)), None
     if too_large:
-        return req.fail("too_large", too_large)
+        return req.fail("too_large", too_large), None
     if ttl > 0:
         age = now_ms - entry_time_ms(eid)
         if age > ttl:
-            return req.fail("expired", f"state is {age:.0f} ms old, its ttl_ms is {ttl}")
+            return req.fail("expired", f"state is {age:.0f} ms old, its ttl_ms is {ttl}"), None
     js, f32 = fields.get(b"state"), fields.get(b"state_f32")
     if (js is None) == (f32 is None):
         return req.fail(
             "invalid_state",
             "entry has both 'state' and 'state_f32', send exactly one" if js is not None
             else "entry has no 'state' (JSON array) or 'state_f32' (little-endian float32 bytes)",
-        )
+        ), None
     if f32 is not None:
         if len(f32) % 4:
-            return req.fail("invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32")
-        row = np.frombuffer(f32, dtype="<f4")
+            return req.fail("invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32"), None
+        blob, size = f32, len(f32) // 4
     else:
         try:
             values = json.loads(js)
         except (ValueError, RecursionError):
-            return req.fail("invalid_state", "state is not valid JSON")
+            return req.fail("invalid_state", "state is not valid JSON"), None
         if not isinstance(values, list):
-            return req.fail("invalid_state", f"state is a JSON {type(values).__name__}, not an array of numbers")
+            return req.fail("invalid_state", f"state is a JSON {type(values).__name__}, not an array of numbers"), None
         for i, v in enumerate(values):
             if type(v) is not float and type(v) is not int:
-                return req.fail("invalid_state", f"state[{i}] is {json.dumps(v)[:40]}, not a number")
+                return req.fail("invalid_state", f"state[{i}] is {json.dumps(v)[:40]}, not a number"), None
         try:
             wide = np.asarray(values, dtype=np.float64)
         except OverflowError:
-            return req.fail("invalid_state", "state has an integer too large for a float")
+            return req.fail("invalid_state", "state has an integer too large for a float"), None
         with np.errstate(over="ignore"):
-            row = wide.astype(np.float32)
-        if not np.isfinite(row).all() and wide.ndim == 1 and np.isfinite(wide).all():
+            row = wide.astype("<f4")
+        if not np.isfinite(row).all() and np.isfinite(wide).all():
             bad = int(np.flatnonzero(~np.isfinite(row))[0])
-            return req.fail("invalid_state", f"state[{bad}] is {wide[bad]:g}, beyond float32 range")
-    if state_dim is not None and row.shape[0] != state_dim:
-        return req.fail("invalid_state", f"state has {row.shape[0]} values, the model expects {state_dim}")
-    if not np.isfinite(row).all():
-        bad = int(np.flatnonzero(~np.isfinite(row))[0])
-        return req.fail("invalid_state", f"state[{bad}] is {row[bad]}, states must be finite numbers")
-    req.row = row
-    return req
+            return req.fail("invalid_state", f"state[{bad}] is {wide[bad]:g}, beyond float32 range"), None
+        blob, size = row.tobytes(), len(values)
+    if state_dim is not None and size != state_dim:
+        return req.fail("invalid_state", f"state has {size} values, the model expects {state_dim}"), None
+    return req, blob
 
 
 def discrete(action: float, dead_band: float) -> int:
@@ -181,17 +254,16 @@ def _base(req: Request) -> dict[str, str]:
 
 
 # A result entry is its own fields followed by a tail shared by its whole batch
-# (worker, model provenance, batch timings): the publish script appends the tail
-# server-side, so the worker encodes it once per batch, not once per entry.
+# (worker, model provenance, batch timings). An ok result's field names are
+# spelled by the publish script (worker/publish.py), which also appends the
+# tail server-side: the worker sends only the values, and encodes the tail once
+# per batch, not once per entry.
 
-def ok_args(req: Request, action: float, dead_band: float, queue_ms: float) -> tuple[str, ...]:
-    """An ok result's own fields as a flat name, value, … tuple (the hot path's form)."""
-    d = str(discrete(action, dead_band))
-    if req.pair is None:
-        return ("id", req.id, "entry_id", req.entry_id, "status", "ok", "action", repr(action),
-                "discrete", d, "queue_ms", f"{queue_ms:.3f}")
-    return ("id", req.id, "entry_id", req.entry_id, "pair", req.pair, "status", "ok",
-            "action", repr(action), "discrete", d, "queue_ms", f"{queue_ms:.3f}")
+def ok_values(action: float, dead_band: float, queue_ms: float) -> tuple[str, str, str]:
+    """An ok result's own values as sent: action, discrete, queue_ms. The action is
+    the actor's float32 output with 9 significant digits, what a float32 needs to
+    round-trip (``repr`` of the widened float spent 17 digits, at twice the cost)."""
+    return "%.9g" % action, str(discrete(action, dead_band)), "%.3f" % queue_ms
 
 
 def error_fields(req: Request, queue_ms: float) -> dict[str, str]:

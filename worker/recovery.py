@@ -8,7 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from worker.protocol import Request, batch_tail, decode_entry, entry_time_ms, error_fields
+from worker.protocol import GONE, Request, batch_tail, decode_entry, entry_time_ms, error_fields
 from worker.publish import Batch
 
 if TYPE_CHECKING:
@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_CLAIM_ROUNDS = 100  # per pass; a pass stops early when the PEL has been scanned
-# Stands for the fields of an entry whose payload is gone (compared by identity,
-# so no field a client sends can look like it).
-DELETED: dict[bytes, bytes] = {}
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -46,7 +43,7 @@ class Recovery:
                 self.s.states_stream, self.s.group, self.s.consumer,
                 min_idle_time=self.s.claim_idle_ms, start_id=start, count=self.s.read_count)
             # Redis drops ids whose payload was deleted from the PEL; answer them all the same.
-            entries = list(entries) + [(eid, DELETED) for eid in deleted_ids or []]
+            entries = list(entries) + [(eid, GONE) for eid in deleted_ids or []]
             if entries:
                 counts = await self.delivery_counts(entries)
                 total += len(entries)
@@ -62,7 +59,7 @@ class Recovery:
     async def answer_poison(self, entries: Entries, counts: dict[bytes, int]) -> None:
         """Entries delivered MAX_DELIVERIES times: answer ``internal``, dead-letter, acknowledge."""
         now_ms = time.time() * 1000.0
-        batch = Batch(self.s.states_stream, self.s.group)
+        batch = Batch(self.s.states_stream, self.s.group, self.s.results_maxlen)
         tail = batch.tail(batch_tail(self.s.consumer, 0.0, 0.0, 1))
         for eid, fields in entries:
             n = counts.get(eid, 0)
