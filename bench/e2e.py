@@ -11,6 +11,7 @@ also given as a ratio to the Redis floor measured in the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -65,12 +66,16 @@ def _producer(url: str, stream: str, tag: str, rate: float | None, count: int, s
               seed: int, out: Any) -> None:
     """XADD ``count`` states; each ``id`` carries its send time (ns since epoch)."""
     client = redis.Redis.from_url(url)
+    client.ping()  # connect now: the first state must not carry the connection set-up
     rng = np.random.default_rng(seed)
     states = [rng.standard_normal(28).astype("<f4").tobytes() for _ in range(64)]
     deadline = time.monotonic() + MAX_SECONDS
+    gc.freeze()
+    gc.disable()  # bounded run: no collector pauses in the sender's pacing
     while time.time_ns() < start_ns:
         time.sleep(min(0.01, max(0.0, (start_ns - time.time_ns()) / 1e9)))
     sent = 0
+    cpu0 = time.process_time()
     while sent < count and time.monotonic() < deadline:
         if rate:
             now = time.time_ns()
@@ -89,7 +94,7 @@ def _producer(url: str, stream: str, tag: str, rate: float | None, count: int, s
             pipe.xadd(stream, {"state_f32": states[(sent + i) % 64], "id": f"{tag}:{sent + i}:{stamp}"})
         pipe.execute()
         sent += n
-    out.put((tag, sent))
+    out.put((tag, sent, time.process_time() - cpu0))
     client.close()
 
 
@@ -145,6 +150,24 @@ class Run:
                 proc.kill()
                 proc.wait(timeout=10)
 
+    def cpu_seconds(self) -> dict[str, float | None]:
+        """CPU seconds used so far by the workers (Linux /proc) and by Redis (INFO cpu)."""
+        out: dict[str, float | None] = {"workers": 0.0}
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        for proc in self.procs:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out["workers"] += (int(fields[11]) + int(fields[12])) / tick  # type: ignore[operator]
+            except (OSError, IndexError, ValueError):
+                out["workers"] = None
+                break
+        try:
+            info = self.client.info("cpu")
+            out["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        except (redis.RedisError, KeyError, ValueError):
+            out["redis"] = None
+        return out
+
     def cleanup(self) -> None:
         keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
         for i in range(0, len(keys), 500):
@@ -165,7 +188,12 @@ class Run:
         last = self.client.xinfo_stream(stream)["last-generated-id"].decode() if self.client.exists(stream) else "0-0"
         for p in producers:
             p.start()
+        cpu0 = self.cpu_seconds()
+        own0 = time.process_time()
         e2e, queue, infer, lat, batch = [], [], [], [], []
+        gc.collect()
+        gc.freeze()  # the collector's own GC pauses would show up as latency
+        gc.disable()
         errors, seen, backlog = 0, set(), []
         deadline = time.monotonic() + MAX_SECONDS
         next_sample = 0.0
@@ -195,13 +223,21 @@ class Run:
                 infer.append(float(f[b"infer_ms"]))
                 lat.append(float(f[b"latency_ms"]))
                 batch.append(int(f[b"batch_size"]))
-        sent = 0
+        gc.enable()
+        own = time.process_time() - own0
+        cpu1 = self.cpu_seconds()
+        sent = producer_cpu = 0
         for _ in producers:
-            sent += out.get(timeout=MAX_SECONDS)[1]
+            _, n, seconds = out.get(timeout=MAX_SECONDS)
+            sent += n
+            producer_cpu += seconds
         for p in producers:
             p.join(timeout=30)
         wall = (last_ns - start_ns) / 1e9 if last_ns else float("nan")
-        return {"sent": sent, "received": len(seen), "errors": errors, "exactly_once": len(seen) == sent and errors == 0,
+        cpu = {role: (cpu1[role] - cpu0[role]) if cpu0.get(role) is not None and cpu1.get(role) is not None
+               else None for role in cpu0}
+        cpu.update(producers=producer_cpu, collector=own)
+        return {"cpu_s": cpu, "sent": sent, "received": len(seen), "errors": errors, "exactly_once": len(seen) == sent and errors == 0,
                 "throughput": len(seen) / wall if wall > 0 else 0.0, "wall_s": wall,
                 "e2e_ms": pct(e2e), "queue_ms": pct(queue), "infer_ms": pct(infer),
                 "latency_ms": pct(lat), "mean_batch": float(np.mean(batch)) if batch else 0.0,
@@ -286,7 +322,7 @@ def table(results: list[dict[str, Any]], fl: dict[str, Any]) -> str:
              f"{rt:.3f} ms" if rb else f"floor: XADD+XREAD round trip p50 {rt:.3f} ms (no redis-benchmark)",
              f"{'scenario':<24} {'states/s':>9} {'×floor':>7} {'e2e p50':>8} {'p95':>7} {'p99':>7} "
              f"{'max':>7} {'×rtt':>6} {'queue p50':>9} {'infer p50':>9} {'lat p50':>8} {'batch':>6} "
-             f"{'backlog':>7} {'ok':>3}"]
+             f"{'backlog':>7} {'ok':>3}  cpu % of one core: workers/redis/producers/collector"]
     for r in results:
         e = r["e2e_ms"] or {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
         ratio = r["throughput"] / rb if rb else float("nan")
@@ -295,8 +331,15 @@ def table(results: list[dict[str, Any]], fl: dict[str, Any]) -> str:
             f"{e['p95']:7.2f} {e['p99']:7.2f} {e['max']:7.1f} {e['p50'] / rt:6.1f} "
             f"{r['queue_ms'].get('p50', 0):8.2f}ms {r['infer_ms'].get('p50', 0):8.3f}ms "
             f"{r['latency_ms'].get('p50', 0):7.3f}ms {r['mean_batch']:6.1f} {r['backlog_end_of_send']:7d} "
-            f"{'yes' if r['exactly_once'] else 'NO':>3}")
+            f"{'yes' if r['exactly_once'] else 'NO':>3}  {cpu_shares(r)}")
     return "\n".join(lines)
+
+
+def cpu_shares(r: dict[str, Any]) -> str:
+    """Each role's CPU time over the run's wall time, in % of one core."""
+    wall = r["wall_s"]
+    return "/".join("?" if r["cpu_s"].get(role) is None or not wall > 0 else f"{100 * r['cpu_s'][role] / wall:.0f}"
+                    for role in ("workers", "redis", "producers", "collector"))
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

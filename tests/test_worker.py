@@ -258,3 +258,22 @@ async def test_control_addressed_to_another_worker_is_ignored(tmp_path: Path, fa
     worker = Worker(s, fake_redis, ModelManager(None, s.model_dir, False))
     await Control(worker).handle("1-0", {b"cmd": b"status", b"worker": b"someone-else"})
     assert await fake_redis.exists("statpair:control:replies") == 0
+
+
+async def test_reclaims_while_reading_ahead_under_load(tmp_path: Path, fake_redis: Redis) -> None:
+    """A dead consumer's entry is taken over while the stream stays busy: the
+    reclaim pass is not starved by batches read ahead with each publish."""
+    s = make_settings(tmp_path, read_count=4, claim_idle_ms=100, claim_interval_s=0.001)
+    write_model(s.model_dir / "a.pt")
+    await fake_redis.xgroup_create("statpair:states", s.group, id="0", mkstream=True)
+    (orphan,) = await add_states(fake_redis, 1, id="orphan")
+    await add_states(fake_redis, 1000)
+    # "dead" reads the orphan just before the worker starts: not yet idle enough at its first pass.
+    await fake_redis.xreadgroup(s.group, "dead", {"statpair:states": ">"}, count=1)
+    models = ModelManager(s.model_path, s.model_dir, s.jit)
+    await models.check()
+    worker = Worker(s, fake_redis, models, burst=True)
+    await worker.run()
+    ids = [r.entry_id for r in await results(fake_redis)]
+    assert len(ids) == 1001 and ids.count(orphan.decode()) == 1 and worker.stats.reclaimed == 1
+    assert ids.index(orphan.decode()) < 1000, "reclaimed only once the stream was drained"

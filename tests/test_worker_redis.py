@@ -219,3 +219,18 @@ async def test_reply_to_that_is_not_a_stream_is_answered_elsewhere(
     assert ok.status == "ok"
     assert await real_redis.get("statpair:actions:oops") == b"a string, not a stream"
     assert (await real_redis.xinfo_groups("statpair:states"))[0]["pending"] == 0
+
+
+async def test_idle_spin_answers_while_busy_waiting(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url, idle_spin_ms=500)
+    write_model(s.model_dir / "a.pt")
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(s, stop=stop))
+    try:
+        for _ in range(5):  # one at a time: each next state comes inside the spin window
+            (r,) = await ask(real_redis)
+            assert r.status == "ok"
+    finally:
+        stop.set()
+        worker = await asyncio.wait_for(task, timeout=30)
+    assert worker.stats.results["ok"] == 5 and worker.stats.spun >= 1

@@ -9,6 +9,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,7 @@ class Stats:
     reclaimed: int = 0
     failed: int = 0  # entry processings that raised (left pending for redelivery)
     redis_errors: int = 0
+    spun: int = 0  # reads answered while busy-waiting (IDLE_SPIN_MS) instead of sleeping
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -95,6 +97,7 @@ class Worker:
         self.redis_up = False
         self.recovery = Recovery(self)
         self.publish_script = redis.register_script(PUBLISH_LUA)
+        self._spin_until = 0.0  # busy-wait for the next read until then (IDLE_SPIN_MS)
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -118,11 +121,13 @@ class Worker:
                 break
             history = self._history_from is not None
             try:
-                if not ahead and time.monotonic() >= next_claim:
+                if time.monotonic() >= next_claim:
                     await self.recovery.reclaim()
                     next_claim = time.monotonic() + self.s.claim_interval_s
                 entries, ahead = ahead or await self._read(self._room()), []
                 if entries:
+                    if self.s.idle_spin_ms:
+                        self._spin_until = time.monotonic() + self.s.idle_spin_ms / 1000.0
                     counts = await self.recovery.delivery_counts(entries) if history else None
                     # Under load (a batch at least half full), read the next batch in the
                     # same round trip as this one's publish. Not when idle-ish: there the
@@ -155,9 +160,8 @@ class Worker:
         start = self._history_from or ">"
         # No BLOCK for our own history, nor in burst mode; else a short one (below the socket timeout).
         block = None if (self._history_from is not None or self.burst) else self.s.block_ms
-        resp = await self.redis.xreadgroup(
-            self.s.group, self.s.consumer, {self.s.states_stream: start}, count=count, block=block
-        )
+        resp = await self._waiting(self.redis.xreadgroup(
+            self.s.group, self.s.consumer, {self.s.states_stream: start}, count=count, block=block), block)
         entries = resp[0][1] if resp else []
         if self._history_from is not None:
             # Step past what we got, so an entry left pending is not re-read in a loop
@@ -165,6 +169,21 @@ class Worker:
             self._history_from = entries[-1][0] if entries else None
             entries = [(eid, f if f is not None else GONE) for eid, f in entries]
         return entries
+
+    async def _waiting(self, read: Awaitable[Any], block: int | None) -> Any:
+        """Await a read; a blocking one inside the spin window (IDLE_SPIN_MS) keeps
+        this process on the CPU until the window ends: each ``sleep(0)`` lets the
+        event loop poll its sockets without sleeping. A process that sleeps pays on this VM ~0.1 ms to be woken and
+        another ~0.1 ms of slow, cold first work (an inference: 18 µs hot, 113 µs
+        after a 1 ms sleep, 39 µs after a 1 ms spin)."""
+        if block is None or time.monotonic() >= self._spin_until:
+            return await read
+        task = asyncio.ensure_future(read)
+        while not task.done() and time.monotonic() < self._spin_until:
+            await asyncio.sleep(0)
+        if task.done():
+            self.stats.spun += 1
+        return await task
 
     async def handle(self, entries: Entries, counts: dict[bytes, int] | None = None,
                      read_more: int = 0) -> Entries:
