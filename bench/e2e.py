@@ -46,6 +46,7 @@ class Scenario:
     count: int = 100_000  # states when as fast as possible
     duration: float = 10.0  # seconds when at a fixed rate
     producers: int = 1
+    idle_spin_ms: float = 0.0  # the workers' IDLE_SPIN_MS
 
     @property
     def total(self) -> int:
@@ -56,6 +57,7 @@ DEFAULT_SCENARIOS = [
     Scenario("saturation, 1 worker", workers=1, count=100_000),
     Scenario("saturation, 2 workers", workers=2, count=100_000),
     Scenario("1000/s, 1 worker", rate=1000, duration=10),
+    Scenario("1000/s, 1 worker, spin", rate=1000, duration=10, idle_spin_ms=2.0),
     Scenario("10000/s, 1 worker", rate=10_000, duration=10),
 ]
 
@@ -66,7 +68,10 @@ def _producer(url: str, stream: str, tag: str, rate: float | None, count: int, s
               seed: int, out: Any) -> None:
     """XADD ``count`` states; each ``id`` carries its send time (ns since epoch)."""
     client = redis.Redis.from_url(url)
-    client.ping()  # connect now: the first state must not carry the connection set-up
+    # One connection, commands packed in one write and replies read raw: the load
+    # generator stays as light as it can, so the cores go to what is measured.
+    conn = client.connection_pool.get_connection()
+    conn.connect()  # now: the first state must not carry the connection set-up
     rng = np.random.default_rng(seed)
     states = [rng.standard_normal(28).astype("<f4").tobytes() for _ in range(64)]
     deadline = time.monotonic() + MAX_SECONDS
@@ -89,12 +94,14 @@ def _producer(url: str, stream: str, tag: str, rate: float | None, count: int, s
         # The send time is taken as the commands leave: a late wake-up of this
         # process is not the system's latency (the pacing still keeps the rate).
         stamp = time.time_ns()
-        pipe = client.pipeline(transaction=False)
-        for i in range(n):
-            pipe.xadd(stream, {"state_f32": states[(sent + i) % 64], "id": f"{tag}:{sent + i}:{stamp}"})
-        pipe.execute()
+        conn.send_packed_command(conn.pack_commands(
+            [("XADD", stream, "*", "state_f32", states[(sent + i) % 64], "id", f"{tag}:{sent + i}:{stamp}")
+             for i in range(n)]))
+        for _ in range(n):
+            conn.read_response()  # an error reply raises: the run stops with it
         sent += n
     out.put((tag, sent, time.process_time() - cpu0))
+    client.connection_pool.release(conn)
     client.close()
 
 
@@ -117,7 +124,8 @@ class Run:
                 "REPLY_PREFIX": f"{p}:actions:", "DEAD_STREAM": f"{p}:dead",
                 "CONTROL_STREAM": f"{p}:control", "CONTROL_REPLIES": f"{p}:control:replies",
                 "HEARTBEAT_PREFIX": f"{p}:workers:", "GROUP": f"{p}-group", "CONSUMER": f"w{i}",
-                "RESULTS_MAXLEN": str(max(1_000_000, 2 * self.sc.total)), "LOG_LEVEL": "WARNING"}
+                "RESULTS_MAXLEN": str(max(1_000_000, 2 * self.sc.total)), "LOG_LEVEL": "WARNING",
+                "IDLE_SPIN_MS": str(self.sc.idle_spin_ms)}
 
     def start_workers(self) -> None:
         for i in range(self.sc.workers):
@@ -190,39 +198,27 @@ class Run:
             p.start()
         cpu0 = self.cpu_seconds()
         own0 = time.process_time()
-        e2e, queue, infer, lat, batch = [], [], [], [], []
         gc.collect()
         gc.freeze()  # the collector's own GC pauses would show up as latency
         gc.disable()
-        errors, seen, backlog = 0, set(), []
+        # In the loop only the fields needed later are kept: parsing them here would
+        # take CPU from the workers and Redis on the same cores while they are measured.
+        got: list[tuple[int, bytes, bytes, bytes, bytes, bytes, bytes]] = []
+        backlog: list[tuple[float, int]] = []
         deadline = time.monotonic() + MAX_SECONDS
         next_sample = 0.0
-        first_ns = last_ns = 0
-        while len(seen) < total and time.monotonic() < deadline:
+        while len(got) < total and time.monotonic() < deadline:
             resp = self.client.xread({stream: last}, count=5000, block=200)
             now = time.time_ns()
             if not warmup and time.monotonic() >= next_sample:
                 g = self.client.xinfo_groups(f"{self.prefix}:states")
                 backlog.append(((now - start_ns) / 1e9, (g[0].get("lag") or 0) + g[0]["pending"]) if g else (0, 0))
                 next_sample = time.monotonic() + 0.25
-            for eid, f in (resp[0][1] if resp else []):
-                last = eid
-                cid = f[b"id"].decode()
-                if not cid.startswith(tag) or cid in seen:
-                    if cid in seen:
-                        errors += 1  # a duplicate
-                    continue
-                seen.add(cid)
-                sched = int(cid.rsplit(":", 1)[1])
-                e2e.append((now - sched) / 1e6)
-                first_ns = first_ns or now
-                last_ns = now
-                if f[b"status"] != b"ok":
-                    errors += 1
-                queue.append(float(f[b"queue_ms"]))
-                infer.append(float(f[b"infer_ms"]))
-                lat.append(float(f[b"latency_ms"]))
-                batch.append(int(f[b"batch_size"]))
+            if resp:
+                entries = resp[0][1]
+                last = entries[-1][0]
+                got += [(now, f[b"id"], f[b"status"], f[b"queue_ms"], f.get(b"infer_ms", b"nan"),
+                         f.get(b"latency_ms", b"nan"), f.get(b"batch_size", b"0")) for _, f in entries]
         gc.enable()
         own = time.process_time() - own0
         cpu1 = self.cpu_seconds()
@@ -233,6 +229,25 @@ class Run:
             producer_cpu += seconds
         for p in producers:
             p.join(timeout=30)
+        e2e, queue, infer, lat, batch = [], [], [], [], []
+        errors, seen = 0, set()
+        first_ns = last_ns = 0
+        for now, cid_raw, status, q, inf, la, bs in got:
+            cid = cid_raw.decode()
+            if not cid.startswith(tag):
+                continue  # a late warm-up result
+            if cid in seen:
+                errors += 1  # a duplicate
+                continue
+            seen.add(cid)
+            e2e.append((now - int(cid.rsplit(":", 1)[1])) / 1e6)
+            first_ns = first_ns or now
+            last_ns = now
+            errors += status != b"ok"
+            queue.append(float(q))
+            infer.append(float(inf))
+            lat.append(float(la))
+            batch.append(int(bs))
         wall = (last_ns - start_ns) / 1e9 if last_ns else float("nan")
         cpu = {role: (cpu1[role] - cpu0[role]) if cpu0.get(role) is not None and cpu1.get(role) is not None
                else None for role in cpu0}
@@ -375,6 +390,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=None, help="states sent as fast as possible")
     p.add_argument("--duration", type=float, default=10.0, help="seconds at a fixed rate (default 10)")
     p.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
+    p.add_argument("--idle-spin-ms", type=float, default=None,
+                   help="the workers' IDLE_SPIN_MS (default: 0, and 2 in the default scenarios' spin row)")
     p.add_argument("--warmup", type=int, default=5000, help="states sent before measuring (default 5000)")
     p.add_argument("--hidden", default="64,64",
                    help="actor hidden sizes of the generated model (default 64,64: what agent.train makes)")
@@ -387,17 +404,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     workers = args.workers or 1
-    common = {"backend": args.backend, "producers": args.producers}
+    common: dict[str, Any] = {"backend": args.backend, "producers": args.producers}
+    if args.idle_spin_ms is not None:
+        common["idle_spin_ms"] = args.idle_spin_ms
     if args.rates:
-        return [Scenario(f"{float(r):g}/s, {workers} worker(s)", workers=workers, rate=float(r),
-                         duration=args.duration, **common) for r in args.rates.split(",")]
-    if args.rate:
-        return [Scenario(f"{args.rate:g}/s, {workers} worker(s)", workers=workers, rate=args.rate,
-                         duration=args.duration, **common)]
-    if args.count or args.workers:
-        return [Scenario(f"saturation, {workers} worker(s)", workers=workers, count=args.count or 100_000,
-                         **common)]
-    return [Scenario(**{**sc.__dict__, **common}) for sc in DEFAULT_SCENARIOS]
+        chosen = [Scenario(f"{float(r):g}/s, {workers} worker(s)", workers=workers, rate=float(r),
+                           duration=args.duration, **common) for r in args.rates.split(",")]
+    elif args.rate:
+        chosen = [Scenario(f"{args.rate:g}/s, {workers} worker(s)", workers=workers, rate=args.rate,
+                           duration=args.duration, **common)]
+    elif args.count or args.workers:
+        chosen = [Scenario(f"saturation, {workers} worker(s)", workers=workers, count=args.count or 100_000,
+                           **common)]
+    else:
+        chosen = [Scenario(**{**sc.__dict__, **common}) for sc in DEFAULT_SCENARIOS]
+    return [sc if not sc.idle_spin_ms or "spin" in sc.name else
+            Scenario(**{**sc.__dict__, "name": f"{sc.name}, spin"}) for sc in chosen]
 
 
 def main(args: argparse.Namespace) -> int:
