@@ -47,6 +47,7 @@ class Scenario:
     duration: float = 10.0  # seconds when at a fixed rate
     producers: int = 1
     idle_spin_ms: float = 0.0  # the workers' IDLE_SPIN_MS
+    drain: bool = False  # queue ``count`` states first, then time the workers emptying the queue
 
     @property
     def total(self) -> int:
@@ -56,6 +57,8 @@ class Scenario:
 DEFAULT_SCENARIOS = [
     Scenario("saturation, 1 worker", workers=1, count=100_000),
     Scenario("saturation, 2 workers", workers=2, count=100_000),
+    Scenario("drain, 1 worker", workers=1, count=100_000, drain=True),
+    Scenario("drain, 2 workers", workers=2, count=100_000, drain=True),
     Scenario("1000/s, 1 worker", rate=1000, duration=10),
     Scenario("1000/s, 1 worker, spin", rate=1000, duration=10, idle_spin_ms=2.0),
     Scenario("10000/s, 1 worker", rate=10_000, duration=10),
@@ -259,6 +262,55 @@ class Run:
                 "backlog": backlog}
 
 
+def drain(run: Run, total: int) -> dict[str, Any]:
+    """Queue ``total`` states with no worker reading, start the workers with the group
+    held at the end of the stream, then release them together and time them
+    emptying the queue (first result to last, by Redis's clock): the workers'
+    throughput without a producer on the same cores."""
+    states, group = f"{run.prefix}:states", f"{run.prefix}-group"
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    producer = ctx.Process(target=_producer, args=(run.url, states, "m0", None, total - 1, time.time_ns(), 0, out),
+                           daemon=True)
+    producer.start()
+    out.get(timeout=MAX_SECONDS)
+    producer.join(timeout=30)
+    run.client.xgroup_create(states, group, id="$")
+    run.start_workers()
+    run.client.xgroup_setid(states, group, id="0")
+    cpu0, own0 = run.cpu_seconds(), time.process_time()
+    # One more entry wakes every worker blocked on the stream at once.
+    run.client.xadd(states, {"state_f32": np.zeros(28, "<f4").tobytes(), "id": f"m0:{total - 1}:{time.time_ns()}"})
+    stream, last = f"{run.prefix}:actions", "0-0"
+    # Results are read once all are in (the timing comes from their ids): reading
+    # them meanwhile would take a core's third from the workers and Redis.
+    deadline = time.monotonic() + MAX_SECONDS
+    while run.client.xlen(stream) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cpu1, own = run.cpu_seconds(), time.process_time() - own0
+    got: list[tuple[bytes, dict[bytes, bytes]]] = []
+    while len(got) < total and time.monotonic() < deadline:
+        resp = run.client.xread({stream: last}, count=5000, block=200)
+        if resp:
+            got += resp[0][1]
+            last = got[-1][0]
+    ids = [f[b"id"] for _, f in got]
+    first_ms, last_ms = (int(got[i][0].split(b"-")[0]) for i in (0, -1)) if got else (0, 0)
+    wall = (last_ms - first_ms) / 1000
+    errors = sum(f[b"status"] != b"ok" for _, f in got) + len(ids) - len(set(ids))
+    cpu = {role: (cpu1[role] - cpu0[role]) if cpu0.get(role) is not None and cpu1.get(role) is not None else None
+           for role in cpu0}
+    cpu.update(producers=0.0, collector=own)
+    return {"cpu_s": cpu, "sent": total, "received": len(set(ids)), "errors": errors,
+            "exactly_once": len(set(ids)) == total and errors == 0,
+            "throughput": (len(got) - 1) / wall if wall > 0 else 0.0, "wall_s": wall, "e2e_ms": {},
+            "queue_ms": pct([float(f[b"queue_ms"]) for _, f in got]),
+            "infer_ms": pct([float(f[b"infer_ms"]) for _, f in got]),
+            "latency_ms": pct([float(f[b"latency_ms"]) for _, f in got]),
+            "mean_batch": float(np.mean([int(f[b"batch_size"]) for _, f in got])) if got else 0.0,
+            "backlog": []}
+
+
 def pct(values: list[float]) -> dict[str, float]:
     """Percentiles, or {} when there is nothing to summarize."""
     return {k: v for k, v in percentiles(values).items() if k != "n"} if values else {}
@@ -316,10 +368,13 @@ def make_model(folder: Path, hidden: tuple[int, ...]) -> Path:
 def run_scenario(url: str, model: Path, sc: Scenario, log_dir: Path, warmup: int) -> dict[str, Any]:
     run = Run(url, model, sc, log_dir)
     try:
-        run.start_workers()
-        if warmup:
-            run.send_and_collect(warmup, None, warmup=True)
-        result = run.send_and_collect(sc.total, sc.rate)
+        if sc.drain:
+            result = drain(run, sc.total)
+        else:
+            run.start_workers()
+            if warmup:
+                run.send_and_collect(warmup, None, warmup=True)
+            result = run.send_and_collect(sc.total, sc.rate)
     finally:
         run.stop_workers()
         run.cleanup()
@@ -388,6 +443,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=None, help="offered states/s (open loop)")
     p.add_argument("--rates", default=None, help="a sweep of offered rates, comma-separated")
     p.add_argument("--count", type=int, default=None, help="states sent as fast as possible")
+    p.add_argument("--drain", action="store_true",
+                   help="queue --count states first, then time the workers emptying the queue")
     p.add_argument("--duration", type=float, default=10.0, help="seconds at a fixed rate (default 10)")
     p.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
     p.add_argument("--idle-spin-ms", type=float, default=None,
@@ -413,9 +470,9 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     elif args.rate:
         chosen = [Scenario(f"{args.rate:g}/s, {workers} worker(s)", workers=workers, rate=args.rate,
                            duration=args.duration, **common)]
-    elif args.count or args.workers:
-        chosen = [Scenario(f"saturation, {workers} worker(s)", workers=workers, count=args.count or 100_000,
-                           **common)]
+    elif args.count or args.workers or args.drain:
+        chosen = [Scenario(f"{'drain' if args.drain else 'saturation'}, {workers} worker(s)", workers=workers,
+                           count=args.count or 100_000, drain=args.drain, **common)]
     else:
         chosen = [Scenario(**{**sc.__dict__, **common}) for sc in DEFAULT_SCENARIOS]
     return [sc if not sc.idle_spin_ms or "spin" in sc.name else

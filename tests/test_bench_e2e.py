@@ -42,3 +42,15 @@ def test_e2e_json_has_every_figure(tmp_path: Path, redis_server, monkeypatch: py
     assert not list(client.scan_iter(match="bench:*"))
     client.close()
     assert os.environ["REDIS_URL"].startswith("redis://127.0.0.1")
+
+
+def test_e2e_drain_two_workers(tmp_path: Path, redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued first, then drained: every state answered once, CPU shares reported."""
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_server.port}/0")
+    out = tmp_path / "drain.json"
+    assert main(["e2e", "--drain", "--workers", "2", "--count", "3000", "--hidden", "16,16", "--no-floor",
+                 "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["scenario"]["drain"] and r["scenario"]["workers"] == 2
+    assert r["sent"] == r["received"] == 3000 and r["exactly_once"] and r["throughput"] > 0
+    assert r["cpu_s"]["workers"] > 0 and r["cpu_s"]["redis"] > 0
