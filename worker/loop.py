@@ -9,8 +9,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.backoff import Backoff, pause
 from worker.model import ModelManager
 from worker.protocol import (
+    GONE,
     Limits,
     Request,
     batch_tail,
@@ -31,7 +32,6 @@ from worker.protocol import (
     ok_values,
 )
 from worker.publish import PUBLISH_LUA, Batch
-from worker.protocol import GONE
 from worker.recovery import Recovery
 from worker.settings import Settings
 
@@ -173,9 +173,9 @@ class Worker:
     async def _waiting(self, read: Awaitable[Any], block: int | None) -> Any:
         """Await a read; a blocking one inside the spin window (IDLE_SPIN_MS) keeps
         this process on the CPU until the window ends: each ``sleep(0)`` lets the
-        event loop poll its sockets without sleeping. A process that sleeps pays on this VM ~0.1 ms to be woken and
-        another ~0.1 ms of slow, cold first work (an inference: 18 µs hot, 113 µs
-        after a 1 ms sleep, 39 µs after a 1 ms spin)."""
+        event loop poll its sockets without sleeping. On our VM a process that
+        sleeps pays ~0.1 ms to be woken and runs its first work cold (a batch-1
+        inference: 18 µs hot, 54-113 µs after a 1 ms sleep)."""
         if block is None or time.monotonic() >= self._spin_until:
             return await read
         task = asyncio.ensure_future(read)

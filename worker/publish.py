@@ -7,6 +7,10 @@ arguments. Like MULTI it runs atomically (no other client sees a result
 without its acknowledgement). An XADD that fails (a ``reply_to`` key that is
 not a stream) does not stop the script: its index is returned so the caller
 can answer that entry elsewhere.
+
+An ok result travels as six or seven values (the script knows the field
+names, and acknowledges its entry by the entry_id it carries): sending ~18
+names and values per result cost the worker 17 % of its time in packing alone.
 """
 
 from __future__ import annotations
