@@ -21,7 +21,8 @@ demo: $(STAMP)
 	$(BIN)/python -m bench demo
 
 bench: $(STAMP)
-	$(BIN)/python -m bench demo
+	$(BIN)/python -m bench
+	$(BIN)/python -m bench e2e
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
