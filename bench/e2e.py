@@ -252,9 +252,7 @@ class Run:
             lat.append(float(la))
             batch.append(int(bs))
         wall = (last_ns - start_ns) / 1e9 if last_ns else float("nan")
-        cpu = {role: (cpu1[role] - cpu0[role]) if cpu0.get(role) is not None and cpu1.get(role) is not None
-               else None for role in cpu0}
-        cpu.update(producers=producer_cpu, collector=own)
+        cpu = cpu_used(cpu0, cpu1, producers=producer_cpu, collector=own)
         return {"cpu_s": cpu, "sent": sent, "received": len(seen), "errors": errors, "exactly_once": len(seen) == sent and errors == 0,
                 "throughput": len(seen) / wall if wall > 0 else 0.0, "wall_s": wall,
                 "e2e_ms": pct(e2e), "queue_ms": pct(queue), "infer_ms": pct(infer),
@@ -298,9 +296,7 @@ def drain(run: Run, total: int) -> dict[str, Any]:
     first_ms, last_ms = (int(got[i][0].split(b"-")[0]) for i in (0, -1)) if got else (0, 0)
     wall = (last_ms - first_ms) / 1000
     errors = sum(f[b"status"] != b"ok" for _, f in got) + len(ids) - len(set(ids))
-    cpu = {role: (cpu1[role] - cpu0[role]) if cpu0.get(role) is not None and cpu1.get(role) is not None else None
-           for role in cpu0}
-    cpu.update(producers=0.0, collector=own)
+    cpu = cpu_used(cpu0, cpu1, producers=0.0, collector=own)
     return {"cpu_s": cpu, "sent": total, "received": len(set(ids)), "errors": errors,
             "exactly_once": len(set(ids)) == total and errors == 0,
             "throughput": (len(got) - 1) / wall if wall > 0 else 0.0, "wall_s": wall, "e2e_ms": {},
@@ -309,6 +305,15 @@ def drain(run: Run, total: int) -> dict[str, Any]:
             "latency_ms": pct([float(f[b"latency_ms"]) for _, f in got]),
             "mean_batch": float(np.mean([int(f[b"batch_size"]) for _, f in got])) if got else 0.0,
             "backlog": []}
+
+
+def cpu_used(before: dict[str, float | None], after: dict[str, float | None],
+             **own: float) -> dict[str, float | None]:
+    """CPU seconds each role used between two ``Run.cpu_seconds`` readings (None where
+    one could not be read), plus the roles measured by themselves."""
+    used = {role: after[role] - start if start is not None and after.get(role) is not None else None  # type: ignore[operator]
+            for role, start in before.items()}
+    return {**used, **own}
 
 
 def pct(values: list[float]) -> dict[str, float]:

@@ -263,16 +263,28 @@ async def test_control_addressed_to_another_worker_is_ignored(tmp_path: Path, fa
 async def test_reclaims_while_reading_ahead_under_load(tmp_path: Path, fake_redis: Redis) -> None:
     """A dead consumer's entry is taken over while the stream stays busy: the
     reclaim pass is not starved by batches read ahead with each publish."""
-    s = make_settings(tmp_path, read_count=4, claim_idle_ms=100, claim_interval_s=0.001)
+    s = make_settings(tmp_path, read_count=4, claim_idle_ms=60_000, claim_interval_s=1e-9)
     write_model(s.model_dir / "a.pt")
     await fake_redis.xgroup_create("statpair:states", s.group, id="0", mkstream=True)
     (orphan,) = await add_states(fake_redis, 1, id="orphan")
     await add_states(fake_redis, 1000)
-    # "dead" reads the orphan just before the worker starts: not yet idle enough at its first pass.
     await fake_redis.xreadgroup(s.group, "dead", {"statpair:states": ">"}, count=1)
     models = ModelManager(s.model_path, s.model_dir, s.jit)
     await models.check()
     worker = Worker(s, fake_redis, models, burst=True)
+    passes = 0
+    real_reclaim = worker.recovery.reclaim
+
+    async def reclaim() -> int:
+        # The orphan turns idle enough at the fifth pass: well inside the drain
+        # (250 batches of 4), whatever the speed of the machine.
+        nonlocal passes
+        passes += 1
+        if passes == 5:
+            await fake_redis.xclaim("statpair:states", s.group, "dead", 0, [orphan], idle=120_000)
+        return await real_reclaim()
+
+    worker.recovery.reclaim = reclaim  # type: ignore[method-assign]
     await worker.run()
     ids = [r.entry_id for r in await results(fake_redis)]
     assert len(ids) == 1001 and ids.count(orphan.decode()) == 1 and worker.stats.reclaimed == 1

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -237,7 +236,8 @@ class Worker:
         elif valid:
             t0 = time.perf_counter()
             try:
-                actions = model.infer(dec.rows).astype(np.float64).tolist()  # type: ignore[union-attr, arg-type]
+                # tolist() of the float32 output: the same values, as Python floats
+                actions = model.infer(dec.rows).tolist()  # type: ignore[union-attr, arg-type]
             except Exception as exc:  # noqa: BLE001 - answer every entry, never die
                 logger.exception("inference failed for a batch of %d", len(valid))
                 for i in valid:
