@@ -36,8 +36,7 @@ class SACActor(nn.Module):
         super().__init__()
         if state_dim < 1 or action_dim < 1 or not hidden or min(hidden) < 1:
             raise ValueError(
-                f"bad actor shape: state_dim={state_dim}, hidden={tuple(hidden)}, "
-                f"action_dim={action_dim}"
+                f"bad actor shape: state_dim={state_dim}, hidden={tuple(hidden)}, action_dim={action_dim}"
             )
         self.state_dim = int(state_dim)
         self.action_dim = int(action_dim)

@@ -9,7 +9,7 @@ import io
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +48,14 @@ class Checkpoint:
 
     @property
     def mtime_utc(self) -> str:
-        return datetime.fromtimestamp(self.mtime, tz=timezone.utc).isoformat(timespec="milliseconds")
+        return datetime.fromtimestamp(self.mtime, tz=UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
 class Metadata:
     """What a checkpoint says about where it came from."""
 
-    created_utc: str = field(
-        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
-    )
+    created_utc: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     run_id: str | None = None
     episodes: int | None = None
     eval_score: float | None = None
@@ -147,7 +145,7 @@ def load_checkpoint(
         raise CheckpointError(path, "file is empty")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt?): {first}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -156,9 +154,7 @@ def load_checkpoint(
         raise CheckpointError(path, f"unsupported checkpoint version {payload.get('version')!r}")
     actor = _build_actor(path, payload)
     if state_dim is not None and actor.state_dim != state_dim:
-        raise CheckpointError(
-            path, f"model state_dim is {actor.state_dim}, expected {state_dim}"
-        )
+        raise CheckpointError(path, f"model state_dim is {actor.state_dim}, expected {state_dim}")
     metadata = payload.get("metadata")
     return Checkpoint(
         actor=actor,
@@ -193,7 +189,8 @@ def _build_actor(path: Path, payload: dict[str, Any]) -> SACActor:
     try:
         actor.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(path, f"weights do not fit the config: {str(exc).splitlines()[0][:200]}") from exc
+        raise CheckpointError(
+            path, f"weights do not fit the config: {str(exc).splitlines()[0][:200]}"
+        ) from exc
     actor.eval()
     return actor
-

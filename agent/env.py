@@ -84,8 +84,7 @@ class PairData:
             raise ValueError("prices must be finite and positive")
         n_train = int(len(a) * train_fraction)
         if n_train < WARMUP + 50 or len(a) - n_train < 50:
-            raise ValueError(f"{len(a)} rows are too few: need {WARMUP + 50} for training "
-                             "and 50 held out")
+            raise ValueError(f"{len(a)} rows are too few: need {WARMUP + 50} for training and 50 held out")
         la, lb = np.log(a), np.log(b)
         # OLS of log A on log B over the training window only: no look-ahead.
         x, y = lb[:n_train], la[:n_train]
@@ -94,8 +93,9 @@ class PairData:
         return cls(spread=la - beta * lb - alpha, hedge_ratio=beta, intercept=alpha, n_train=n_train)
 
     @classmethod
-    def from_csv(cls, path: str | Path, columns: tuple[str, str] | None = None,
-                 train_fraction: float = 0.7) -> PairData:
+    def from_csv(
+        cls, path: str | Path, columns: tuple[str, str] | None = None, train_fraction: float = 0.7
+    ) -> PairData:
         """Read two price columns (the first two numeric ones unless ``columns`` names them)."""
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -122,7 +122,7 @@ class PairData:
             if span < n:
                 return self.spread[first:hi]
             start = int(rng.integers(first, hi - n + 1))
-            return self.spread[start:start + n]
+            return self.spread[start : start + n]
 
         return draw
 
@@ -140,8 +140,9 @@ class PairTradingEnv:
 
     state_dim = STATE_DIM
 
-    def __init__(self, config: PairConfig | None = None, seed: int | None = None,
-                 source: PathSource | None = None) -> None:
+    def __init__(
+        self, config: PairConfig | None = None, seed: int | None = None, source: PathSource | None = None
+    ) -> None:
         self.config = config or PairConfig()
         self.rng = np.random.default_rng(seed)
         self._source = source or (lambda rng, n: ou_spread(self.config, rng, n))
@@ -173,8 +174,9 @@ class PairTradingEnv:
         i = self._i
         vol = self.vol[i] if self.vol[i] > 1e-12 else 1.0
         unreal = self.position * (self.spread[i] - self.entry) / vol if self.position else 0.0
-        return state_vector(self.market[i], self.position, unreal, min(self.held / 100.0, 1.0),
-                            self.t / self.length)
+        return state_vector(
+            self.market[i], self.position, unreal, min(self.held / 100.0, 1.0), self.t / self.length
+        )
 
     def step(self, action: float) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
         new = float(np.clip(action, -1.0, 1.0))
@@ -188,8 +190,7 @@ class PairTradingEnv:
         self.held += 1
         self.t += 1
         done = self.t >= self.length
-        info = {"pnl": pnl, "cost": cost, "position": new, "turnover": traded,
-                "z": float(self.market[i][0])}
+        info = {"pnl": pnl, "cost": cost, "position": new, "turnover": traded, "z": float(self.market[i][0])}
         # The end of an episode is a time limit, not a terminal state: the next
         # state is real (the path has one more step) and training bootstraps from it.
         return self._state(), pnl - cost, done, info

@@ -32,8 +32,10 @@ class Scores:
     steps: int
 
     def row(self, name: str) -> str:
-        return (f"{name:<8} sharpe={self.sharpe:6.2f}  return={self.total_return:7.4f}  "
-                f"max_dd={self.max_drawdown:6.4f}  turnover={self.turnover:6.3f}")
+        return (
+            f"{name:<8} sharpe={self.sharpe:6.2f}  return={self.total_return:7.4f}  "
+            f"max_dd={self.max_drawdown:6.4f}  turnover={self.turnover:6.3f}"
+        )
 
 
 def scores(pnl: np.ndarray, turnover: np.ndarray) -> Scores:
@@ -43,8 +45,13 @@ def scores(pnl: np.ndarray, turnover: np.ndarray) -> Scores:
     sharpe = float(pnl.mean() / std * math.sqrt(STEPS_PER_YEAR)) if std > 0 else 0.0
     cum = np.cumsum(pnl, axis=1)
     peak = np.maximum.accumulate(np.concatenate([np.zeros((len(cum), 1)), cum], axis=1), axis=1)[:, 1:]
-    return Scores(sharpe, float(cum[:, -1].mean()), float((peak - cum).max(axis=1).mean()),
-                  float(np.mean(turnover)), int(pnl.size))
+    return Scores(
+        sharpe,
+        float(cum[:, -1].mean()),
+        float((peak - cum).max(axis=1).mean()),
+        float(np.mean(turnover)),
+        int(pnl.size),
+    )
 
 
 def rollout(policy: Policy, envs: list[PairTradingEnv], seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +83,13 @@ def make_envs(n: int, config: PairConfig, source: PathSource | None = None) -> l
     return [PairTradingEnv(config, source=source) for _ in range(n)]
 
 
-def compare(policies: dict[str, Policy], episodes: int, config: PairConfig,
-            source: PathSource | None = None, first_seed: int = EVAL_SEED) -> dict[str, Scores]:
+def compare(
+    policies: dict[str, Policy],
+    episodes: int,
+    config: PairConfig,
+    source: PathSource | None = None,
+    first_seed: int = EVAL_SEED,
+) -> dict[str, Scores]:
     """Every policy on the same held-out paths."""
     seeds = list(range(first_seed, first_seed + episodes))
     out = {}
@@ -113,10 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv:
         cols = tuple(args.columns.split(",")) if args.columns else None
         source = PairData.from_csv(args.csv, cols, args.train_fraction).source(held_out=True)
-    result = compare({"policy": actor_policy(ck.actor), "zscore": zscore_rule(args.entry, args.exit),
-                      "flat": flat}, args.episodes, config, source, args.seed)
-    print(f"{args.model}: {args.episodes} held-out paths × {args.episode_length} steps, "
-          f"seeds {args.seed}…{args.seed + args.episodes - 1}, cost {args.cost}")
+    result = compare(
+        {"policy": actor_policy(ck.actor), "zscore": zscore_rule(args.entry, args.exit), "flat": flat},
+        args.episodes,
+        config,
+        source,
+        args.seed,
+    )
+    print(
+        f"{args.model}: {args.episodes} held-out paths × {args.episode_length} steps, "
+        f"seeds {args.seed}…{args.seed + args.episodes - 1}, cost {args.cost}"
+    )
     for name, sc in result.items():
         print(sc.row(name))
     if args.json:

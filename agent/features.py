@@ -35,8 +35,21 @@ CLIP = 10.0
 NAMES = (
     [f"z60_lag{i}" for i in range(10)]
     + [f"ret_lag{i}" for i in range(5)]
-    + ["z20", "z120", "vol_ratio", "z60_mean5", "z60_mean20", "mom5", "mom20", "autocorr60",
-       "abs_z60", "position", "unrealised", "holding", "progress"]
+    + [
+        "z20",
+        "z120",
+        "vol_ratio",
+        "z60_mean5",
+        "z60_mean20",
+        "mom5",
+        "mom20",
+        "autocorr60",
+        "abs_z60",
+        "position",
+        "unrealised",
+        "holding",
+        "progress",
+    ]
 )
 assert len(NAMES) == STATE_DIM
 
@@ -45,7 +58,7 @@ def _rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
     """Trailing mean over ``w`` (NaN for the first w-1 entries)."""
     c = np.cumsum(np.insert(x, 0, 0.0))
     out = np.full(x.shape, np.nan)
-    out[w - 1:] = (c[w:] - c[:-w]) / w
+    out[w - 1 :] = (c[w:] - c[:-w]) / w
     return out
 
 
@@ -95,8 +108,9 @@ def vol_scale(spread: np.ndarray) -> np.ndarray:
     return _rolling_std(np.diff(s, prepend=s[0]), 120)
 
 
-def state_vector(market_row: np.ndarray, position: float, unrealised: float, holding: float,
-                 progress: float) -> np.ndarray:
+def state_vector(
+    market_row: np.ndarray, position: float, unrealised: float, holding: float, progress: float
+) -> np.ndarray:
     """One 28-feature float32 state."""
     tail = np.clip([position, unrealised, holding, progress], -CLIP, CLIP)
     return np.concatenate([market_row, tail]).astype(np.float32)

@@ -16,8 +16,9 @@ class ReplayBuffer:
         self.size = 0
         self._next = 0
 
-    def add(self, state: np.ndarray, action: np.ndarray | float, reward: float,
-            next_state: np.ndarray, done: bool) -> None:
+    def add(
+        self, state: np.ndarray, action: np.ndarray | float, reward: float, next_state: np.ndarray, done: bool
+    ) -> None:
         i = self._next
         self.states[i] = state
         self.actions[i] = action
@@ -29,5 +30,10 @@ class ReplayBuffer:
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, ...]:
         idx = rng.integers(0, self.size, size=batch)
-        return (self.states[idx], self.actions[idx], self.rewards[idx], self.next_states[idx],
-                self.dones[idx])
+        return (
+            self.states[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.next_states[idx],
+            self.dones[idx],
+        )

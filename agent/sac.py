@@ -113,5 +113,9 @@ class SAC:
         self.alpha_opt.step()
 
         polyak_update(self.critic, self.critic_target, self.hp.tau)
-        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
-                "alpha": alpha.item(), "entropy": -logp.detach().mean().item()}
+        return {
+            "critic_loss": critic_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "alpha": alpha.item(),
+            "entropy": -logp.detach().mean().item(),
+        }

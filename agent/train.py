@@ -13,7 +13,7 @@ import sys
 import time
 import typing
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,14 @@ class TrainConfig:
     episodes: int = _f(300, "training episodes")
     episode_length: int = _f(256, "steps per training episode")
     seed: int = _f(0, "seed of torch, the environments and the replay sampling")
-    out: Path = _f(Path("models/policy.pt"), "checkpoint the worker serves (default $MODEL_DIR/policy.pt); "
-                   "rewritten atomically whenever the validation Sharpe improves")
-    run_dir: Path = _f(Path("runs"), "folder for this run's best.pt and final.pt (in a timestamped subfolder)")
+    out: Path = _f(
+        Path("models/policy.pt"),
+        "checkpoint the worker serves (default $MODEL_DIR/policy.pt); "
+        "rewritten atomically whenever the validation Sharpe improves",
+    )
+    run_dir: Path = _f(
+        Path("runs"), "folder for this run's best.pt and final.pt (in a timestamped subfolder)"
+    )
     hidden: tuple[int, ...] = _f((64, 64), "actor hidden layer sizes")
     critic_hidden: tuple[int, ...] = _f((128, 128), "critic hidden layer sizes")
     actor_lr: float = _f(3e-4, "actor learning rate")
@@ -69,8 +74,11 @@ class TrainConfig:
     sigma: float = _f(PairConfig.sigma, "spread innovation std per step (synthetic pair)")
     regime_prob: float = _f(PairConfig.regime_prob, "chance of a regime shift per step (synthetic pair)")
     cost: float = _f(PairConfig.cost, "cost per unit of position change")
-    train_cost_multiplier: float = _f(3.0, "the cost charged while learning, as a multiple of --cost "
-                                      "(above 1 discourages churn; validation uses --cost)")
+    train_cost_multiplier: float = _f(
+        3.0,
+        "the cost charged while learning, as a multiple of --cost "
+        "(above 1 discourages churn; validation uses --cost)",
+    )
     csv: Path | None = _f(None, "train on this CSV of two price columns instead of the synthetic pair")
     csv_columns: str | None = _f(None, "the CSV's two price columns, as A,B (default: first two numeric)")
     train_fraction: float = _f(0.7, "CSV rows used for training; the rest is held out")
@@ -78,13 +86,25 @@ class TrainConfig:
     quiet: bool = _f(False, "no progress bar")
 
     def pair(self, length: int, cost_multiplier: float = 1.0) -> PairConfig:
-        return PairConfig(episode_length=length, half_life=self.half_life, sigma=self.sigma,
-                          regime_prob=self.regime_prob, cost=self.cost * cost_multiplier)
+        return PairConfig(
+            episode_length=length,
+            half_life=self.half_life,
+            sigma=self.sigma,
+            regime_prob=self.regime_prob,
+            cost=self.cost * cost_multiplier,
+        )
 
     def hyper(self) -> SACHyper:
-        return SACHyper(hidden=self.hidden, critic_hidden=self.critic_hidden, actor_lr=self.actor_lr,
-                        critic_lr=self.critic_lr, alpha_lr=self.alpha_lr, gamma=self.gamma,
-                        tau=self.tau, init_alpha=self.init_alpha)
+        return SACHyper(
+            hidden=self.hidden,
+            critic_hidden=self.critic_hidden,
+            actor_lr=self.actor_lr,
+            critic_lr=self.critic_lr,
+            alpha_lr=self.alpha_lr,
+            gamma=self.gamma,
+            tau=self.tau,
+            init_alpha=self.init_alpha,
+        )
 
 
 @dataclass
@@ -105,8 +125,12 @@ def _sources(cfg: TrainConfig) -> tuple[PathSource | None, PathSource | None]:
         return None, None
     cols = tuple(cfg.csv_columns.split(",")) if cfg.csv_columns else None
     data = PairData.from_csv(cfg.csv, cols, cfg.train_fraction)  # type: ignore[arg-type]
-    logger.info("pair from %s: hedge ratio %.4f estimated on %d training rows",
-                cfg.csv, data.hedge_ratio, data.n_train)
+    logger.info(
+        "pair from %s: hedge ratio %.4f estimated on %d training rows",
+        cfg.csv,
+        data.hedge_ratio,
+        data.n_train,
+    )
     return data.source(held_out=False), data.source(held_out=True)
 
 
@@ -121,18 +145,19 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     val_config = cfg.pair(cfg.eval_length)
     agent = SAC(env.state_dim, cfg.hyper())
     buffer = ReplayBuffer(cfg.buffer_size, env.state_dim)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = cfg.run_dir / f"sac-{stamp}-seed{cfg.seed}"
     best_path, final_path = run_dir / "best.pt", run_dir / "final.pt"
 
     def validate() -> Scores:
-        return compare({"policy": actor_policy(agent.actor)}, cfg.eval_episodes, val_config,
-                       val_source, VALIDATION_SEED)["policy"]
+        return compare(
+            {"policy": actor_policy(agent.actor)}, cfg.eval_episodes, val_config, val_source, VALIDATION_SEED
+        )["policy"]
 
-    baseline = compare({"zscore": zscore_rule()}, cfg.eval_episodes, val_config, val_source,
-                       VALIDATION_SEED)["zscore"]
-    params = {k: (str(v) if isinstance(v, Path | tuple) or v is None else v)
-              for k, v in asdict(cfg).items()}
+    baseline = compare({"zscore": zscore_rule()}, cfg.eval_episodes, val_config, val_source, VALIDATION_SEED)[
+        "zscore"
+    ]
+    params = {k: (str(v) if isinstance(v, Path | tuple) or v is None else v) for k, v in asdict(cfg).items()}
     tags = {"algo": "sac", "env_class": type(env).__name__, "data": "csv" if cfg.csv else "synthetic"}
     show = (not cfg.quiet and sys.stderr.isatty()) if progress is None else progress
     from tqdm import tqdm
@@ -142,7 +167,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     total_steps = 0
     update_credit = 0.0
     last_losses: dict[str, float] = {}
-    with MlflowTracker(cfg.experiment, run_name=run_dir.name, params={"config": params}, tags=tags) as tracker:
+    with MlflowTracker(
+        cfg.experiment, run_name=run_dir.name, params={"config": params}, tags=tags
+    ) as tracker:
         tracker.log_metrics({"baseline_zscore_sharpe": baseline.sharpe}, step=0)
         bar = tqdm(total=cfg.episodes, disable=not show, unit="ep", dynamic_ncols=True)
         episode = 0
@@ -165,37 +192,67 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
                     while update_credit >= 1.0:
                         last_losses = agent.update(buffer.sample(rng, cfg.batch_size))
                         update_credit -= 1.0
-            metrics = {"train_reward": ep_reward, "train_turnover": ep_turnover / env.length,
-                       **last_losses}
+            metrics = {"train_reward": ep_reward, "train_turnover": ep_turnover / env.length, **last_losses}
             out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
             if episode % cfg.eval_every == 0 or episode == cfg.episodes or out_of_time:
                 val = validate()
-                metrics.update({"eval_reward": val.total_return, "eval_sharpe": val.sharpe,
-                                "eval_turnover": val.turnover, "eval_max_drawdown": val.max_drawdown})
+                metrics.update(
+                    {
+                        "eval_reward": val.total_return,
+                        "eval_sharpe": val.sharpe,
+                        "eval_turnover": val.turnover,
+                        "eval_max_drawdown": val.max_drawdown,
+                    }
+                )
                 if val.sharpe > best:
                     best = val.sharpe
-                    meta = Metadata(run_id=tracker.run_id, episodes=episode, eval_score=val.sharpe,
-                                    extra={"eval_metric": "validation_sharpe", "seed": cfg.seed,
-                                           "baseline_zscore_sharpe": baseline.sharpe})
+                    meta = Metadata(
+                        run_id=tracker.run_id,
+                        episodes=episode,
+                        eval_score=val.sharpe,
+                        extra={
+                            "eval_metric": "validation_sharpe",
+                            "seed": cfg.seed,
+                            "baseline_zscore_sharpe": baseline.sharpe,
+                        },
+                    )
                     save_checkpoint(agent.actor, best_path, meta)
                     save_checkpoint(agent.actor, cfg.out, meta)  # the worker hot-reloads this
-                bar.set_postfix(reward=f"{ep_reward:+.3f}", sharpe=f"{val.sharpe:.2f}",
-                                best=f"{best:.2f}", zscore=f"{baseline.sharpe:.2f}")
+                bar.set_postfix(
+                    reward=f"{ep_reward:+.3f}",
+                    sharpe=f"{val.sharpe:.2f}",
+                    best=f"{best:.2f}",
+                    zscore=f"{baseline.sharpe:.2f}",
+                )
             tracker.log_metrics(metrics, step=episode)
             history.append({"episode": episode, **metrics})
             bar.update(1)
             if out_of_time:
-                logger.info("stopping after %d episodes: --max-minutes %.1f reached", episode, cfg.max_minutes)
+                logger.info(
+                    "stopping after %d episodes: --max-minutes %.1f reached", episode, cfg.max_minutes
+                )
                 break
         bar.close()
-        save_checkpoint(agent.actor, final_path,
-                        Metadata(run_id=tracker.run_id, episodes=episode, extra={"seed": cfg.seed}))
+        save_checkpoint(
+            agent.actor,
+            final_path,
+            Metadata(run_id=tracker.run_id, episodes=episode, extra={"seed": cfg.seed}),
+        )
         tracker.log_metrics({"best_eval_sharpe": best}, step=episode)
         tracker.log_artifact(cfg.out)
         tracker.log_artifact(final_path)
         run_id = tracker.run_id
-    return Result(best_path, final_path, cfg.out, best, baseline.sharpe, episode,
-                  time.monotonic() - started, run_id, history)
+    return Result(
+        best_path,
+        final_path,
+        cfg.out,
+        best,
+        baseline.sharpe,
+        episode,
+        time.monotonic() - started,
+        run_id,
+        history,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,8 +265,12 @@ def _parser() -> argparse.ArgumentParser:
         if kind is bool:
             p.add_argument(flag, action="store_true", help=f.metadata["help"])
         elif f.name in {"hidden", "critic_hidden"}:
-            p.add_argument(flag, type=lambda s: tuple(int(x) for x in s.split(",")), default=f.default,
-                           help=help_text + ", comma-separated")
+            p.add_argument(
+                flag,
+                type=lambda s: tuple(int(x) for x in s.split(",")),
+                default=f.default,
+                help=help_text + ", comma-separated",
+            )
         else:
             base = {int: int, float: float, str: str, Path: Path}.get(kind)
             if base is None:  # Optional[...]
@@ -231,8 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(argv, model_dir=os.environ.get("MODEL_DIR"))
     result = train(cfg)
-    print(f"trained {result.episodes} episodes in {result.seconds:.0f} s; best validation Sharpe "
-          f"{result.best_sharpe:.2f} (z-score rule {result.baseline_sharpe:.2f} on the same paths)")
+    print(
+        f"trained {result.episodes} episodes in {result.seconds:.0f} s; best validation Sharpe "
+        f"{result.best_sharpe:.2f} (z-score rule {result.baseline_sharpe:.2f} on the same paths)"
+    )
     print(f"serving checkpoint: {result.out}\nbest: {result.best_path}\nfinal: {result.final_path}")
     print(f"judge it on held-out paths: python -m agent.evaluate {result.out}")
     return 0

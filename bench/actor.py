@@ -72,8 +72,11 @@ def run(
         "rounds": rounds,
         "threads": threads,
         "torch": torch.__version__,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+        },
         "unit": "microseconds",
         "cells": cells,
     }

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench import actor
 
     parser = argparse.ArgumentParser(
-        prog="python -m bench [actor]", description=actor.__doc__,
+        prog="python -m bench [actor]",
+        description=actor.__doc__,
         epilog="`python -m bench e2e --help` for the end-to-end benchmark through Redis.",
     )
     actor.add_arguments(parser)

@@ -46,17 +46,26 @@ def ensure_model(model_dir: Path, episodes: int) -> Path:
     from agent.train import TrainConfig, train
 
     print(f"no model in {model_dir}/: training a small policy ({episodes} episodes, under a minute)")
-    cfg = TrainConfig(episodes=episodes, eval_every=5, max_minutes=0.8, out=model_dir / "policy.pt",
-                      run_dir=Path("runs"))
+    cfg = TrainConfig(
+        episodes=episodes, eval_every=5, max_minutes=0.8, out=model_dir / "policy.pt", run_dir=Path("runs")
+    )
     result = train(cfg)
-    print(f"trained {result.episodes} episodes in {result.seconds:.0f} s: validation Sharpe "
-          f"{result.best_sharpe:.2f} (z-score rule {result.baseline_sharpe:.2f}); model {result.out}")
+    print(
+        f"trained {result.episodes} episodes in {result.seconds:.0f} s: validation Sharpe "
+        f"{result.best_sharpe:.2f} (z-score rule {result.baseline_sharpe:.2f}); model {result.out}"
+    )
     return result.out
 
 
 def start_worker(redis_url: str, model_dir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": redis_url, "MODEL_DIR": str(model_dir), "STAT_PAIR_RL_JIT": "1",
-           "CONSUMER": f"demo-worker-{os.getpid()}", "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "MODEL_DIR": str(model_dir),
+        "STAT_PAIR_RL_JIT": "1",
+        "CONSUMER": f"demo-worker-{os.getpid()}",
+        "LOG_LEVEL": "WARNING",
+    }
     env.pop("MODEL_PATH", None)
     # Its own session: Ctrl-C reaches the demo only, which then stops the worker in order.
     return subprocess.Popen([sys.executable, "-m", "worker"], env=env, start_new_session=True)
@@ -98,8 +107,11 @@ async def strategy(redis_url: str, ticks: int, rate: float, pairs: list[str]) ->
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
     async with ActionClient(redis_url, timeout=10) as client:
         await wait_ready(client, states[0])
-        print(f"\n{'pair':<8} {'z-score':>8} {'action':>8} {'side':>6} {'queue':>8} {'infer':>8} "
-              f"{'total':>8} {'rtt':>8}  backend", flush=True)
+        print(
+            f"\n{'pair':<8} {'z-score':>8} {'action':>8} {'side':>6} {'queue':>8} {'infer':>8} "
+            f"{'total':>8} {'rtt':>8}  backend",
+            flush=True,
+        )
         started = time.monotonic()
         for tick in range(ticks):
             if interrupted.is_set():
@@ -118,9 +130,11 @@ async def strategy(redis_url: str, ticks: int, rate: float, pairs: list[str]) ->
                     rtt.append(elapsed)
                     worker_ms.append(res.latency_ms)
                     infer_ms.append(res.infer_ms)
-                    print(f"{pair:<8} {states[i][0]:8.2f} {action:8.3f} {SIDE[res.discrete]:>6} "
-                          f"{res.queue_ms:7.2f}ms {res.infer_ms:6.3f}ms {res.latency_ms:6.3f}ms "
-                          f"{elapsed:6.2f}ms  {res.backend}")
+                    print(
+                        f"{pair:<8} {states[i][0]:8.2f} {action:8.3f} {SIDE[res.discrete]:>6} "
+                        f"{res.queue_ms:7.2f}ms {res.infer_ms:6.3f}ms {res.latency_ms:6.3f}ms "
+                        f"{elapsed:6.2f}ms  {res.backend}"
+                    )
                 state, reward, _, info = envs[i].step(action)
                 t = tracks[pair]
                 t.z.append(float(states[i][0]))
@@ -133,8 +147,7 @@ async def strategy(redis_url: str, ticks: int, rate: float, pairs: list[str]) ->
     loop.remove_signal_handler(signal.SIGINT)
     if interrupted.is_set():
         raise KeyboardInterrupt
-    return {"tracks": tracks, "rtt": rtt, "worker_ms": worker_ms, "infer_ms": infer_ms,
-            "backend": backend}
+    return {"tracks": tracks, "rtt": rtt, "worker_ms": worker_ms, "infer_ms": infer_ms, "backend": backend}
 
 
 def sharpe(pnl: np.ndarray) -> float:
@@ -147,10 +160,14 @@ def summarize(out: dict, plot: Path) -> None:
     print(f"\nserved {served} states ({out['backend']})")
     if served:
         p = np.percentile
-        print(f"round trip per tick (client XADD → result read): p50 {p(out['rtt'], 50):.2f} ms, "
-              f"p99 {p(out['rtt'], 99):.2f} ms")
-        print(f"worker latency (read → result ready): p50 {p(out['worker_ms'], 50):.3f} ms, "
-              f"p99 {p(out['worker_ms'], 99):.3f} ms; inference p50 {p(out['infer_ms'], 50):.3f} ms")
+        print(
+            f"round trip per tick (client XADD → result read): p50 {p(out['rtt'], 50):.2f} ms, "
+            f"p99 {p(out['rtt'], 99):.2f} ms"
+        )
+        print(
+            f"worker latency (read → result ready): p50 {p(out['worker_ms'], 50):.3f} ms, "
+            f"p99 {p(out['worker_ms'], 99):.3f} ms; inference p50 {p(out['infer_ms'], 50):.3f} ms"
+        )
     total = np.sum([np.asarray(t.pnl) for t in tracks.values()], axis=0)
     for pair, t in tracks.items():
         pnl = np.asarray(t.pnl)
@@ -170,8 +187,9 @@ def summarize(out: dict, plot: Path) -> None:
         axes[1].plot(t.position, label=pair, lw=1)
         axes[2].plot(np.cumsum(t.pnl), label=pair, lw=1)
     axes[2].plot(np.cumsum(total), label="all", lw=2, color="black")
-    for ax, title in zip(axes, ["spread z-score (60 steps)", "position (−1 short … +1 long)",
-                                "cumulative PnL"], strict=True):
+    for ax, title in zip(
+        axes, ["spread z-score (60 steps)", "position (−1 short … +1 long)", "cumulative PnL"], strict=True
+    ):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, ncol=len(tracks))

@@ -63,9 +63,23 @@ def redis_for(url: str | None, allow_fake: bool = True) -> Iterator[RedisTarget]
     if binary:
         with tempfile.TemporaryDirectory(prefix="statpair-redis-") as folder:
             proc = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", folder, "--loglevel", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    folder,
+                    "--loglevel",
+                    "warning",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
             )
             target = RedisTarget(f"redis://127.0.0.1:{port}/0", "redis-server", proc.pid)
@@ -85,8 +99,10 @@ def redis_for(url: str | None, allow_fake: bool = True) -> Iterator[RedisTarget]
     try:
         from fakeredis import TcpFakeServer
     except ImportError as exc:
-        raise RuntimeError("REDIS_URL is unset, redis-server is not installed, and fakeredis "
-                           "is missing (pip install fakeredis)") from exc
+        raise RuntimeError(
+            "REDIS_URL is unset, redis-server is not installed, and fakeredis "
+            "is missing (pip install fakeredis)"
+        ) from exc
     server = TcpFakeServer(("127.0.0.1", port))
     thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
     thread.start()

@@ -14,8 +14,14 @@ def percentiles(values: Sequence[float] | np.ndarray) -> dict[str, float]:
         nan = float("nan")
         return {"n": 0, "mean": nan, "p50": nan, "p95": nan, "p99": nan, "max": nan}
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"n": int(a.size), "mean": float(a.mean()), "p50": float(p50), "p95": float(p95),
-            "p99": float(p99), "max": float(a.max())}
+    return {
+        "n": int(a.size),
+        "mean": float(a.mean()),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(a.max()),
+    }
 
 
 def summarize_us(samples_ns: Sequence[int] | np.ndarray) -> dict[str, float]:

@@ -50,20 +50,31 @@ def redis_url(redis_server: Any) -> str:
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"model_dir": tmp_path / "models", "consumer": "w1", "block_ms": 50,
-                              "watch_interval_s": 0.05}
+    values: dict[str, Any] = {
+        "model_dir": tmp_path / "models",
+        "consumer": "w1",
+        "block_ms": 50,
+        "watch_interval_s": 0.05,
+    }
     values.update(overrides)
     return Settings(**values)
 
 
 def write_model(path: Path, seed: int = 0, state_dim: int = 28, hidden=(16, 16)) -> Path:
     torch.manual_seed(seed)
-    return save_checkpoint(SACActor(state_dim=state_dim, hidden=hidden), path,
-                           {"created_utc": "2026-01-01T00:00:00+00:00", "seed": seed})
+    return save_checkpoint(
+        SACActor(state_dim=state_dim, hidden=hidden),
+        path,
+        {"created_utc": "2026-01-01T00:00:00+00:00", "seed": seed},
+    )
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
-                   timeout: float = 10.0, interval: float = 0.01, what: str = "condition") -> None:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> None:
     """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

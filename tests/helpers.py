@@ -19,11 +19,15 @@ class WorkerProcess:
     def __init__(self, log: Path, **env: str) -> None:
         self.log_path = log
         self._log = log.open("wb")
-        full = {k: v for k, v in os.environ.items()
-                if not k.startswith(("MLFLOW_", "STAT_PAIR", "MODEL_", "REDIS_"))}
+        full = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MLFLOW_", "STAT_PAIR", "MODEL_", "REDIS_"))
+        }
         full.update({"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **env})
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=full,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker"], cwd=ROOT, env=full, stdout=self._log, stderr=subprocess.STDOUT
+        )
         self.pid = self.proc.pid
 
     def log(self) -> str:
@@ -32,8 +36,9 @@ class WorkerProcess:
     def wait_log(self, text: str, timeout: float = 60.0, count: int = 1) -> None:
         def logged() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode} before logging {text!r}:\n"
-                                     + self.log()[-3000:])
+                raise AssertionError(
+                    f"worker exited {self.proc.returncode} before logging {text!r}:\n" + self.log()[-3000:]
+                )
             return self.log().count(text) >= count
 
         try:

@@ -34,8 +34,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_redis(datadir: Path, appendonly: bool = False, port: int | None = None,
-                password: str | None = None):
+def start_redis(
+    datadir: Path, appendonly: bool = False, port: int | None = None, password: str | None = None
+):
     """A RedisExecutor (pytest-redis) on a free loopback port, started."""
     from pytest_redis.executor import RedisExecutor
 
@@ -91,12 +92,41 @@ class Postgres:
                 pytest.fail("running as root needs runuser to start PostgreSQL as 'postgres'")
             self.prefix = [runuser, "-u", "postgres", "--"]
             shutil.chown(base, "postgres", "postgres")
-        subprocess.run([*self.prefix, initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
         subprocess.run(
-            [*self.prefix, self.pg_ctl, "-D", str(self.data), "-l", str(base / "postgres.log"), "-w",
-             "-t", "60", "-o", f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
-             "start"], check=True, capture_output=True)
+            [
+                *self.prefix,
+                initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *self.prefix,
+                self.pg_ctl,
+                "-D",
+                str(self.data),
+                "-l",
+                str(base / "postgres.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -114,8 +144,10 @@ class Postgres:
     def stop(self) -> None:
         import subprocess
 
-        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w",
-                        "stop"], capture_output=True)
+        subprocess.run(
+            [*self.prefix, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -135,10 +167,24 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", backend_uri, "--serve-artifacts",
-             "--artifacts-destination", str(artifacts)],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(mlflow),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                backend_uri,
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(artifacts),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             wait_until(self.healthy, timeout=180, what=f"mlflow server on {self.url} (log: {log})")

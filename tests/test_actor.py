@@ -97,8 +97,9 @@ def test_fallback_when_scripted_output_differs() -> None:
             return torch.zeros(x.shape[0], 1) + 0.5
 
     torch.manual_seed(0)
-    compiled = compile_actor(SACActor(hidden=(8,)), jit=True,
-                             check_states=torch.randn(4, 28), scripter=lambda m: Wrong())
+    compiled = compile_actor(
+        SACActor(hidden=(8,)), jit=True, check_states=torch.randn(4, 28), scripter=lambda m: Wrong()
+    )
     assert compiled.backend == "eager"
     assert "differs from eager" in (compiled.error or "")
 

@@ -11,8 +11,22 @@ from bench.cli import main
 
 def test_bench_json_has_every_cell(tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    rc = main(["--batch-sizes", "1,4,16", "--warmup", "2", "--iters", "6", "--rounds", "3",
-               "--hidden", "16,16", "--json", str(out)])
+    rc = main(
+        [
+            "--batch-sizes",
+            "1,4,16",
+            "--warmup",
+            "2",
+            "--iters",
+            "6",
+            "--rounds",
+            "3",
+            "--hidden",
+            "16,16",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert [c["batch_size"] for c in data["cells"]] == [1, 4, 16]

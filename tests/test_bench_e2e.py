@@ -15,13 +15,31 @@ from tests.servers import need_binary
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_e2e_json_has_every_figure(tmp_path: Path, redis_server, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_e2e_json_has_every_figure(
+    tmp_path: Path, redis_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     need_binary("redis-benchmark")
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_server.port}/0")
     out = tmp_path / "e2e.json"
-    rc = main(["e2e", "--rates", "200,400", "--duration", "1", "--warmup", "50", "--hidden", "16,16",
-               "--floor-requests", "2000", "--json", str(out), "--plot", str(tmp_path / "e2e.png")])
+    rc = main(
+        [
+            "e2e",
+            "--rates",
+            "200,400",
+            "--duration",
+            "1",
+            "--warmup",
+            "50",
+            "--hidden",
+            "16,16",
+            "--floor-requests",
+            "2000",
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "e2e.png"),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["floor"]["redis_benchmark_xadd_per_s"] > 0
@@ -48,8 +66,24 @@ def test_e2e_drain_two_workers(tmp_path: Path, redis_server, monkeypatch: pytest
     """Queued first, then drained: every state answered once, CPU shares reported."""
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_server.port}/0")
     out = tmp_path / "drain.json"
-    assert main(["e2e", "--drain", "--workers", "2", "--count", "3000", "--hidden", "16,16", "--no-floor",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "e2e",
+                "--drain",
+                "--workers",
+                "2",
+                "--count",
+                "3000",
+                "--hidden",
+                "16,16",
+                "--no-floor",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (r,) = json.loads(out.read_text())["results"]
     assert r["scenario"]["drain"] and r["scenario"]["workers"] == 2
     assert r["sent"] == r["received"] == 3000 and r["exactly_once"] and r["throughput"] > 0

@@ -19,8 +19,7 @@ def _actor(seed: int = 0, state_dim: int = 28) -> SACActor:
 
 def test_round_trip(tmp_path: Path) -> None:
     actor = _actor()
-    path = save_checkpoint(actor, tmp_path / "m.pt",
-                           Metadata(run_id="abc", episodes=7, eval_score=1.25))
+    path = save_checkpoint(actor, tmp_path / "m.pt", Metadata(run_id="abc", episodes=7, eval_score=1.25))
     ck = load_checkpoint(path, state_dim=28)
     assert ck.metadata["run_id"] == "abc" and ck.metadata["episodes"] == 7
     assert ck.metadata["eval_score"] == 1.25 and "created_utc" in ck.metadata
@@ -114,8 +113,10 @@ def test_atomic_save_reader_never_sees_partial_file(tmp_path: Path) -> None:
     actors = [_actor(seed=1), _actor(seed=2)]
     meta = {"created_utc": "fixed"}  # so each actor's file has one exact content
     save_checkpoint(actors[0], path, meta)
-    valid = {load_checkpoint(save_checkpoint(a, tmp_path / f"ref{i}.pt", meta)).sha256
-             for i, a in enumerate(actors)}
+    valid = {
+        load_checkpoint(save_checkpoint(a, tmp_path / f"ref{i}.pt", meta)).sha256
+        for i, a in enumerate(actors)
+    }
     stop = threading.Event()
     errors: list[BaseException] = []
 

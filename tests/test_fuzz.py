@@ -23,10 +23,12 @@ from worker.model import ModelManager
 from worker.protocol import GONE, Limits, decode_batch, decode_entry, parse_result
 
 NAMES = [b"state", b"state_f32", b"id", b"pair", b"ttl_ms", b"reply_to", b"junk", "é".encode(), b"\xff"]
-numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30))
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=8)),
-                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
-                           max_leaves=12)
+numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**30), 10**30))
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=8)),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
+    max_leaves=12,
+)
 values = st.one_of(
     st.binary(max_size=64),
     st.binary(min_size=20_000, max_size=20_100),  # over the field limit
@@ -39,7 +41,8 @@ values = st.one_of(
 )
 garbage_entry = st.dictionaries(st.sampled_from(NAMES), values, min_size=1, max_size=6)
 valid_entry = st.lists(st.floats(-5, 5, width=32), min_size=28, max_size=28).map(
-    lambda xs: {b"state": json.dumps(xs).encode(), b"valid": b"1"})
+    lambda xs: {b"state": json.dumps(xs).encode(), b"valid": b"1"}
+)
 batch = st.lists(st.one_of(garbage_entry, valid_entry), min_size=1, max_size=40)
 
 
@@ -52,11 +55,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(entries=batch)
-def test_every_entry_gets_exactly_one_result(entries: list[dict[bytes, bytes]], redis_server,
-                                             model_dir: Path) -> None:
+def test_every_entry_gets_exactly_one_result(
+    entries: list[dict[bytes, bytes]], redis_server, model_dir: Path
+) -> None:
     asyncio.run(_scenario(entries, redis_server, model_dir))
 
 
@@ -92,23 +99,35 @@ async def _scenario(entries: list[dict[bytes, bytes]], redis_server, folder: Pat
 
 
 f32_entry = st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=27, max_size=29).map(
-    lambda xs: {b"state_f32": np.asarray(xs, "<f4").tobytes(), b"id": b"c"})
+    lambda xs: {b"state_f32": np.asarray(xs, "<f4").tobytes(), b"id": b"c"}
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(entries=st.lists(st.one_of(garbage_entry, valid_entry, f32_entry, st.just(GONE)), min_size=1, max_size=40),
-       state_dim=st.sampled_from([28, None]))
-def test_batch_decode_equals_decoding_each_entry(entries: list[dict[bytes, bytes]], state_dim: int | None) -> None:
+@given(
+    entries=st.lists(
+        st.one_of(garbage_entry, valid_entry, f32_entry, st.just(GONE)), min_size=1, max_size=40
+    ),
+    state_dim=st.sampled_from([28, None]),
+)
+def test_batch_decode_equals_decoding_each_entry(
+    entries: list[dict[bytes, bytes]], state_dim: int | None
+) -> None:
     """The worker decodes a read at once (one buffer, one finiteness check): it must
     give every entry exactly what decoding that entry alone gives."""
-    limits = Limits(max_field_bytes=16_384, default_stream="statpair:actions",
-                    reply_prefix="statpair:actions:", default_ttl_ms=0)
+    limits = Limits(
+        max_field_bytes=16_384,
+        default_stream="statpair:actions",
+        reply_prefix="statpair:actions:",
+        default_ttl_ms=0,
+    )
     now = 1_700_000_000_500.0
     raw = [(f"1700000000000-{i}".encode(), e) for i, e in enumerate(entries)]
     got = decode_batch(raw, state_dim, now, limits)
     alone = [decode_entry(eid, e, state_dim, now, limits) for eid, e in raw]
-    assert [(r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in got.reqs] == \
-        [(r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in alone]
+    assert [(r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in got.reqs] == [
+        (r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in alone
+    ]
     assert got.valid == [i for i, r in enumerate(alone) if r.error is None]
     if state_dim is None:
         assert got.rows is None

@@ -46,8 +46,9 @@ def value(text: str, sample: str) -> float:
 
 async def test_metrics_health_and_heartbeat(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
     port = free_port()
-    s = make_settings(tmp_path, redis_url=redis_url, metrics_port=port, metrics_host="127.0.0.1",
-                      heartbeat_ttl_s=3)
+    s = make_settings(
+        tmp_path, redis_url=redis_url, metrics_port=port, metrics_host="127.0.0.1", heartbeat_ttl_s=3
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(serve(s, stop=stop))
     try:
@@ -60,8 +61,7 @@ async def test_metrics_health_and_heartbeat(tmp_path: Path, real_redis: Redis, r
         await wait_for(lambda: _count(real_redis, 3), what="3 answers")
         # Results are visible in Redis a moment before the worker counts them.
         await wait_for(lambda: _counted(get(port, "/metrics")[1]), what="3 entries in the metrics")
-        await wait_for(lambda: "statpair_group_pending 0.0" in get(port, "/metrics")[1],
-                       what="group gauges")
+        await wait_for(lambda: "statpair_group_pending 0.0" in get(port, "/metrics")[1], what="group gauges")
         text = get(port, "/metrics")[1]
         assert value(text, 'statpair_entries_total{error="",status="ok"}') == 2
         assert value(text, 'statpair_entries_total{error="invalid_state",status="error"}') == 1
@@ -71,7 +71,9 @@ async def test_metrics_health_and_heartbeat(tmp_path: Path, real_redis: Redis, r
         assert value(text, "statpair_dead_lettered_total") == 1
         assert value(text, "statpair_model_loaded") == 1 and value(text, "statpair_redis_up") == 1
         assert 'statpair_model_info{backend="eager"' in text and "statpair_group_lag" in text
-        await wait_for(lambda: _beat_says(real_redis, b"backend", b"eager"), what="a heartbeat with the model")
+        await wait_for(
+            lambda: _beat_says(real_redis, b"backend", b"eager"), what="a heartbeat with the model"
+        )
         beat = await real_redis.hgetall("statpair:workers:w1")
         assert beat[b"name"] == b"w1" and beat[b"model_sha256"] and beat[b"last_seen_utc"]
         assert 0 < await real_redis.ttl("statpair:workers:w1") <= 3
@@ -102,9 +104,15 @@ async def test_password_never_leaks(tmp_path: Path) -> None:
     port = free_port()
     write_model(tmp_path / "models" / "m.pt")
     client = Redis.from_url(url)
-    w = WorkerProcess(tmp_path / "w.log", REDIS_URL=url, MODEL_DIR=str(tmp_path / "models"),
-                      METRICS_PORT=str(port), METRICS_HOST="127.0.0.1", CONSUMER="w-secret",
-                      LOG_LEVEL="DEBUG")
+    w = WorkerProcess(
+        tmp_path / "w.log",
+        REDIS_URL=url,
+        MODEL_DIR=str(tmp_path / "models"),
+        METRICS_PORT=str(port),
+        METRICS_HOST="127.0.0.1",
+        CONSUMER="w-secret",
+        LOG_LEVEL="DEBUG",
+    )
     try:
         w.wait_log("loaded model")
         await client.xadd("statpair:control", {"cmd": "status"})

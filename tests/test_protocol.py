@@ -7,21 +7,25 @@ import json
 import numpy as np
 import pytest
 
-from worker.publish import PUBLISH_LUA, Batch
 from worker.protocol import (
     Limits,
+    batch_tail,
     dead_letter_fields,
     decode_entry,
     discrete,
     encode_state,
-    batch_tail,
     error_fields,
     ok_values,
     parse_result,
 )
+from worker.publish import PUBLISH_LUA, Batch
 
-LIMITS = Limits(max_field_bytes=4096, default_stream="statpair:actions",
-                reply_prefix="statpair:actions:", default_ttl_ms=0)
+LIMITS = Limits(
+    max_field_bytes=4096,
+    default_stream="statpair:actions",
+    reply_prefix="statpair:actions:",
+    default_ttl_ms=0,
+)
 NOW = 1_700_000_000_000.0
 EID = b"1700000000000-0"
 STATE = [0.1 * i for i in range(28)]
@@ -49,29 +53,32 @@ def test_integers_are_numbers() -> None:
     assert dec({b"state": json.dumps(list(range(28))).encode()}).error is None
 
 
-@pytest.mark.parametrize("fields, detail", [
-    ({}, "no 'state'"),
-    ({b"state": b"[1]", b"state_f32": b"\0\0\0\0"}, "both 'state' and 'state_f32'"),
-    ({b"state": b"[1, 2"}, "not valid JSON"),
-    ({b"state": b'{"a": 1}'}, "JSON dict, not an array"),
-    ({b"state": json.dumps(STATE[:27]).encode()}, "state has 27 values, the model expects 28"),
-    ({b"state": json.dumps(STATE + [1.0]).encode()}, "state has 29 values, the model expects 28"),
-    ({b"state": json.dumps(STATE[:27] + ["x"]).encode()}, 'state[27] is "x", not a number'),
-    ({b"state": json.dumps(STATE[:27] + [True]).encode()}, "state[27] is true, not a number"),
-    ({b"state": json.dumps(STATE[:27] + [None]).encode()}, "state[27] is null, not a number"),
-    ({b"state": (json.dumps(STATE[:27])[:-1] + ", NaN]").encode()}, "state[27] is nan"),
-    ({b"state": (json.dumps(STATE[:26])[:-1] + ", Infinity, 1]").encode()}, "state[26] is inf"),
-    ({b"state": json.dumps(STATE[:27] + [1e300]).encode()}, "state[27] is 1e+300, beyond float32"),
-    ({b"state": ("[" + "1, " * 27 + "1" + "0" * 400 + "]").encode()}, "integer too large"),
-    ({b"state_f32": b"\0\0\0"}, "not a whole number of float32"),
-    ({b"state_f32": np.zeros(27, "<f4").tobytes()}, "state has 27 values, the model expects 28"),
-    ({b"state_f32": np.full(28, np.nan, "<f4").tobytes()}, "state[0] is nan"),
-    ({b"state": json.dumps(STATE).encode(), b"id": "é".encode() * 129}, "id has 129 characters"),
-    ({b"state": json.dumps(STATE).encode(), b"id": b"\xff\xfe"}, "id is not valid UTF-8"),
-    ({b"state": json.dumps(STATE).encode(), b"pair": b"P" * 65}, "pair has 65 characters"),
-    ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"soon"}, "not a whole number"),
-    ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"-5"}, "ttl_ms -5 is negative"),
-])
+@pytest.mark.parametrize(
+    "fields, detail",
+    [
+        ({}, "no 'state'"),
+        ({b"state": b"[1]", b"state_f32": b"\0\0\0\0"}, "both 'state' and 'state_f32'"),
+        ({b"state": b"[1, 2"}, "not valid JSON"),
+        ({b"state": b'{"a": 1}'}, "JSON dict, not an array"),
+        ({b"state": json.dumps(STATE[:27]).encode()}, "state has 27 values, the model expects 28"),
+        ({b"state": json.dumps(STATE + [1.0]).encode()}, "state has 29 values, the model expects 28"),
+        ({b"state": json.dumps(STATE[:27] + ["x"]).encode()}, 'state[27] is "x", not a number'),
+        ({b"state": json.dumps(STATE[:27] + [True]).encode()}, "state[27] is true, not a number"),
+        ({b"state": json.dumps(STATE[:27] + [None]).encode()}, "state[27] is null, not a number"),
+        ({b"state": (json.dumps(STATE[:27])[:-1] + ", NaN]").encode()}, "state[27] is nan"),
+        ({b"state": (json.dumps(STATE[:26])[:-1] + ", Infinity, 1]").encode()}, "state[26] is inf"),
+        ({b"state": json.dumps(STATE[:27] + [1e300]).encode()}, "state[27] is 1e+300, beyond float32"),
+        ({b"state": ("[" + "1, " * 27 + "1" + "0" * 400 + "]").encode()}, "integer too large"),
+        ({b"state_f32": b"\0\0\0"}, "not a whole number of float32"),
+        ({b"state_f32": np.zeros(27, "<f4").tobytes()}, "state has 27 values, the model expects 28"),
+        ({b"state_f32": np.full(28, np.nan, "<f4").tobytes()}, "state[0] is nan"),
+        ({b"state": json.dumps(STATE).encode(), b"id": "é".encode() * 129}, "id has 129 characters"),
+        ({b"state": json.dumps(STATE).encode(), b"id": b"\xff\xfe"}, "id is not valid UTF-8"),
+        ({b"state": json.dumps(STATE).encode(), b"pair": b"P" * 65}, "pair has 65 characters"),
+        ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"soon"}, "not a whole number"),
+        ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"-5"}, "ttl_ms -5 is negative"),
+    ],
+)
 def test_invalid_state(fields: dict[bytes, bytes], detail: str) -> None:
     r = dec(fields)
     assert r.error == "invalid_state" and r.row is None
@@ -85,14 +92,17 @@ def test_too_large_is_checked_before_parsing() -> None:
     assert r.error == "too_large" and "40 fields" in r.detail
 
 
-@pytest.mark.parametrize("reply_to, ok", [
-    (b"statpair:actions:client-7", True),
-    (b"statpair:actions:", False),
-    (b"statpair:actions", False),
-    (b"statpair:states", False),
-    (b"other:key", False),
-    (b"statpair:actionsX", False),
-])
+@pytest.mark.parametrize(
+    "reply_to, ok",
+    [
+        (b"statpair:actions:client-7", True),
+        (b"statpair:actions:", False),
+        (b"statpair:actions", False),
+        (b"statpair:states", False),
+        (b"other:key", False),
+        (b"statpair:actionsX", False),
+    ],
+)
 def test_reply_to_must_be_under_prefix(reply_to: bytes, ok: bool) -> None:
     r = dec({b"state": json.dumps(STATE).encode(), b"reply_to": reply_to})
     if ok:
@@ -127,8 +137,13 @@ async def test_result_round_trip_through_the_publish_script(fake_redis) -> None:
     r = dec({b"state": json.dumps(STATE).encode(), b"id": b"x1", b"pair": b"A/B"})
     plain = dec({b"state_f32": np.zeros(28, "<f4").tobytes()})
     bad = dec({b"state": b"nope"})
-    model = {"model_path": "/m.pt", "model_mtime_utc": "2026-01-01T00:00:00.000+00:00",
-             "model_sha256": "0123456789abcdef", "backend": "jit", "jit_compiled": "true"}
+    model = {
+        "model_path": "/m.pt",
+        "model_mtime_utc": "2026-01-01T00:00:00.000+00:00",
+        "model_sha256": "0123456789abcdef",
+        "backend": "jit",
+        "jit_compiled": "true",
+    }
     await fake_redis.xgroup_create("s", "g", id="0", mkstream=True)
     batch = Batch("s", "g", 1000)
     batch.ok_tail = 1

@@ -56,11 +56,20 @@ async def answered(redis: Redis, stream: str = "statpair:actions") -> Counter[st
 
 
 def env_for(url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {"REDIS_URL": url, "MODEL_DIR": str(tmp_path / "models"), "CONSUMER": name,
-            "STAT_PAIR_RL_JIT": "1", "BLOCK_MS": "100", "RESULTS_MAXLEN": "1000000", **extra}
+    return {
+        "REDIS_URL": url,
+        "MODEL_DIR": str(tmp_path / "models"),
+        "CONSUMER": name,
+        "STAT_PAIR_RL_JIT": "1",
+        "BLOCK_MS": "100",
+        "RESULTS_MAXLEN": "1000000",
+        **extra,
+    }
 
 
-async def test_sigkill_mid_run_entries_are_reclaimed(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+async def test_sigkill_mid_run_entries_are_reclaimed(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
     write_model(tmp_path / "models" / "m.pt", hidden=(512, 512))
     n = 6000
     await real_redis.xgroup_create("statpair:states", "statpair-workers", id="0", mkstream=True)
@@ -79,8 +88,9 @@ async def test_sigkill_mid_run_entries_are_reclaimed(tmp_path: Path, real_redis:
         owned: list = []
         for _ in range(200):
             a.signal(signal.SIGSTOP)
-            owned = await real_redis.xpending_range("statpair:states", "statpair-workers", "-", "+",
-                                                    10_000, consumername="w-a")
+            owned = await real_redis.xpending_range(
+                "statpair:states", "statpair-workers", "-", "+", 10_000, consumername="w-a"
+            )
             if owned:
                 a.signal(signal.SIGKILL)
                 break
@@ -93,6 +103,7 @@ async def test_sigkill_mid_run_entries_are_reclaimed(tmp_path: Path, real_redis:
         async def all_answered() -> bool:
             got = await answered(real_redis)
             return all(got[i.decode()] >= 1 for i in ids)
+
         await wait_for(all_answered, timeout=120, what="every entry to be answered")
         got = await answered(real_redis)
         by = {f[b"entry_id"]: f[b"worker"] for _, f in await real_redis.xrange("statpair:actions")}
@@ -100,8 +111,10 @@ async def test_sigkill_mid_run_entries_are_reclaimed(tmp_path: Path, real_redis:
         assert (await real_redis.xinfo_groups("statpair:states"))[0]["pending"] == 0
         assert "reclaimed" in a.log() + b.log()
         dupes = sum(1 for i in ids if got[i.decode()] > 1)
-        print(f"\n{len(ids)} entries, all answered; w-a held {len(owned)} unacknowledged at SIGKILL, "
-              f"answered by w-b; {dupes} answered twice")
+        print(
+            f"\n{len(ids)} entries, all answered; w-a held {len(owned)} unacknowledged at SIGKILL, "
+            f"answered by w-b; {dupes} answered twice"
+        )
     finally:
         a.close()
         b.signal(signal.SIGTERM)
@@ -110,7 +123,8 @@ async def test_sigkill_mid_run_entries_are_reclaimed(tmp_path: Path, real_redis:
 
 
 async def test_poison_entry_is_dead_lettered_after_max_deliveries(
-        tmp_path: Path, real_redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, real_redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_decode = worker.loop.decode_batch
 
     def flaky_decode(entries, *args):
@@ -119,8 +133,9 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(
         return real_decode(entries, *args)
 
     monkeypatch.setattr(worker.loop, "decode_batch", flaky_decode)
-    s = make_settings(tmp_path, redis_url=redis_url, max_deliveries=3, claim_idle_ms=100,
-                      claim_interval_s=0.1)
+    s = make_settings(
+        tmp_path, redis_url=redis_url, max_deliveries=3, claim_idle_ms=100, claim_interval_s=0.1
+    )
     write_model(s.model_dir / "m.pt")
     stop = asyncio.Event()
     task = asyncio.create_task(serve(s, stop=stop))
@@ -131,6 +146,7 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(
 
         async def settled() -> bool:
             return await real_redis.xlen("statpair:actions:client") == 1
+
         await wait_for(settled, timeout=60, what="the poison entry to be retired")
     finally:
         stop.set()
@@ -197,8 +213,9 @@ async def _len(client: Redis, n: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_signal_under_load_drains_and_exits_zero(tmp_path: Path, real_redis: Redis, redis_url: str,
-                                                       sig: int) -> None:
+async def test_signal_under_load_drains_and_exits_zero(
+    tmp_path: Path, real_redis: Redis, redis_url: str, sig: int
+) -> None:
     write_model(tmp_path / "models" / "m.pt", hidden=(256, 256))
     w = WorkerProcess(tmp_path / "w.log", **env_for(redis_url, tmp_path, "w-sig", READ_COUNT="32"))
     try:
@@ -238,8 +255,11 @@ async def test_bad_model_files_while_serving(tmp_path: Path, real_redis: Redis, 
                 write_model(path, state_dim=27)
             else:
                 path.write_bytes(bad)
-            await wait_for(lambda n=n: _metric(port, "statpair_model_reload_failures_total") >= n,
-                           timeout=30, what=f"reload failure {n} in metrics")
+            await wait_for(
+                lambda n=n: _metric(port, "statpair_model_reload_failures_total") >= n,
+                timeout=30,
+                what=f"reload failure {n} in metrics",
+            )
             await produce(real_redis, 2)
             await wait_for(lambda n=n: _len(real_redis, 3 + 2 * n), what="answers from the old model")
             last = parse_result((await real_redis.xrevrange("statpair:actions", count=1))[0][1])

@@ -46,8 +46,9 @@ def test_unset_uri_never_imports_mlflow() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -58,7 +59,9 @@ def test_blank_uri_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not tracker.enabled
 
 
-def test_uri_set_but_mlflow_missing(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_uri_set_but_mlflow_missing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setitem(sys.modules, "mlflow", None)  # makes `import mlflow` raise ImportError
     with MlflowTracker("t") as tracker:
@@ -91,9 +94,12 @@ def test_real_tracking_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "pytest_exp")
     long_value = "v" * 7000
     many = {f"p{i:03d}": i for i in range(250)}
-    with MlflowTracker(experiment="ignored", run_name="r1",
-                       params={"lr": 1e-4, "net": {"hidden": [256, 256]}, "long": long_value, **many},
-                       tags={"algo": "sac"}) as tracker:
+    with MlflowTracker(
+        experiment="ignored",
+        run_name="r1",
+        params={"lr": 1e-4, "net": {"hidden": [256, 256]}, "long": long_value, **many},
+        tags={"algo": "sac"},
+    ) as tracker:
         assert tracker.enabled is True
         tracker.log_metrics({"reward": 0.5, "nan_skipped": float("nan"), "inf": float("inf")}, step=1)
         tracker.log_metrics({"reward": 0.8}, step=2)
@@ -118,10 +124,9 @@ def test_real_tracking_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_failed_block_marks_run_failed_and_propagates(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    with pytest.raises(ZeroDivisionError):
-        with MlflowTracker("boom", tracking_uri=uri) as tracker:
-            tracker.log_metrics({"x": 1.0}, step=0)
-            1 / 0  # noqa: B018
+    with pytest.raises(ZeroDivisionError), MlflowTracker("boom", tracking_uri=uri) as tracker:
+        tracker.log_metrics({"x": 1.0}, step=0)
+        1 / 0  # noqa: B018
     (run,) = _client(uri).search_runs([_client(uri).get_experiment_by_name("boom").experiment_id])
     assert run.info.status == "FAILED" and run.data.metrics["x"] == 1.0
 
@@ -216,8 +221,14 @@ def mlflow_server(postgres_uri: str, tmp_path: Path) -> Iterator[MlflowServer]:
 def test_real_mlflow_server_on_postgres(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     artifact = tmp_path / "policy.pt"
     artifact.write_bytes(os.urandom(4096))
-    with MlflowTracker("server_exp", run_name="pg", params={"a": {"b": 1}},
-                       tags={"algo": "sac"}, tracking_uri=mlflow_server.url, close_timeout_s=60) as tracker:
+    with MlflowTracker(
+        "server_exp",
+        run_name="pg",
+        params={"a": {"b": 1}},
+        tags={"algo": "sac"},
+        tracking_uri=mlflow_server.url,
+        close_timeout_s=60,
+    ) as tracker:
         tracker.log_metrics({"reward": 1.5, "bad": float("nan")}, step=0)
         tracker.log_artifact(artifact)
     assert tracker.enabled and tracker.errors == 0

@@ -19,9 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    values = dict(episodes=3, episode_length=100, learning_starts=60, batch_size=32, eval_every=1,
-                  eval_episodes=2, eval_length=40, hidden=(16, 16), critic_hidden=(16, 16),
-                  out=tmp_path / "models" / "policy.pt", run_dir=tmp_path / "runs", quiet=True)
+    values = dict(
+        episodes=3,
+        episode_length=100,
+        learning_starts=60,
+        batch_size=32,
+        eval_every=1,
+        eval_episodes=2,
+        eval_length=40,
+        hidden=(16, 16),
+        critic_hidden=(16, 16),
+        out=tmp_path / "models" / "policy.pt",
+        run_dir=tmp_path / "runs",
+        quiet=True,
+    )
     values.update(kw)
     return TrainConfig(**values)
 
@@ -55,13 +66,28 @@ def test_seeded_training_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_cli_flags_override_every_field(tmp_path: Path) -> None:
-    cfg = config_from_args(["--episodes", "7", "--seed", "3", "--hidden", "32,16", "--quiet",
-                            "--gamma", "0.9", "--csv", "x.csv"], model_dir=str(tmp_path))
+    cfg = config_from_args(
+        [
+            "--episodes",
+            "7",
+            "--seed",
+            "3",
+            "--hidden",
+            "32,16",
+            "--quiet",
+            "--gamma",
+            "0.9",
+            "--csv",
+            "x.csv",
+        ],
+        model_dir=str(tmp_path),
+    )
     assert (cfg.episodes, cfg.seed, cfg.hidden, cfg.quiet, cfg.gamma) == (7, 3, (32, 16), True, 0.9)
     assert cfg.csv == Path("x.csv") and cfg.out == tmp_path / "policy.pt"
     assert config_from_args(["--out", "o.pt"], model_dir=str(tmp_path)).out == Path("o.pt")
-    help_text = subprocess.run([sys.executable, "-m", "agent.train", "--help"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "agent.train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "--updates-per-step" in help_text and "gradient updates per environment step" in help_text
 
 
@@ -75,8 +101,9 @@ def test_untracked_training_never_imports_mlflow(tmp_path: Path) -> None:
         "assert not [m for m in sys.modules if m.split('.')[0] == 'mlflow'], 'mlflow imported'\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert "best validation Sharpe" in proc.stdout and (tmp_path / "m.pt").exists()
 
@@ -94,8 +121,17 @@ def test_tracker_wiring_against_sqlite(tmp_path: Path, monkeypatch: pytest.Monke
     assert run.info.status == "FINISHED"
     assert run.data.params["config.episodes"] == "3" and run.data.params["config.hidden"] == "(16, 16)"
     assert run.data.tags["algo"] == "sac" and run.data.tags["env_class"] == "PairTradingEnv"
-    for key in ("train_reward", "eval_reward", "eval_sharpe", "eval_turnover", "critic_loss",
-                "actor_loss", "alpha", "baseline_zscore_sharpe", "best_eval_sharpe"):
+    for key in (
+        "train_reward",
+        "eval_reward",
+        "eval_sharpe",
+        "eval_turnover",
+        "critic_loss",
+        "actor_loss",
+        "alpha",
+        "baseline_zscore_sharpe",
+        "best_eval_sharpe",
+    ):
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(result.run_id, "eval_sharpe")) == 3
     names = {a.path for a in client.list_artifacts(result.run_id)}

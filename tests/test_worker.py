@@ -23,7 +23,9 @@ from worker.settings import Settings
 STATE = [0.05 * i for i in range(28)]
 
 
-async def add_states(redis: Redis, n: int, stream: str = "statpair:states", **extra: bytes | str) -> list[bytes]:
+async def add_states(
+    redis: Redis, n: int, stream: str = "statpair:states", **extra: bytes | str
+) -> list[bytes]:
     ids = []
     for i in range(n):
         fields = {"state": json.dumps([v + i * 0.01 for v in STATE]), "id": f"c{i}", **extra}
@@ -67,8 +69,9 @@ async def test_serves_a_batch_in_one_pass(tmp_path: Path, fake_redis: Redis) -> 
 async def test_invalid_entries_do_not_poison_the_batch(tmp_path: Path, fake_redis: Redis) -> None:
     s = make_settings(tmp_path, max_field_bytes=1024)
     write_model(s.model_dir / "a.pt")
-    await fake_redis.xadd("statpair:states", {"state": json.dumps(STATE), "id": "old", "ttl_ms": "1"},
-                          id="1000-0")
+    await fake_redis.xadd(
+        "statpair:states", {"state": json.dumps(STATE), "id": "old", "ttl_ms": "1"}, id="1000-0"
+    )
     await add_states(fake_redis, 2)
     await fake_redis.xadd("statpair:states", {"state": json.dumps(STATE[:27]), "id": "short"})
     await fake_redis.xadd("statpair:states", {"state_f32": b"\x00" * 2000, "id": "big"})
@@ -180,8 +183,9 @@ async def test_jit_via_env_var(tmp_path: Path, fake_redis: Redis, monkeypatch: p
     assert {(r.backend, r.jit_compiled) for r in out} == {("jit", True)}
 
 
-async def test_scripting_failure_falls_back_to_eager(tmp_path: Path, fake_redis: Redis,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_scripting_failure_falls_back_to_eager(
+    tmp_path: Path, fake_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*_a, **_k):
         raise RuntimeError("simulated scripting failure")
 
@@ -221,7 +225,7 @@ async def control(redis: Redis, worker: Worker, **fields: str) -> dict:
     ctl = Control(worker)
     eid = await redis.xadd("statpair:control", fields)
     await ctl.handle(eid.decode(), {k.encode(): v.encode() for k, v in fields.items()})
-    (_, reply), = await redis.xrevrange("statpair:control:replies", count=1)
+    ((_, reply),) = await redis.xrevrange("statpair:control:replies", count=1)
     out = {k.decode(): v.decode() for k, v in reply.items()}
     assert out["worker"] == worker.s.consumer and out["cmd"] == fields.get("cmd", "")
     return out

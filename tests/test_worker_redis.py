@@ -64,13 +64,18 @@ async def _len_at_least(redis: Redis, stream: str, n: int) -> bool:
 async def control(redis: Redis, **fields: str) -> dict:
     before = await redis.xlen("statpair:control:replies")
     await redis.xadd("statpair:control", fields)
-    await wait_for(lambda: _len_at_least(redis, "statpair:control:replies", before + 1),
-                   timeout=30, what="a control reply")
-    (_, reply), = await redis.xrevrange("statpair:control:replies", count=1)
+    await wait_for(
+        lambda: _len_at_least(redis, "statpair:control:replies", before + 1),
+        timeout=30,
+        what="a control reply",
+    )
+    ((_, reply),) = await redis.xrevrange("statpair:control:replies", count=1)
     return {k.decode(): v.decode() for k, v in reply.items()}
 
 
-async def test_cold_start_no_model_then_model_appears(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+async def test_cold_start_no_model_then_model_appears(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
     s = make_settings(tmp_path, redis_url=redis_url)
     async with running(s):
         (r,) = await ask(real_redis)
@@ -90,7 +95,7 @@ async def test_load_predict_and_hot_reload(tmp_path: Path, real_redis: Redis, re
     path = write_model(s.model_dir / "a.pt", seed=1)
     os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
     async with running(s):
-        first = (await ask(real_redis, 3, pair="KO/PEP"))
+        first = await ask(real_redis, 3, pair="KO/PEP")
         assert all(r.status == "ok" and r.pair == "KO/PEP" for r in first)
         write_model(s.model_dir / "a.pt", seed=2)
         await wait_for(lambda: _sha_changed(real_redis, first[0].model_sha256), what="hot reload")
@@ -140,8 +145,9 @@ async def test_benchmark_and_status_via_control(tmp_path: Path, real_redis: Redi
     assert json.loads(status["data"])["results"]["ok"] >= 2
 
 
-async def test_jit_compile_via_env(tmp_path: Path, real_redis: Redis, redis_url: str,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_jit_compile_via_env(
+    tmp_path: Path, real_redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STAT_PAIR_RL_JIT", "1")
     s = make_settings(tmp_path, redis_url=redis_url, jit=Settings().jit)
     write_model(s.model_dir / "a.pt")
@@ -150,8 +156,9 @@ async def test_jit_compile_via_env(tmp_path: Path, real_redis: Redis, redis_url:
     assert r.backend == "jit" and r.jit_compiled is True
 
 
-async def test_explicit_model_path_env_override(tmp_path: Path, real_redis: Redis, redis_url: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_explicit_model_path_env_override(
+    tmp_path: Path, real_redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_model(tmp_path / "pinned.pt", seed=1)
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "pinned.pt"))
     s = make_settings(tmp_path, redis_url=redis_url, model_path=Settings().model_path)
@@ -187,29 +194,49 @@ def test_redis_cli_session(tmp_path: Path, redis_server) -> None:
     subprocess.run([*rc, "FLUSHALL"], check=True, capture_output=True)
     write_model(tmp_path / "models" / "policy.pt")
     zeros = json.dumps([0.0] * 28)
-    subprocess.run([*rc, "XADD", "statpair:states", "*", "id", "demo-1", "pair", "KO/PEP",
-                    "state", zeros], check=True, capture_output=True)
-    subprocess.run([*rc, "XADD", "statpair:states", "*", "id", "demo-2", "state", "[1, 2, 3]"],
-                   check=True, capture_output=True)
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-           "MODEL_DIR": str(tmp_path / "models"), "STAT_PAIR_RL_JIT": "1", "LOG_LEVEL": "INFO"}
-    proc = subprocess.run([sys.executable, "-m", "worker", "--max-messages", "2"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [*rc, "XADD", "statpair:states", "*", "id", "demo-1", "pair", "KO/PEP", "state", zeros],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*rc, "XADD", "statpair:states", "*", "id", "demo-2", "state", "[1, 2, 3]"],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "MODEL_DIR": str(tmp_path / "models"),
+        "STAT_PAIR_RL_JIT": "1",
+        "LOG_LEVEL": "INFO",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "--max-messages", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "loaded model" in proc.stderr and "backend jit" in proc.stderr
-    out = subprocess.run([*rc, "XRANGE", "statpair:actions", "-", "+"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [*rc, "XRANGE", "statpair:actions", "-", "+"], check=True, capture_output=True, text=True
+    ).stdout
     assert "demo-1" in out and "ok" in out and "action" in out and "jit" in out
     assert "demo-2" in out and "invalid_state" in out and "state has 3 values, the model expects 28" in out
 
 
 async def test_reply_to_that_is_not_a_stream_is_answered_elsewhere(
-        tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
     s = make_settings(tmp_path, redis_url=redis_url)
     write_model(s.model_dir / "a.pt")
     await real_redis.set("statpair:actions:oops", "a string, not a stream")
-    await real_redis.xadd("statpair:states", {"state": json.dumps(STATE), "id": "lost?",
-                                              "reply_to": "statpair:actions:oops"})
+    await real_redis.xadd(
+        "statpair:states", {"state": json.dumps(STATE), "id": "lost?", "reply_to": "statpair:actions:oops"}
+    )
     async with running(s):
         (ok,) = await ask(real_redis)  # the batch after it is fine
     by_id = {parse_result(f).id: parse_result(f) for _, f in await real_redis.xrange("statpair:actions")}
@@ -221,7 +248,9 @@ async def test_reply_to_that_is_not_a_stream_is_answered_elsewhere(
     assert (await real_redis.xinfo_groups("statpair:states"))[0]["pending"] == 0
 
 
-async def test_idle_spin_answers_while_busy_waiting(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+async def test_idle_spin_answers_while_busy_waiting(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
     s = make_settings(tmp_path, redis_url=redis_url, idle_spin_ms=500)
     write_model(s.model_dir / "a.pt")
     stop = asyncio.Event()

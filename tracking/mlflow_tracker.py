@@ -146,8 +146,9 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         try:
             import mlflow  # noqa: F401 - optional dependency, imported only when configured
         except ImportError:
-            self._disable("MLFLOW_TRACKING_URI is set but mlflow is not installed "
-                          "(pip install 'statpair[mlflow]')")
+            self._disable(
+                "MLFLOW_TRACKING_URI is set but mlflow is not installed (pip install 'statpair[mlflow]')"
+            )
             return self
         self._thread = threading.Thread(target=self._run, name="mlflow-tracker", daemon=True)
         self._thread.start()
@@ -184,8 +185,10 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         self._thread.join(timeout=wait)
         if self._thread.is_alive():
             self._abandoned.set()
-            self._disable(f"MLflow did not answer within {wait:.0f} s at the end "
-                          "of the run; pending calls were abandoned")
+            self._disable(
+                f"MLflow did not answer within {wait:.0f} s at the end "
+                "of the run; pending calls were abandoned"
+            )
         return None  # never swallow the block's exception
 
     # -- public API: enqueue only ------------------------------------------------------------
@@ -271,8 +274,13 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
             return
         self.errors += 1
         self._in_a_row += 1
-        logger.warning("tracker: %s failed (%d in a row, disabling at %d): %s",
-                       what, self._in_a_row, self.max_failures, reason)
+        logger.warning(
+            "tracker: %s failed (%d in a row, disabling at %d): %s",
+            what,
+            self._in_a_row,
+            self.max_failures,
+            reason,
+        )
         if self._in_a_row >= self.max_failures:
             self._disable(f"{self._in_a_row} MLflow calls in a row failed; last: {reason}")
 
@@ -304,8 +312,9 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
             client.log_batch(self.run_id, params=[Param(k, v) for k, v in item[1]], synchronous=True)
         elif kind == "metrics":
             _, pairs, stamp, step = item
-            client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in pairs],
-                             synchronous=True)
+            client.log_batch(
+                self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in pairs], synchronous=True
+            )
         elif kind == "tags":
             client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in item[1]], synchronous=True)
         elif kind == "artifact":
@@ -329,5 +338,4 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         if self._abandoned.is_set():  # the run started after training gave up waiting
             client.set_terminated(self.run_id, status="KILLED")
             return
-        logger.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment,
-                    self._uri_for_log())
+        logger.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self._uri_for_log())

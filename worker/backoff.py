@@ -15,7 +15,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         self.attempt += 1
-        return random.uniform(self.base, min(self.cap, self.base * 2 ** self.attempt))
+        return random.uniform(self.base, min(self.cap, self.base * 2**self.attempt))
 
     def reset(self) -> None:
         self.attempt = 0

@@ -28,10 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m worker",
         description="Serve the SAC policy: read states from a Redis stream, publish actions. "
-                    "Configured by environment variables (see README, Configuration).",
+        "Configured by environment variables (see README, Configuration).",
     )
-    p.add_argument("--max-messages", type=int, default=None,
-                   help="exit after answering this many entries")
+    p.add_argument("--max-messages", type=int, default=None, help="exit after answering this many entries")
     p.add_argument("--burst", action="store_true", help="exit once the stream is drained")
     return p.parse_args(argv)
 
@@ -45,8 +44,12 @@ def settle_heap(_models: object = None) -> None:
     gc.freeze()
 
 
-async def serve(settings: Settings, max_messages: int | None = None, burst: bool = False,
-                stop: asyncio.Event | None = None) -> Worker:
+async def serve(
+    settings: Settings,
+    max_messages: int | None = None,
+    burst: bool = False,
+    stop: asyncio.Event | None = None,
+) -> Worker:
     """Run one worker until ``stop`` is set (or the bounded mode ends); drain like uvicorn.
 
     Signals only set ``stop``; the loop finishes the batch in hand, publishes and
@@ -55,8 +58,9 @@ async def serve(settings: Settings, max_messages: int | None = None, burst: bool
     """
     torch.set_num_threads(settings.torch_threads)
     stop = stop or asyncio.Event()
-    redis = redis_client(settings.redis_url, decode_responses=False,
-                         client_name=f"statpair-worker:{settings.consumer}")
+    redis = redis_client(
+        settings.redis_url, decode_responses=False, client_name=f"statpair-worker:{settings.consumer}"
+    )
     models = ModelManager(settings.model_path, settings.model_dir, settings.jit)
     worker = Worker(settings, redis, models, stop=stop, max_messages=max_messages, burst=burst)
     metrics = http = None
@@ -74,8 +78,14 @@ async def serve(settings: Settings, max_messages: int | None = None, burst: bool
     with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(models.check(force=True)))
         handled.append(signal.SIGHUP)
-    logger.info("worker %s: %s stream %s group %s, jit=%s", settings.consumer,
-                settings.redis_url_masked, settings.states_stream, settings.group, settings.jit)
+    logger.info(
+        "worker %s: %s stream %s group %s, jit=%s",
+        settings.consumer,
+        settings.redis_url_masked,
+        settings.states_stream,
+        settings.group,
+        settings.jit,
+    )
     # Control first: commands sent while the model loads are answered, not missed.
     background = [asyncio.create_task(Control(worker).run(), name="control")]
     models.on_change.append(settle_heap)
@@ -92,9 +102,11 @@ async def serve(settings: Settings, max_messages: int | None = None, burst: bool
         if not main_task.done():
             done, _ = await asyncio.wait({main_task}, timeout=settings.shutdown_grace_s)
             if not done:
-                logger.warning("shutdown grace of %.1f s ran out; cancelling the batch in hand "
-                               "(its entries stay pending and will be reclaimed)",
-                               settings.shutdown_grace_s)
+                logger.warning(
+                    "shutdown grace of %.1f s ran out; cancelling the batch in hand "
+                    "(its entries stay pending and will be reclaimed)",
+                    settings.shutdown_grace_s,
+                )
                 main_task.cancel()
         (outcome,) = await asyncio.gather(main_task, return_exceptions=True)
         if isinstance(outcome, Exception):
@@ -121,8 +133,7 @@ async def serve(settings: Settings, max_messages: int | None = None, burst: bool
 def _stopper(stop: asyncio.Event, sig: int) -> Callable[[], None]:
     def handler() -> None:
         if not stop.is_set():
-            logger.info("%s received: finishing the batch in hand, then exiting",
-                        signal.Signals(sig).name)
+            logger.info("%s received: finishing the batch in hand, then exiting", signal.Signals(sig).name)
         stop.set()
 
     return handler
@@ -135,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         import uvloop
     except ImportError:

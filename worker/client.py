@@ -74,8 +74,9 @@ class ActionClient:
     async def __aenter__(self) -> ActionClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     def _fields(self, state: Sequence[float] | np.ndarray, pair: str | None, cid: str) -> dict:
@@ -106,8 +107,9 @@ class ActionClient:
             raise ActionError(result)
         return result
 
-    async def act_many(self, states: Sequence[Sequence[float]] | np.ndarray,
-                       pairs: Sequence[str | None] | None = None) -> list[Result | ActionError]:
+    async def act_many(
+        self, states: Sequence[Sequence[float]] | np.ndarray, pairs: Sequence[str | None] | None = None
+    ) -> list[Result | ActionError]:
         """Many states in one pipelined round trip; one ``Result`` or ``ActionError`` each, in order.
 
         Raises ``TimeoutError`` if any answer is missing after ``timeout``."""
@@ -127,13 +129,14 @@ class ActionClient:
     async def _read_replies(self) -> None:
         while self._waiting:
             try:
-                resp = await self.redis.xread({self.reply_stream: self._last}, count=1000,
-                                              block=self.block_ms)
+                resp = await self.redis.xread(
+                    {self.reply_stream: self._last}, count=1000, block=self.block_ms
+                )
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # callers time out
                 logger.warning("reply stream read failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            for eid, fields in (resp[0][1] if resp else []):
+            for eid, fields in resp[0][1] if resp else []:
                 self._last = eid
                 fut = self._waiting.get(fields.get(b"id", b""))
                 if fut is not None and not fut.done():

@@ -29,9 +29,16 @@ def status(worker: Worker) -> dict[str, Any]:
     m, st = worker.models.current, worker.stats
     return {
         "worker": worker.s.consumer,
-        "model": None if m is None else {
-            "path": m.path, "sha256": m.sha256, "mtime_utc": m.mtime_utc, "backend": m.backend,
-            "state_dim": m.state_dim, "jit_error": m.jit_error, "metadata": m.metadata,
+        "model": None
+        if m is None
+        else {
+            "path": m.path,
+            "sha256": m.sha256,
+            "mtime_utc": m.mtime_utc,
+            "backend": m.backend,
+            "state_dim": m.state_dim,
+            "jit_error": m.jit_error,
+            "metadata": m.metadata,
         },
         "jit_requested": worker.models.jit,
         "reloads": worker.models.reloads,
@@ -51,8 +58,13 @@ def status(worker: Worker) -> dict[str, Any]:
 
 def benchmark(model: ServedModel, batch_sizes: list[int], warmup: int, iters: int) -> dict[str, Any]:
     """Warm-up + timed calls of the live model; p50/p95/p99 in ms per batch size. Blocking."""
-    out: dict[str, Any] = {"backend": model.backend, "model_sha256": model.sha256,
-                           "warmup": warmup, "iters": iters, "batches": {}}
+    out: dict[str, Any] = {
+        "backend": model.backend,
+        "model_sha256": model.sha256,
+        "warmup": warmup,
+        "iters": iters,
+        "batches": {},
+    }
     rng = np.random.default_rng(0)
     for bs in batch_sizes:
         rows = rng.standard_normal((bs, model.state_dim)).astype(np.float32)
@@ -64,9 +76,12 @@ def benchmark(model: ServedModel, batch_sizes: list[int], warmup: int, iters: in
             model.infer(rows)
             samples[i] = time.perf_counter() - t0
         p50, p95, p99 = np.percentile(samples * 1e3, [50, 95, 99])
-        out["batches"][str(bs)] = {"p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
-                                   "p99_ms": round(float(p99), 4),
-                                   "mean_ms": round(float(samples.mean() * 1e3), 4)}
+        out["batches"][str(bs)] = {
+            "p50_ms": round(float(p50), 4),
+            "p95_ms": round(float(p95), 4),
+            "p99_ms": round(float(p99), 4),
+            "mean_ms": round(float(samples.mean() * 1e3), 4),
+        }
     return out
 
 
@@ -99,16 +114,21 @@ class Control:
             try:
                 if last_id is None:
                     last_id = await self._start_id()
-                resp = await self.redis.xread({self.s.control_stream: last_id}, count=16,
-                                              block=self.s.block_ms)
+                resp = await self.redis.xread(
+                    {self.s.control_stream: last_id}, count=16, block=self.s.block_ms
+                )
                 backoff.reset()
             except TRANSIENT as exc:
                 delay = backoff.next_delay()
-                logger.warning("control stream: Redis unavailable (%s); retry %d in %.2f s",
-                               type(exc).__name__, backoff.attempt, delay)
+                logger.warning(
+                    "control stream: Redis unavailable (%s); retry %d in %.2f s",
+                    type(exc).__name__,
+                    backoff.attempt,
+                    delay,
+                )
                 await pause(self.worker.stop, delay)
                 continue
-            for eid, fields in (resp[0][1] if resp else []):
+            for eid, fields in resp[0][1] if resp else []:
                 last_id = eid.decode()
                 try:
                     await self.handle(last_id, fields)
@@ -127,8 +147,11 @@ class Control:
             if cmd == "reload":
                 swapped = await self.worker.models.check(force=True)
                 m = self.worker.models.current
-                reply = {"swapped": swapped, "model_sha256": m.sha256 if m else None,
-                         "last_reload_error": self.worker.models.last_error}
+                reply = {
+                    "swapped": swapped,
+                    "model_sha256": m.sha256 if m else None,
+                    "last_reload_error": self.worker.models.last_error,
+                }
             elif cmd == "status":
                 reply = status(self.worker)
                 reply["live_workers"] = await live_workers(self.worker)
@@ -149,7 +172,6 @@ class Control:
         except ValueError as exc:
             out = {"status": "error", "detail": str(exc)}
         request_id = fields.get(b"id", entry_id.encode())[:128].decode("utf-8", "replace")
-        out.update({"worker": self.s.consumer, "cmd": cmd, "request_id": request_id,
-                    "entry_id": entry_id})
+        out.update({"worker": self.s.consumer, "cmd": cmd, "request_id": request_id, "entry_id": entry_id})
         await self.redis.xadd(self.s.control_replies, out, maxlen=REPLIES_MAXLEN, approximate=True)
         logger.info("control %s (%s): %s", cmd, request_id, out["status"])

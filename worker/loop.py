@@ -159,8 +159,12 @@ class Worker:
         start = self._history_from or ">"
         # No BLOCK for our own history, nor in burst mode; else a short one (below the socket timeout).
         block = None if (self._history_from is not None or self.burst) else self.s.block_ms
-        resp = await self._waiting(self.redis.xreadgroup(
-            self.s.group, self.s.consumer, {self.s.states_stream: start}, count=count, block=block), block)
+        resp = await self._waiting(
+            self.redis.xreadgroup(
+                self.s.group, self.s.consumer, {self.s.states_stream: start}, count=count, block=block
+            ),
+            block,
+        )
         entries = resp[0][1] if resp else []
         if self._history_from is not None:
             # Step past what we got, so an entry left pending is not re-read in a loop
@@ -184,8 +188,9 @@ class Worker:
             self.stats.spun += 1
         return await task
 
-    async def handle(self, entries: Entries, counts: dict[bytes, int] | None = None,
-                     read_more: int = 0) -> Entries:
+    async def handle(
+        self, entries: Entries, counts: dict[bytes, int] | None = None, read_more: int = 0
+    ) -> Entries:
         """Answer entries: poison ones (delivered too often) as ``internal``, the rest
         normally; a batch that fails is retried entry by entry so one bad entry
         cannot hold the others back. What still fails stays pending for reclaim.
@@ -201,7 +206,7 @@ class Worker:
             return await self.process(entries, read_more)
         except TRANSIENT:
             raise
-        except Exception:  # noqa: BLE001 - the loop's boundary: isolate, never die
+        except Exception:
             logger.exception("a batch of %d failed; answering its entries one by one", len(entries))
             # A read made with the publish may have happened: re-read our pending entries.
             self._history_from = self._history_from or "0"
@@ -213,7 +218,7 @@ class Worker:
                 await self.process([entry])
             except TRANSIENT:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.stats.failed += 1
                 logger.exception("entry %s failed; left pending for redelivery", entry[0].decode())
         return []
@@ -231,14 +236,16 @@ class Worker:
         infer_s = 0.0
         if valid and model is None:
             for i in valid:
-                reqs[i].fail("model_unavailable", "no model is loaded; the worker is waiting for a checkpoint")
+                reqs[i].fail(
+                    "model_unavailable", "no model is loaded; the worker is waiting for a checkpoint"
+                )
             valid = []
         elif valid:
             t0 = time.perf_counter()
             try:
                 # tolist() of the float32 output: the same values, as Python floats
                 actions = model.infer(dec.rows).tolist()  # type: ignore[union-attr, arg-type]
-            except Exception as exc:  # noqa: BLE001 - answer every entry, never die
+            except Exception as exc:
                 logger.exception("inference failed for a batch of %d", len(valid))
                 for i in valid:
                     reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
@@ -300,12 +307,22 @@ class Worker:
             observe(outcome, infer_s, latency, queue)
         return ahead
 
-    def dead_letter(self, batch: Batch, entry_id: str, fields: dict[bytes, bytes], error: str,
-                    detail: str, deliveries: int | None = None) -> None:
-        batch.xadd(self.s.dead_stream,
-                   dead_letter_fields(entry_id, fields, self.s.states_stream, self.s.consumer, error,
-                                      detail, deliveries),
-                   self.s.dead_maxlen)
+    def dead_letter(
+        self,
+        batch: Batch,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        error: str,
+        detail: str,
+        deliveries: int | None = None,
+    ) -> None:
+        batch.xadd(
+            self.s.dead_stream,
+            dead_letter_fields(
+                entry_id, fields, self.s.states_stream, self.s.consumer, error, detail, deliveries
+            ),
+            self.s.dead_maxlen,
+        )
 
     async def _answer_elsewhere(self, failed: list[int], sent: list[tuple[int, Request, float]]) -> None:
         """An XADD to a ``reply_to`` that is not a stream (WRONGTYPE) fails alone; the
@@ -316,10 +333,15 @@ class Worker:
         for index, r, queue_ms in sent:
             if index not in bad:
                 continue
-            logger.warning("result for %s could not go to %r; sent to %s instead",
-                           r.entry_id, r.reply_to, self.s.results_stream)
+            logger.warning(
+                "result for %s could not go to %r; sent to %s instead",
+                r.entry_id,
+                r.reply_to,
+                self.s.results_stream,
+            )
             moved = Request(r.entry_id, r.id, self.s.results_stream, r.pair).fail(
-                "internal", f"the result could not be written to {r.reply_to!r} (is that key a stream?)")
+                "internal", f"the result could not be written to {r.reply_to!r} (is that key a stream?)"
+            )
             batch.xadd(self.s.results_stream, error_fields(moved, queue_ms), self.s.results_maxlen, tail)
         await batch.run(self.redis, self.publish_script, [])
 
@@ -336,8 +358,9 @@ class Worker:
         self.redis_up = False
         self._history_from = "0"  # what we read may not have been answered: re-read our pending
         delay = backoff.next_delay()
-        logger.warning("Redis unavailable (%s: %s); retry %d in %.2f s",
-                       type(exc).__name__, exc, backoff.attempt, delay)
+        logger.warning(
+            "Redis unavailable (%s: %s); retry %d in %.2f s", type(exc).__name__, exc, backoff.attempt, delay
+        )
         await pause(self.stop, delay)
 
     async def _retrying(self, op: Callable[[], Awaitable[object]], backoff: Backoff) -> None:
@@ -348,4 +371,3 @@ class Worker:
                 return
             except TRANSIENT as exc:
                 await self._on_redis_error(exc, backoff)
-

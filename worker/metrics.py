@@ -39,8 +39,9 @@ class BatchHistogram(Collector):
     (a lock each) was 7 % of the worker's time. Exposed exactly like a
     ``Histogram`` (``_bucket``, ``_count``, ``_sum``)."""
 
-    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...],
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry
+    ) -> None:
         self.name, self.documentation = name, documentation
         self._bounds = np.asarray(buckets, dtype=np.float64)
         self._labels = [floatToGoString(b) for b in buckets] + ["+Inf"]
@@ -60,8 +61,11 @@ class BatchHistogram(Collector):
     def collect(self) -> list[HistogramMetricFamily]:
         with self._lock:
             cumulative, total = np.cumsum(self._counts).tolist(), self._sum
-        return [HistogramMetricFamily(self.name, self.documentation, sum_value=total,
-                                      buckets=list(zip(self._labels, cumulative)))]
+        return [
+            HistogramMetricFamily(
+                self.name, self.documentation, sum_value=total, buckets=list(zip(self._labels, cumulative))
+            )
+        ]
 
 
 class Metrics:
@@ -69,35 +73,45 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.entries = Counter("statpair_entries", "Entries answered, by status and error code",
-                               ["status", "error"], registry=r)
-        self.queue_ms = BatchHistogram("statpair_queue_ms", "Entry id time to read by a worker (ms), per entry",
-                                       MS_BUCKETS, r)
-        self.infer_ms = Histogram("statpair_infer_ms", "Actor forward pass (ms), per batch",
-                                  buckets=MS_BUCKETS, registry=r)
-        self.latency_ms = Histogram("statpair_latency_ms", "Read to results ready (ms), per batch",
-                                    buckets=MS_BUCKETS, registry=r)
-        self.batch_size = Histogram("statpair_batch_size", "Entries per batch", buckets=BATCH_BUCKETS,
-                                    registry=r)
+        self.entries = Counter(
+            "statpair_entries", "Entries answered, by status and error code", ["status", "error"], registry=r
+        )
+        self.queue_ms = BatchHistogram(
+            "statpair_queue_ms", "Entry id time to read by a worker (ms), per entry", MS_BUCKETS, r
+        )
+        self.infer_ms = Histogram(
+            "statpair_infer_ms", "Actor forward pass (ms), per batch", buckets=MS_BUCKETS, registry=r
+        )
+        self.latency_ms = Histogram(
+            "statpair_latency_ms", "Read to results ready (ms), per batch", buckets=MS_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "statpair_batch_size", "Entries per batch", buckets=BATCH_BUCKETS, registry=r
+        )
         self.reloads = Counter("statpair_model_reloads", "Models loaded and swapped in", registry=r)
-        self.reload_failures = Counter("statpair_model_reload_failures",
-                                       "Model files that failed to load (the old model kept serving)",
-                                       registry=r)
+        self.reload_failures = Counter(
+            "statpair_model_reload_failures",
+            "Model files that failed to load (the old model kept serving)",
+            registry=r,
+        )
         self.model = Info("statpair_model", "The model being served", registry=r)
         self.model_loaded = Gauge("statpair_model_loaded", "1 when a model is loaded", registry=r)
         self.lag = Gauge("statpair_group_lag", "Entries in the stream not yet read by the group", registry=r)
-        self.pending = Gauge("statpair_group_pending", "Entries read by the group but not acknowledged",
-                             registry=r)
+        self.pending = Gauge(
+            "statpair_group_pending", "Entries read by the group but not acknowledged", registry=r
+        )
         self.reclaimed = Counter("statpair_reclaimed", "Entries reclaimed from idle consumers", registry=r)
-        self.dead_lettered = Counter("statpair_dead_lettered", "Entries copied to the dead-letter stream",
-                                     registry=r)
+        self.dead_lettered = Counter(
+            "statpair_dead_lettered", "Entries copied to the dead-letter stream", registry=r
+        )
         self.redis_errors = Counter("statpair_redis_errors", "Failed Redis round trips (retried)", registry=r)
         self.redis_up = Gauge("statpair_redis_up", "1 when the last Redis call succeeded", registry=r)
         self._seen = {"reloads": 0, "failures": 0, "reclaimed": 0, "dead": 0, "redis_errors": 0}
         self._lock = threading.Lock()  # sync() runs on the loop (heartbeat) and the HTTP thread
 
-    def observe_batch(self, outcome: dict[str, int], infer_s: float, latency_s: float,
-                      queue_ms: list[float]) -> None:
+    def observe_batch(
+        self, outcome: dict[str, int], infer_s: float, latency_s: float, queue_ms: list[float]
+    ) -> None:
         for code, n in outcome.items():
             self.entries.labels(*(("ok", "") if code == "ok" else ("error", code))).inc(n)
         self.queue_ms.observe_many(queue_ms)
@@ -111,8 +125,15 @@ class Metrics:
         self._inc(self.reload_failures, "failures", models.reload_failures)
         self.model_loaded.set(1 if m else 0)
         if m is not None:
-            self.model.info({"path": m.path, "sha256": m.sha256, "backend": m.backend,
-                             "mtime_utc": m.mtime_utc, "state_dim": str(m.state_dim)})
+            self.model.info(
+                {
+                    "path": m.path,
+                    "sha256": m.sha256,
+                    "backend": m.backend,
+                    "mtime_utc": m.mtime_utc,
+                    "state_dim": str(m.state_dim),
+                }
+            )
 
     def sync(self, worker: Worker) -> None:
         """Copy the worker's own counters into Prometheus counters."""
@@ -130,7 +151,7 @@ class Metrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -146,16 +167,16 @@ def serve_http(host: str, port: int, metrics: Metrics, worker: Worker) -> Thread
             else:
                 m = worker.models.current
                 ok, text = m is not None, f"serving {m.sha256} ({m.backend})" if m else "no model loaded"
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "text/plain; charset=utf-8")])
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
+            )
             return [text.encode() + b"\n"]
         metrics.sync(worker)
         return metrics_app(environ, start_response)
 
     server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    logger.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", host,
-                server.server_port)
+    logger.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", host, server.server_port)
     return server
 
 
@@ -169,12 +190,19 @@ async def heartbeat(worker: Worker, metrics: Metrics | None) -> None:
         try:
             m = worker.models.current
             pipe = worker.redis.pipeline(transaction=True)
-            pipe.hset(key, mapping={
-                "name": s.consumer, "host": socket.gethostname(), "pid": str(os.getpid()),
-                "model_path": m.path if m else "", "model_sha256": m.sha256 if m else "",
-                "backend": m.backend if m else "", "processed": str(worker.stats.processed),
-                "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            })
+            pipe.hset(
+                key,
+                mapping={
+                    "name": s.consumer,
+                    "host": socket.gethostname(),
+                    "pid": str(os.getpid()),
+                    "model_path": m.path if m else "",
+                    "model_sha256": m.sha256 if m else "",
+                    "backend": m.backend if m else "",
+                    "processed": str(worker.stats.processed),
+                    "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+            )
             pipe.expire(key, s.heartbeat_ttl_s)
             await pipe.execute()
             if metrics is not None:

@@ -106,9 +106,16 @@ def prepare(path: Path, jit: bool, state_dim: int | None = None) -> ServedModel:
         "jit_compiled": "true" if compiled.jit_compiled else "false",
     }
     return ServedModel(
-        fn=compiled.fn, backend=compiled.backend, state_dim=ck.state_dim, path=str(path),
-        mtime_utc=ck.mtime_utc, sha256=sha, metadata=ck.metadata, loaded_at=time.time(),
-        jit_error=compiled.error, fields=fields,
+        fn=compiled.fn,
+        backend=compiled.backend,
+        state_dim=ck.state_dim,
+        path=str(path),
+        mtime_utc=ck.mtime_utc,
+        sha256=sha,
+        metadata=ck.metadata,
+        loaded_at=time.time(),
+        jit_error=compiled.error,
+        fields=fields,
     )
 
 
@@ -152,7 +159,7 @@ class ModelManager:
                 logger.error("model load failed: %s%s", exc, kept)
                 self._notify()
                 return False
-            except Exception as exc:  # noqa: BLE001 - a model bug must not kill the worker
+            except Exception as exc:
                 self.reload_failures += 1
                 self.last_error = f"{sig.path}: {type(exc).__name__}: {exc}"
                 logger.exception("model load failed unexpectedly: %s", sig.path)
@@ -165,8 +172,11 @@ class ModelManager:
             self._warned_missing = False
             logger.info(
                 "%s model %s (sha %s, state_dim %d, backend %s)%s",
-                "loaded" if previous is None else "reloaded", model.path, model.sha256,
-                model.state_dim, model.backend,
+                "loaded" if previous is None else "reloaded",
+                model.path,
+                model.sha256,
+                model.state_dim,
+                model.backend,
                 f", replacing {previous.sha256}" if previous else "",
             )
             self._notify()

@@ -25,7 +25,6 @@ MAX_FIELDS = 32
 DEAD_LETTER_VALUE_BYTES = 1024  # copies of rejected fields are cut to this
 
 
-
 @dataclass(slots=True)
 class Request:
     """One input entry after decoding: a state row, or the error it earned."""
@@ -172,9 +171,7 @@ def _decode(
         if raw is not None:
             reply = _text(raw, "reply_to", 256)
             if not reply.startswith(limits.reply_prefix) or len(reply) == len(limits.reply_prefix):
-                raise ValueError(
-                    f"reply_to {reply!r} is not a stream name under {limits.reply_prefix!r}"
-                )
+                raise ValueError(f"reply_to {reply!r} is not a stream name under {limits.reply_prefix!r}")
             req.reply_to = reply
         raw = fields.get(b"id")
         if raw is not None:
@@ -205,12 +202,15 @@ def _decode(
     if (js is None) == (f32 is None):
         return req.fail(
             "invalid_state",
-            "entry has both 'state' and 'state_f32', send exactly one" if js is not None
+            "entry has both 'state' and 'state_f32', send exactly one"
+            if js is not None
             else "entry has no 'state' (JSON array) or 'state_f32' (little-endian float32 bytes)",
         ), None
     if f32 is not None:
         if len(f32) % 4:
-            return req.fail("invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32"), None
+            return req.fail(
+                "invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32"
+            ), None
         blob, size = f32, len(f32) // 4
     else:
         try:
@@ -218,7 +218,9 @@ def _decode(
         except (ValueError, RecursionError):
             return req.fail("invalid_state", "state is not valid JSON"), None
         if not isinstance(values, list):
-            return req.fail("invalid_state", f"state is a JSON {type(values).__name__}, not an array of numbers"), None
+            return req.fail(
+                "invalid_state", f"state is a JSON {type(values).__name__}, not an array of numbers"
+            ), None
         for i, v in enumerate(values):
             if type(v) is not float and type(v) is not int:
                 return req.fail("invalid_state", f"state[{i}] is {json.dumps(v)[:40]}, not a number"), None
@@ -259,6 +261,7 @@ def _base(req: Request) -> dict[str, str]:
 # tail server-side: the worker sends only the values, and encodes the tail once
 # per batch, not once per entry.
 
+
 def ok_values(action: float, dead_band: float, queue_ms: float) -> tuple[str, str, str]:
     """An ok result's own values as sent: action, discrete, queue_ms. The action is
     the actor's float32 output with 9 significant digits, what a float32 needs to
@@ -275,8 +278,9 @@ def error_fields(req: Request, queue_ms: float) -> dict[str, str]:
     return out
 
 
-def batch_tail(worker: str, infer_s: float, latency_s: float, batch_size: int,
-               model: dict[str, str] | None = None) -> dict[str, str]:
+def batch_tail(
+    worker: str, infer_s: float, latency_s: float, batch_size: int, model: dict[str, str] | None = None
+) -> dict[str, str]:
     """The fields every result of a batch shares (``model`` only for ok results)."""
     out = {"worker": worker}
     if model:
@@ -286,17 +290,26 @@ def batch_tail(worker: str, infer_s: float, latency_s: float, batch_size: int,
 
 
 def dead_letter_fields(
-    entry_id: str, fields: dict[bytes, bytes], source: str, worker: str, error: str, detail: str,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    source: str,
+    worker: str,
+    error: str,
+    detail: str,
     deliveries: int | None = None,
 ) -> dict[bytes | str, bytes | str]:
     """A copy of a rejected entry with the reason; long values are cut."""
     out: dict[bytes | str, bytes | str] = {}
     for name, value in list(fields.items())[:MAX_FIELDS]:
         key = b"orig:" + name[:64]
-        out[key] = value if len(value) <= DEAD_LETTER_VALUE_BYTES else (
-            value[:DEAD_LETTER_VALUE_BYTES] + b"...[cut]")
-    out.update({"entry_id": entry_id, "source_stream": source, "worker": worker,
-                "error": error, "detail": detail})
+        out[key] = (
+            value
+            if len(value) <= DEAD_LETTER_VALUE_BYTES
+            else (value[:DEAD_LETTER_VALUE_BYTES] + b"...[cut]")
+        )
+    out.update(
+        {"entry_id": entry_id, "source_stream": source, "worker": worker, "error": error, "detail": detail}
+    )
     if deliveries is not None:
         out["deliveries"] = str(deliveries)
     return out
@@ -336,8 +349,10 @@ class Result(BaseModel):
 
 def parse_result(fields: dict[bytes | str, bytes | str]) -> Result:
     return Result.model_validate(
-        {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-         for k, v in fields.items()}
+        {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
     )
 
 

@@ -137,8 +137,16 @@ class Batch:
         self.n_tails += 1
         return self.n_tails
 
-    def ok(self, stream: str, cid: str, entry_id: str, pair: str | None, action: str, discrete: str,
-           queue_ms: str) -> int:
+    def ok(
+        self,
+        stream: str,
+        cid: str,
+        entry_id: str,
+        pair: str | None,
+        action: str,
+        discrete: str,
+        queue_ms: str,
+    ) -> int:
         """Queue an ok result (its entry is acknowledged with it); returns its index."""
         k = self._index.get(stream) or self._key(stream)
         if pair is None:
@@ -156,8 +164,19 @@ class Batch:
         return -self.n_ops
 
     def argv(self, ids: list[str]) -> list[Any]:
-        return [self.group, self.results_maxlen, self.n_tails, *self.tails, self.n_ok, self.ok_tail,
-                *self.oks, self.n_ops, *self.args, len(ids), *ids]
+        return [
+            self.group,
+            self.results_maxlen,
+            self.n_tails,
+            *self.tails,
+            self.n_ok,
+            self.ok_tail,
+            *self.oks,
+            self.n_ops,
+            *self.args,
+            len(ids),
+            *ids,
+        ]
 
     async def run(self, redis: Redis, script: Any, ids: list[str]) -> tuple[int, list[int]]:
         """Execute: (entries acknowledged, the ops that failed as ``ok``/``xadd`` returned them).

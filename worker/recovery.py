@@ -30,8 +30,13 @@ class Recovery:
         """How often each of our pending entries has been delivered (XPENDING)."""
         ids = [eid for eid, _ in entries]
         rows = await self.w.redis.xpending_range(
-            self.s.states_stream, self.s.group, min=ids[0], max=ids[-1],
-            count=2 * len(ids) + 100, consumername=self.s.consumer)
+            self.s.states_stream,
+            self.s.group,
+            min=ids[0],
+            max=ids[-1],
+            count=2 * len(ids) + 100,
+            consumername=self.s.consumer,
+        )
         return {row["message_id"]: int(row["times_delivered"]) for row in rows}
 
     async def reclaim(self) -> int:
@@ -40,8 +45,13 @@ class Recovery:
         total = 0
         for _ in range(MAX_CLAIM_ROUNDS):
             next_id, entries, deleted_ids = await self.w.redis.xautoclaim(
-                self.s.states_stream, self.s.group, self.s.consumer,
-                min_idle_time=self.s.claim_idle_ms, start_id=start, count=self.s.read_count)
+                self.s.states_stream,
+                self.s.group,
+                self.s.consumer,
+                min_idle_time=self.s.claim_idle_ms,
+                start_id=start,
+                count=self.s.read_count,
+            )
             # Redis drops ids whose payload was deleted from the PEL; answer them all the same.
             entries = list(entries) + [(eid, GONE) for eid in deleted_ids or []]
             if entries:
@@ -64,8 +74,10 @@ class Recovery:
         for eid, fields in entries:
             n = counts.get(eid, 0)
             req = self._envelope(eid, fields, now_ms)
-            detail = (f"processing failed on each of {n} deliveries (MAX_DELIVERIES="
-                      f"{self.s.max_deliveries}); the entry was dead-lettered")
+            detail = (
+                f"processing failed on each of {n} deliveries (MAX_DELIVERIES="
+                f"{self.s.max_deliveries}); the entry was dead-lettered"
+            )
             req.fail("internal", detail)
             queue_ms = max(0.0, now_ms - entry_time_ms(req.entry_id))
             batch.xadd(req.reply_to, error_fields(req, queue_ms), self.s.results_maxlen, tail)
@@ -73,9 +85,13 @@ class Recovery:
         await batch.run(self.w.redis, self.w.publish_script, [eid.decode() for eid, _ in entries])
         self.w.stats.results["internal"] += len(entries)
         self.w.stats.dead_lettered += len(entries)
-        logger.warning("dead-lettered %d poison entr%s after %d deliveries: %s", len(entries),
-                       "y" if len(entries) == 1 else "ies", self.s.max_deliveries,
-                       ", ".join(eid.decode() for eid, _ in entries[:5]))
+        logger.warning(
+            "dead-lettered %d poison entr%s after %d deliveries: %s",
+            len(entries),
+            "y" if len(entries) == 1 else "ies",
+            self.s.max_deliveries,
+            ", ".join(eid.decode() for eid, _ in entries[:5]),
+        )
 
     def _envelope(self, eid: bytes, fields: dict[bytes, bytes], now_ms: float) -> Request:
         """The entry's id and reply_to if they can be read at all (decoding may be the poison)."""

@@ -23,18 +23,23 @@ def default_consumer_name() -> str:
 class Settings(BaseSettings):
     """Everything the worker can be told. Each field's description is the doc."""
 
-    model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(
+        frozen=True, case_sensitive=False, extra="ignore", populate_by_name=True
+    )
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0",
-                           description="Redis to serve from; redis://, rediss:// (TLS), may carry a password.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis to serve from; redis://, rediss:// (TLS), may carry a password.",
+    )
     states_stream: str = Field("statpair:states", description="Input stream strategies XADD states to.")
     group: str = Field("statpair-workers", description="Consumer group shared by all workers.")
-    consumer: str = Field(default_factory=default_consumer_name,
-                          description="This worker's consumer name (default: host-pid).")
+    consumer: str = Field(
+        default_factory=default_consumer_name, description="This worker's consumer name (default: host-pid)."
+    )
     results_stream: str = Field("statpair:actions", description="Default result stream.")
-    reply_prefix: str = Field("statpair:actions:",
-                              description="A reply_to stream must start with this prefix.")
+    reply_prefix: str = Field(
+        "statpair:actions:", description="A reply_to stream must start with this prefix."
+    )
     dead_stream: str = Field("statpair:states:dead", description="Dead-letter stream for rejected entries.")
     control_stream: str = Field("statpair:control", description="Control commands, read by every worker.")
     control_replies: str = Field("statpair:control:replies", description="Answers to control commands.")
@@ -43,26 +48,44 @@ class Settings(BaseSettings):
     dead_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of the dead-letter stream.")
     read_count: int = Field(128, ge=1, le=10_000, description="Most entries read (and inferred) per batch.")
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK; must stay below the 5 s socket timeout.")
-    idle_spin_ms: float = Field(0.0, ge=0.0, le=1000.0,
-                                description="After a batch, busy-wait this long for the next read instead of sleeping: "
-                                            "lower latency at low rates for a core's worth of CPU (0 = off).")
-    max_field_bytes: int = Field(16_384, ge=64, description="Largest accepted field value, checked before parsing.")
+    idle_spin_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="After a batch, busy-wait this long for the next read instead of sleeping: "
+        "lower latency at low rates for a core's worth of CPU (0 = off).",
+    )
+    max_field_bytes: int = Field(
+        16_384, ge=64, description="Largest accepted field value, checked before parsing."
+    )
     state_ttl_ms: int = Field(0, ge=0, description="Default age limit for a state (0 = no limit).")
-    dead_band: float = Field(0.1, ge=0.0, lt=1.0,
-                             description="An action whose absolute value is at or below this is 'flat' (discrete 0).")
+    dead_band: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="An action whose absolute value is at or below this is 'flat' (discrete 0).",
+    )
     model_path: Path | None = Field(None, description="Serve this checkpoint (wins over MODEL_DIR).")
-    model_dir: Path = Field(Path("models"), description="Serve the newest *.pt here when MODEL_PATH is unset.")
-    jit: bool = Field(False, validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
-                      description="STAT_PAIR_RL_JIT=1/true/yes: compile the actor with torch.jit.script.")
+    model_dir: Path = Field(
+        Path("models"), description="Serve the newest *.pt here when MODEL_PATH is unset."
+    )
+    jit: bool = Field(
+        False,
+        validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
+        description="STAT_PAIR_RL_JIT=1/true/yes: compile the actor with torch.jit.script.",
+    )
     watch_interval_s: float = Field(1.0, gt=0, description="How often the model file is stat'ed.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads for inference.")
-    max_deliveries: int = Field(5, ge=1, description="Deliveries after which an entry is answered internal and dead-lettered.")
+    max_deliveries: int = Field(
+        5, ge=1, description="Deliveries after which an entry is answered internal and dead-lettered."
+    )
     claim_idle_ms: int = Field(30_000, ge=100, description="Reclaim other workers' entries idle this long.")
     claim_interval_s: float = Field(5.0, gt=0, description="How often to look for entries to reclaim.")
     heartbeat_ttl_s: int = Field(15, ge=2, description="Heartbeat hash TTL; refreshed every third of it.")
     shutdown_grace_s: float = Field(10.0, gt=0, description="Time to finish the batch in hand after SIGTERM.")
-    metrics_port: int | None = Field(None, ge=0, le=65535,
-                                     description="Serve /metrics, /healthz, /readyz on this port (off when unset).")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz on this port (off when unset)."
+    )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
     log_level: str = Field("INFO", description="Logging level.")
 
