@@ -10,15 +10,15 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings, write_model
-from worker.cli import serve
 from worker.client import ActionClient, ActionError
+from worker.server import serve
 
 STATE = np.linspace(-1, 1, 28)
 
 
 async def _exercise(redis: Redis, settings) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(serve_on(redis, settings, stop))
+    task = asyncio.create_task(serve(settings, redis, stop=stop))
     try:
         async with ActionClient(redis=redis, timeout=20) as client:
             action = await client.act(STATE, pair="KO/PEP")
@@ -36,21 +36,8 @@ async def _exercise(redis: Redis, settings) -> None:
         await asyncio.wait_for(task, 30)
 
 
-async def serve_on(redis: Redis, settings, stop: asyncio.Event) -> None:
-    """serve() builds its own client from the URL; for fakeredis, run the loop directly."""
-    if settings.redis_url != "fake":
-        await serve(settings, stop=stop)
-        return
-    from worker.loop import Worker
-    from worker.model import ModelManager
-
-    models = ModelManager(None, settings.model_dir, False)
-    await models.check()
-    await Worker(settings, redis, models, stop=stop).run()
-
-
 async def test_client_on_fakeredis(tmp_path: Path, fake_redis: Redis) -> None:
-    s = make_settings(tmp_path, redis_url="fake")
+    s = make_settings(tmp_path)
     write_model(s.model_dir / "m.pt")
     await _exercise(fake_redis, s)
 

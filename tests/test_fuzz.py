@@ -21,6 +21,7 @@ from tests.conftest import make_settings, write_model
 from worker.loop import Worker
 from worker.model import ModelManager
 from worker.protocol import GONE, Limits, decode_batch, decode_entry, parse_result
+from worker.state import ServerState
 
 NAMES = [b"state", b"state_f32", b"id", b"pair", b"ttl_ms", b"reply_to", b"junk", "é".encode(), b"\xff"]
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**30), 10**30))
@@ -72,10 +73,10 @@ async def _scenario(entries: list[dict[bytes, bytes]], redis_server, folder: Pat
     try:
         await redis.flushall()
         ids = [await redis.xadd("statpair:states", e) for e in entries]
-        s = make_settings(folder, redis_url="unused", max_field_bytes=16_384, read_count=16)
+        s = make_settings(folder, redis_url="redis://unused", max_field_bytes=16_384, read_count=16)
         models = ModelManager(None, s.model_dir, False)
         await models.check()
-        worker = Worker(s, redis, models, burst=True)
+        worker = Worker(ServerState(s, redis, models), burst=True)
         await asyncio.wait_for(worker.run(), timeout=60)
         results = {}
         for stream in (b"statpair:actions", b"statpair:actions:fz"):
@@ -93,7 +94,7 @@ async def _scenario(entries: list[dict[bytes, bytes]], redis_server, folder: Pat
             else:
                 assert r.status == "ok" or (r.error and r.detail)
         info = (await redis.xinfo_groups("statpair:states"))[0]
-        assert info["pending"] == 0 and worker.stats.failed == 0
+        assert info["pending"] == 0 and worker.state.stats.failed == 0
     finally:
         await redis.aclose()
 

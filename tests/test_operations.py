@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from tests.conftest import make_settings, wait_for, write_model
 from tests.helpers import WorkerProcess
 from tests.servers import free_port, start_redis
-from worker.cli import serve
+from worker.server import serve
 from worker.settings import mask_url
 
 pytestmark = pytest.mark.integration

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from worker.loop import Worker
 from worker.model import ModelManager
 from worker.protocol import parse_result
 from worker.settings import Settings
+from worker.state import ServerState
 
 STATE = [0.05 * i for i in range(28)]
 
@@ -40,7 +42,7 @@ async def results(redis: Redis, stream: str = "statpair:actions") -> list:
 async def serve_burst(settings: Settings, redis: Redis, models: ModelManager | None = None) -> Worker:
     models = models or ModelManager(settings.model_path, settings.model_dir, settings.jit)
     await models.check()
-    worker = Worker(settings, redis, models, burst=True)
+    worker = Worker(ServerState(settings, redis, models), burst=True)
     await worker.run()
     return worker
 
@@ -53,7 +55,7 @@ async def test_serves_a_batch_in_one_pass(tmp_path: Path, fake_redis: Redis) -> 
     out = await results(fake_redis)
     assert [r.id for r in out] == [f"c{i}" for i in range(5)]
     assert all(r.status == "ok" and -1 <= r.action <= 1 for r in out)
-    assert {r.batch_size for r in out} == {5} and worker.stats.batches == 1
+    assert {r.batch_size for r in out} == {5} and worker.state.stats.batches == 1
     assert all(r.pair == "KO/PEP" and r.worker == "w1" and r.backend == "eager" for r in out)
     assert all(r.jit_compiled is False and r.model_path.endswith("a.pt") for r in out)
     assert all(r.queue_ms >= 0 and r.infer_ms > 0 and r.latency_ms >= r.infer_ms for r in out)
@@ -216,18 +218,18 @@ async def test_max_messages_bounds_the_run(tmp_path: Path, fake_redis: Redis) ->
     await add_states(fake_redis, 10)
     models = ModelManager(s.model_path, s.model_dir, s.jit)
     await models.check()
-    worker = Worker(s, fake_redis, models, max_messages=6)
+    worker = Worker(ServerState(s, fake_redis, models), max_messages=6)
     await worker.run()
-    assert worker.stats.processed == 6 and len(await results(fake_redis)) == 6
+    assert worker.state.stats.processed == 6 and len(await results(fake_redis)) == 6
 
 
 async def control(redis: Redis, worker: Worker, **fields: str) -> dict:
-    ctl = Control(worker)
+    ctl = Control(worker.state)
     eid = await redis.xadd("statpair:control", fields)
     await ctl.handle(eid.decode(), {k.encode(): v.encode() for k, v in fields.items()})
     ((_, reply),) = await redis.xrevrange("statpair:control:replies", count=1)
     out = {k.decode(): v.decode() for k, v in reply.items()}
-    assert out["worker"] == worker.s.consumer and out["cmd"] == fields.get("cmd", "")
+    assert out["worker"] == worker.state.consumer and out["cmd"] == fields.get("cmd", "")
     return out
 
 
@@ -245,7 +247,7 @@ async def test_control_commands(tmp_path: Path, fake_redis: Redis) -> None:
 
     write_model(s.model_dir / "a.pt", seed=9)
     rl = json.loads((await control(fake_redis, worker, cmd="reload"))["data"])
-    assert rl["swapped"] is True and rl["model_sha256"] == worker.models.current.sha256
+    assert rl["swapped"] is True and rl["model_sha256"] == worker.state.models.current.sha256
 
     bench = await control(fake_redis, worker, cmd="benchmark", batch_sizes="1,8", warmup="2", iters="5")
     figures = json.loads(bench["data"])["batches"]
@@ -259,8 +261,8 @@ async def test_control_commands(tmp_path: Path, fake_redis: Redis) -> None:
 
 async def test_control_addressed_to_another_worker_is_ignored(tmp_path: Path, fake_redis: Redis) -> None:
     s = make_settings(tmp_path)
-    worker = Worker(s, fake_redis, ModelManager(None, s.model_dir, False))
-    await Control(worker).handle("1-0", {b"cmd": b"status", b"worker": b"someone-else"})
+    state = ServerState(s, fake_redis, ModelManager(None, s.model_dir, False))
+    await Control(state).handle("1-0", {b"cmd": b"status", b"worker": b"someone-else"})
     assert await fake_redis.exists("statpair:control:replies") == 0
 
 
@@ -275,21 +277,22 @@ async def test_reclaims_while_reading_ahead_under_load(tmp_path: Path, fake_redi
     await fake_redis.xreadgroup(s.group, "dead", {"statpair:states": ">"}, count=1)
     models = ModelManager(s.model_path, s.model_dir, s.jit)
     await models.check()
-    worker = Worker(s, fake_redis, models, burst=True)
+    worker = Worker(ServerState(s, fake_redis, models), burst=True)
     passes = 0
-    real_reclaim = worker.recovery.reclaim
+    real_claim = worker.recovery.claim
 
-    async def reclaim() -> int:
+    async def claim() -> AsyncIterator[list[tuple[bytes, dict[bytes, bytes]]]]:
         # The orphan turns idle enough at the fifth pass: well inside the drain
         # (250 batches of 4), whatever the speed of the machine.
         nonlocal passes
         passes += 1
         if passes == 5:
             await fake_redis.xclaim("statpair:states", s.group, "dead", 0, [orphan], idle=120_000)
-        return await real_reclaim()
+        async for entries in real_claim():
+            yield entries
 
-    worker.recovery.reclaim = reclaim  # type: ignore[method-assign]
+    worker.recovery.claim = claim  # type: ignore[method-assign]
     await worker.run()
     ids = [r.entry_id for r in await results(fake_redis)]
-    assert len(ids) == 1001 and ids.count(orphan.decode()) == 1 and worker.stats.reclaimed == 1
+    assert len(ids) == 1001 and ids.count(orphan.decode()) == 1 and worker.state.stats.reclaimed == 1
     assert ids.index(orphan.decode()) < 1000, "reclaimed only once the stream was drained"

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings, unique, wait_for, write_model
 from tests.servers import need_binary
-from worker.cli import serve
 from worker.protocol import parse_result
+from worker.server import serve
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

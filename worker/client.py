@@ -22,17 +22,16 @@ import logging
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from worker.protocol import Result, encode_state, parse_result
+from worker.retry import retrying
 
 logger = logging.getLogger(__name__)
-
-Action = Result  # an ``ok`` result: ``action``, ``discrete``, model provenance and timings
 
 
 class ActionError(Exception):
@@ -70,6 +69,7 @@ class ActionClient:
         self._reader: asyncio.Task[None] | None = None
         self._last = b"0-0"
         self._since_trim = 0
+        self._closed = asyncio.Event()
 
     async def __aenter__(self) -> ActionClient:
         return self
@@ -79,8 +79,11 @@ class ActionClient:
     ) -> None:
         await self.close()
 
-    def _fields(self, state: Sequence[float] | np.ndarray, pair: str | None, cid: str) -> dict:
-        fields: dict[str, str | bytes] = {**encode_state(state), "id": cid, "reply_to": self.reply_stream}
+    def _fields(
+        self, state: Sequence[float] | np.ndarray, pair: str | None, cid: str
+    ) -> dict[FieldT, EncodableT]:
+        fields: dict[FieldT, EncodableT] = {"id": cid, "reply_to": self.reply_stream}
+        fields.update(encode_state(state))
         if pair is not None:
             fields["pair"] = pair
         if self.ttl_ms is not None:
@@ -127,15 +130,9 @@ class ActionClient:
         return [r if r.status == "ok" else ActionError(r) for r in results]
 
     async def _read_replies(self) -> None:
+        # Callers time out on their own; the reader retries until no one waits.
         while self._waiting:
-            try:
-                resp = await self.redis.xread(
-                    {self.reply_stream: self._last}, count=1000, block=self.block_ms
-                )
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # callers time out
-                logger.warning("reply stream read failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
+            resp = await retrying(self._read_once, self._closed, "reading replies")
             for eid, fields in resp[0][1] if resp else []:
                 self._last = eid
                 fut = self._waiting.get(fields.get(b"id", b""))
@@ -146,8 +143,12 @@ class ActionClient:
                 self._since_trim = 0
                 await self.redis.xtrim(self.reply_stream, minid=self._last.decode(), approximate=True)
 
+    async def _read_once(self) -> Any:
+        return await self.redis.xread({self.reply_stream: self._last}, count=1000, block=self.block_ms)
+
     async def close(self) -> None:
         """Stop reading and delete the reply stream."""
+        self._closed.set()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

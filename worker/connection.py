@@ -10,11 +10,13 @@ this mixin gives the asyncio connections the same packer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
+_hiredis_pack: Callable[..., bytes] | None
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # hiredis missing: keep redis-py's Python packer
@@ -29,6 +31,7 @@ class HiredisPackMixin:
             args = tuple(args[0].encode().split()) + args[1:]
         elif b" " in args[0]:
             args = tuple(args[0].split()) + args[1:]
+        assert _hiredis_pack is not None  # the mixin is only installed with hiredis
         return [_hiredis_pack(args)]
 
     def pack_commands(self, commands: Any) -> list[bytes]:

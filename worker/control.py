@@ -10,11 +10,12 @@ import time
 from typing import Any
 
 import numpy as np
+from redis.typing import EncodableT, FieldT
 
-from worker.backoff import Backoff, pause
-from worker.loop import TRANSIENT, Worker
-from worker.metrics import live_workers
+from worker.heartbeat import live_workers
 from worker.model import ServedModel
+from worker.retry import TRANSIENT, Backoff, retrying
+from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,11 @@ MAX_BENCH_BATCH = 1024
 MAX_CONTROL_FIELD = 1024
 
 
-def status(worker: Worker) -> dict[str, Any]:
+def status(state: ServerState) -> dict[str, Any]:
     """What ``cmd=status`` answers: model, backend, counters, last reload error."""
-    m, st = worker.models.current, worker.stats
+    m, st, models = state.models.current, state.stats, state.models
     return {
-        "worker": worker.s.consumer,
+        "worker": state.consumer,
         "model": None
         if m is None
         else {
@@ -40,10 +41,10 @@ def status(worker: Worker) -> dict[str, Any]:
             "jit_error": m.jit_error,
             "metadata": m.metadata,
         },
-        "jit_requested": worker.models.jit,
-        "reloads": worker.models.reloads,
-        "reload_failures": worker.models.reload_failures,
-        "last_reload_error": worker.models.last_error,
+        "jit_requested": models.jit,
+        "reloads": models.reloads,
+        "reload_failures": models.reload_failures,
+        "last_reload_error": models.last_error,
         "processed": st.processed,
         "results": dict(st.results),
         "batches": st.batches,
@@ -52,7 +53,7 @@ def status(worker: Worker) -> dict[str, Any]:
         "failed": st.failed,
         "redis_errors": st.redis_errors,
         "uptime_s": round(time.time() - st.started_at, 3),
-        "redis": worker.s.redis_url_masked,
+        "redis": state.settings.redis_url_masked,
     }
 
 
@@ -98,42 +99,34 @@ def _int(fields: dict[bytes, bytes], name: str, default: int, low: int, high: in
 class Control:
     """Reads the control stream from the moment it starts and answers commands."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.s = worker.s
-        self.redis = worker.redis
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.s = state.settings
+        self.redis = state.redis
+        self._last_id: str | None = None
 
-    async def _start_id(self) -> str:
-        last = await self.redis.xrevrange(self.s.control_stream, count=1)
-        return last[0][0].decode() if last else "0-0"
+    async def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if self._last_id is None:
+            last: Any = await self.redis.xrevrange(self.s.control_stream, count=1)
+            self._last_id = last[0][0].decode() if last else "0-0"
+        resp: Any = await self.redis.xread(
+            {self.s.control_stream: self._last_id}, count=16, block=self.s.block_ms
+        )
+        return resp[0][1] if resp else []
 
     async def run(self) -> None:
         backoff = Backoff()
-        last_id: str | None = None
-        while not self.worker.stop.is_set():
-            try:
-                if last_id is None:
-                    last_id = await self._start_id()
-                resp = await self.redis.xread(
-                    {self.s.control_stream: last_id}, count=16, block=self.s.block_ms
-                )
-                backoff.reset()
-            except TRANSIENT as exc:
-                delay = backoff.next_delay()
-                logger.warning(
-                    "control stream: Redis unavailable (%s); retry %d in %.2f s",
-                    type(exc).__name__,
-                    backoff.attempt,
-                    delay,
-                )
-                await pause(self.worker.stop, delay)
-                continue
-            for eid, fields in resp[0][1] if resp else []:
-                last_id = eid.decode()
+        while not self.state.stop.is_set():
+            # Quiet retries: the consume loop reports an outage, once per retry.
+            entries = await retrying(
+                self._read, self.state.stop, "reading control", backoff=backoff, loud=False
+            )
+            for eid, fields in entries or []:
+                self._last_id = eid.decode()
                 try:
-                    await self.handle(last_id, fields)
+                    await self.handle(self._last_id, fields)
                 except TRANSIENT as exc:
-                    logger.warning("control reply to %s lost: %s", last_id, exc)
+                    logger.warning("control reply to %s lost: %s", self._last_id, exc)
 
     async def handle(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         target = fields.get(b"worker")
@@ -141,22 +134,23 @@ class Control:
             return
         cmd = fields.get(b"cmd", b"")[:64].decode("utf-8", "replace")
         reply: dict[str, Any]
+        out: dict[FieldT, EncodableT]
         try:
             if any(len(v) > MAX_CONTROL_FIELD for v in fields.values()):
                 raise ValueError(f"a field is over {MAX_CONTROL_FIELD} bytes")
             if cmd == "reload":
-                swapped = await self.worker.models.check(force=True)
-                m = self.worker.models.current
+                swapped = await self.state.models.check(force=True)
+                m = self.state.models.current
                 reply = {
                     "swapped": swapped,
                     "model_sha256": m.sha256 if m else None,
-                    "last_reload_error": self.worker.models.last_error,
+                    "last_reload_error": self.state.models.last_error,
                 }
             elif cmd == "status":
-                reply = status(self.worker)
-                reply["live_workers"] = await live_workers(self.worker)
+                reply = status(self.state)
+                reply["live_workers"] = await live_workers(self.state)
             elif cmd == "benchmark":
-                model = self.worker.models.current
+                model = self.state.models.current
                 if model is None:
                     raise ValueError("no model is loaded")
                 sizes_raw = fields.get(b"batch_sizes", b"1,8,32,128").decode()

@@ -1,66 +1,31 @@
-"""The consume loop, the hot path: read a batch with XREADGROUP, decode it,
-infer once, encode, then publish every result and acknowledge every entry in
-one atomic script call (worker/publish.py), one round trip."""
+"""The consume loop, the hot path: read a batch with XREADGROUP, decode it, run
+the model once, and answer (worker/answer.py: every result published and every
+entry acknowledged in one atomic script call, one round trip)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+import numpy as np
+from redis.exceptions import ResponseError
 
-from worker.backoff import Backoff, pause
-from worker.model import ModelManager
-from worker.protocol import (
-    GONE,
-    Limits,
-    Request,
-    batch_tail,
-    dead_letter_fields,
-    decode_batch,
-    entry_time_ms,
-    error_fields,
-    ok_values,
-)
-from worker.publish import PUBLISH_LUA, Batch
-from worker.recovery import Recovery
-from worker.settings import Settings
+from worker.answer import Answerer, Entries, Outcome
+from worker.heartbeat import peer_has_model
+from worker.model import ServedModel
+from worker.protocol import GONE, decode_batch
+from worker.recovery import Recovery, poison_requests, split_poison
+from worker.retry import TRANSIENT, Backoff, pause, retrying
+from worker.state import ServerState, Streams
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_CODES = frozenset({"invalid_state", "too_large", "internal"})
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-@dataclass
-class Stats:
-    """Counters a status reply and the metrics read."""
-
-    results: Counter[str] = field(default_factory=Counter)  # "ok" or the error code
-    batches: int = 0
-    dead_lettered: int = 0
-    reclaimed: int = 0
-    failed: int = 0  # entry processings that raised (left pending for redelivery)
-    redis_errors: int = 0
-    spun: int = 0  # reads answered while busy-waiting (IDLE_SPIN_MS) instead of sleeping
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def processed(self) -> int:
-        return sum(self.results.values())
-
-
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
-# (entries by outcome: "ok" or an error code, infer seconds, batch latency seconds, queue_ms per entry)
-BatchObserver = Callable[[Counter[str], float, float, list[float]], None]
+PEER_CHECK_S = 1.0  # how often a worker without a model looks for a live worker with one
+# Redis's answers when the stream or its group is deleted under a reader: recreate and go on.
+GROUP_GONE = ("NOGROUP", "UNBLOCKED")
 
 
 class Worker:
@@ -69,41 +34,35 @@ class Worker:
 
     def __init__(
         self,
-        settings: Settings,
-        redis: Redis,
-        models: ModelManager,
-        stop: asyncio.Event | None = None,
+        state: ServerState,
+        streams: Streams | None = None,
         max_messages: int | None = None,
         burst: bool = False,
     ) -> None:
-        self.s = settings
-        self.redis = redis
-        self.models = models
-        self.stop = stop or asyncio.Event()
+        self.state = state
+        self.s = state.settings
+        self.streams = streams or state.streams
+        self.stop = state.stop
         self.max_messages = max_messages
         self.burst = burst
-        self.stats = Stats()
-        self.observers: list[BatchObserver] = []
-        self.limits = Limits(
-            max_field_bytes=settings.max_field_bytes,
-            default_stream=settings.results_stream,
-            reply_prefix=settings.reply_prefix,
-            default_ttl_ms=settings.state_ttl_ms,
-        )
+        self.answerer = Answerer(state, self.streams)
+        self.recovery = Recovery(state, self.streams)
         # After a start or a lost connection, first re-read our own pending
         # entries (XREADGROUP from id 0): they were read but maybe never answered.
         self._history_from: str | bytes | None = "0"
-        self.redis_up = False
-        self.recovery = Recovery(self)
-        self.publish_script = redis.register_script(PUBLISH_LUA)
+        self._ahead: Entries = []  # read together with the previous batch's publish
+        self._next_claim = 0.0
         self._spin_until = 0.0  # busy-wait for the next read until then (IDLE_SPIN_MS)
+        self._backoff = Backoff()
+        self._peer_checked = -PEER_CHECK_S
+        self._peer_has_model = False
 
     # -- set-up --------------------------------------------------------------------------
 
     async def ensure_group(self) -> None:
         try:
-            await self.redis.xgroup_create(self.s.states_stream, self.s.group, id="0", mkstream=True)
-            logger.info("created consumer group %s on %s", self.s.group, self.s.states_stream)
+            await self.state.redis.xgroup_create(self.streams.states, self.s.group, id="0", mkstream=True)
+            logger.info("created consumer group %s on %s", self.s.group, self.streams.states)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -111,61 +70,101 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = Backoff()
-        await self._retrying(self.ensure_group, backoff)
-        next_claim = 0.0
-        ahead: Entries = []  # read together with the previous batch's publish
-        while ahead or not self.stop.is_set():
-            if self.max_messages is not None and self.stats.processed >= self.max_messages:
+        await retrying(
+            self.ensure_group,
+            self.stop,
+            "creating the consumer group",
+            backoff=self._backoff,
+            on_error=self._lost,
+        )
+        while not self.stop.is_set():
+            more = await retrying(
+                self._turn, self.stop, "reading states", backoff=self._backoff, on_error=self._lost
+            )
+            if more is False:
                 break
-            history = self._history_from is not None
+        if self._ahead:  # read with the last publish: answer them rather than leave them for reclaim
+            entries, self._ahead = self._ahead, []
             try:
-                if time.monotonic() >= next_claim:
-                    await self.recovery.reclaim()
-                    next_claim = time.monotonic() + self.s.claim_interval_s
-                entries, ahead = ahead or await self._read(self._room()), []
-                if entries:
-                    if self.s.idle_spin_ms:
-                        self._spin_until = time.monotonic() + self.s.idle_spin_ms / 1000.0
-                    counts = await self.recovery.delivery_counts(entries) if history else None
-                    # Under load (a batch at least half full), read the next batch in the
-                    # same round trip as this one's publish. Not when idle-ish: there the
-                    # extra read only competes for the CPU with the result's reader
-                    # (p50 at 1000/s went 0.83 → 1.1 ms); nor for history, nor when stopping.
-                    busy = 2 * len(entries) >= self.s.read_count
-                    more = self._room(len(entries)) if busy and not history and not self.stop.is_set() else 0
-                    ahead = await self.handle(entries, counts, read_more=more)
-                self._redis_ok(backoff)
+                await self.handle(entries)
             except TRANSIENT as exc:
-                await self._on_redis_error(exc, backoff)
-                continue
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the stream or group was deleted under us
-                    logger.warning("consumer group vanished (%s); recreating it", exc)
-                    await self._retrying(self.ensure_group, backoff)
-                    continue
+                logger.warning("%d entries read ahead stay pending for reclaim: %s", len(entries), exc)
+
+    async def _turn(self) -> bool:
+        """Reclaim when due, read a batch (or take the one read ahead), answer it.
+        False when a bounded run is done."""
+        if self.max_messages is not None and self.state.stats.processed >= self.max_messages:
+            return False
+        history = self._history_from is not None
+        try:
+            if time.monotonic() >= self._next_claim:
+                await self._reclaim()
+                self._next_claim = time.monotonic() + self.s.claim_interval_s
+            if not history and not self._ahead and await self._defer_to_peers():
+                return True
+            entries, self._ahead = self._ahead or await self._read(self._room()), []
+            if entries:
+                if self.s.idle_spin_ms:
+                    self._spin_until = time.monotonic() + self.s.idle_spin_ms / 1000.0
+                counts = await self.recovery.delivery_counts(entries) if history else None
+                # Under load (a batch at least half full), read the next batch in the
+                # same round trip as this one's publish. Not when idle-ish: there the
+                # extra read only competes for the CPU with the result's reader
+                # (p50 at 1000/s went 0.83 → 1.1 ms); nor for history, nor when stopping.
+                busy = 2 * len(entries) >= self.s.read_count
+                more = self._room(len(entries)) if busy and not history and not self.stop.is_set() else 0
+                self._ahead = await self.handle(entries, counts, read_more=more)
+        except ResponseError as exc:
+            if not str(exc).startswith(GROUP_GONE):
                 raise
-            if not entries and self.burst and not history:
-                break  # bounded mode: the stream is drained
+            logger.warning("the states stream or its consumer group vanished (%s); recreating it", exc)
+            self._history_from = "0"
+            await retrying(self.ensure_group, self.stop, "creating the consumer group", backoff=self._backoff)
+            return True
+        self.state.redis_up = True
+        return bool(entries) or not self.burst or history
+
+    def _lost(self, exc: BaseException) -> None:
+        self.state.redis_failed(exc)
+        self._history_from = "0"  # what we read may not have been answered: re-read our pending
 
     def _room(self, in_hand: int = 0) -> int:
         """How many entries the next read may take (``max_messages`` bounds it)."""
         if self.max_messages is None:
             return self.s.read_count
-        return max(0, min(self.s.read_count, self.max_messages - self.stats.processed - in_hand))
+        return max(0, min(self.s.read_count, self.max_messages - self.state.stats.processed - in_hand))
+
+    async def _defer_to_peers(self) -> bool:
+        """True (after a short pause) while this worker has no model and another live
+        worker has one: the states are left to it rather than answered model_unavailable.
+        Alone, or in burst mode, a worker without a model answers them all the same."""
+        if self.state.models.current is not None or self.burst:
+            return False
+        now = time.monotonic()
+        if now - self._peer_checked >= PEER_CHECK_S:
+            self._peer_checked = now
+            has = await peer_has_model(self.state)
+            if has != self._peer_has_model:
+                logger.info(
+                    "another live worker has a model: leaving the states to it until one loads here"
+                    if has
+                    else "no other live worker has a model: answering states model_unavailable"
+                )
+            self._peer_has_model = has
+        if self._peer_has_model:
+            await pause(self.stop, self.s.block_ms / 1000.0)
+        return self._peer_has_model
 
     async def _read(self, count: int) -> Entries:
         """New entries (``>``), or first our own pending ones from before a restart or outage."""
         start = self._history_from or ">"
         # No BLOCK for our own history, nor in burst mode; else a short one (below the socket timeout).
         block = None if (self._history_from is not None or self.burst) else self.s.block_ms
-        resp = await self._waiting(
-            self.redis.xreadgroup(
-                self.s.group, self.s.consumer, {self.s.states_stream: start}, count=count, block=block
-            ),
-            block,
+        read = self.state.redis.xreadgroup(
+            self.s.group, self.s.consumer, {self.streams.states: start}, count=count, block=block
         )
-        entries = resp[0][1] if resp else []
+        resp = await self._waiting(read, block)
+        entries: Entries = resp[0][1] if resp else []
         if self._history_from is not None:
             # Step past what we got, so an entry left pending is not re-read in a loop
             # (the reclaim pass takes care of it); deleted payloads come back as None.
@@ -185,8 +184,12 @@ class Worker:
         while not task.done() and time.monotonic() < self._spin_until:
             await asyncio.sleep(0)
         if task.done():
-            self.stats.spun += 1
+            self.state.stats.spun += 1
         return await task
+
+    async def _reclaim(self) -> None:
+        async for entries in self.recovery.claim():
+            await self.handle(entries, await self.recovery.delivery_counts(entries))
 
     async def handle(
         self, entries: Entries, counts: dict[bytes, int] | None = None, read_more: int = 0
@@ -194,12 +197,15 @@ class Worker:
         """Answer entries: poison ones (delivered too often) as ``internal``, the rest
         normally; a batch that fails is retried entry by entry so one bad entry
         cannot hold the others back. What still fails stays pending for reclaim.
-        Returns the next batch when ``read_more`` asked ``process`` to read it."""
+        Returns the next batch when ``read_more`` asked for it."""
         if counts:
-            poison = [e for e in entries if counts.get(e[0], 0) >= self.s.max_deliveries]
+            poison, entries = split_poison(entries, counts, self.s.max_deliveries)
             if poison:
-                await self.recovery.answer_poison(poison, counts)
-                entries = [e for e in entries if counts.get(e[0], 0) < self.s.max_deliveries]
+                now_ms = time.time() * 1000.0
+                reqs = poison_requests(poison, counts, self.s.max_deliveries, now_ms, self.state.limits)
+                await self.answerer.answer(
+                    Outcome(poison, reqs, now_ms, time.perf_counter(), deliveries=counts)
+                )
         if not entries:
             return []
         try:
@@ -211,7 +217,7 @@ class Worker:
             # A read made with the publish may have happened: re-read our pending entries.
             self._history_from = self._history_from or "0"
         if len(entries) == 1:
-            self.stats.failed += 1
+            self.state.stats.failed += 1
             return []
         for entry in entries:
             try:
@@ -219,155 +225,42 @@ class Worker:
             except TRANSIENT:
                 raise
             except Exception:
-                self.stats.failed += 1
+                self.state.stats.failed += 1
                 logger.exception("entry %s failed; left pending for redelivery", entry[0].decode())
         return []
 
     async def process(self, entries: Entries, read_more: int = 0) -> Entries:
-        """Answer and acknowledge every entry of one read in one atomic script call;
-        with ``read_more``, read up to that many new entries in the same round trip."""
-        s = self.s
+        """Decode → infer → answer one read; with ``read_more``, read up to that many
+        new entries in the answer's round trip and return them."""
         t_read = time.perf_counter()
         now_ms = time.time() * 1000.0
-        model = self.models.current  # one model for the whole batch
-        dec = decode_batch(entries, model.state_dim if model is not None else None, now_ms, self.limits)
-        reqs, valid = dec.reqs, dec.valid
-        actions: list[float] = []
-        infer_s = 0.0
-        if valid and model is None:
-            for i in valid:
-                reqs[i].fail(
-                    "model_unavailable", "no model is loaded; the worker is waiting for a checkpoint"
-                )
-            valid = []
-        elif valid:
-            t0 = time.perf_counter()
-            try:
-                # tolist() of the float32 output: the same values, as Python floats
-                actions = model.infer(dec.rows).tolist()  # type: ignore[union-attr, arg-type]
-            except Exception as exc:
-                logger.exception("inference failed for a batch of %d", len(valid))
-                for i in valid:
-                    reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
-                valid = []
-            infer_s = time.perf_counter() - t0
-        queue = [max(0.0, now_ms - entry_time_ms(r.entry_id)) for r in reqs]
-        batch = Batch(s.states_stream, s.group, s.results_maxlen)
-        # Tails are registered after the entries are encoded (so latency_ms covers the
-        # encoding too); their indexes are fixed now: ok results 1, errors the next.
-        batch.ok_tail = 1 if valid else 0
-        err_tail = batch.ok_tail + 1 if len(valid) < len(reqs) else 0
-        band = s.dead_band
-        for i, a in zip(valid, actions, strict=True):
-            r = reqs[i]
-            batch.ok(r.reply_to, r.id, r.entry_id, r.pair, *ok_values(a, band, queue[i]))
-        others: list[tuple[int, Request, float]] = []  # (op, entry, its queue_ms) of the errors
-        if err_tail:
-            for r, (_, received), q in zip(reqs, entries, queue, strict=True):
-                if r.error is None:
-                    continue
-                if r.error in DEAD_LETTER_CODES:
-                    self.dead_letter(batch, r.entry_id, received, r.error, r.detail)
-                others.append((batch.xadd(r.reply_to, error_fields(r, q), s.results_maxlen, err_tail), r, q))
-        latency = time.perf_counter() - t_read
-        if valid:
-            batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs), model.fields))  # type: ignore[union-attr]
-        if err_tail:
-            batch.tail(batch_tail(s.consumer, infer_s, latency, len(reqs)))
-        ids = [r.entry_id for _, r, _ in others]  # the ok results' entries are acknowledged with them
-        ahead: Entries = []
-        if read_more:
-            pipe = self.redis.pipeline(transaction=False)
-            batch.queue(pipe, self.publish_script, ids)
-            pipe.xreadgroup(s.group, s.consumer, {s.states_stream: ">"}, count=read_more)
-            published, resp = await pipe.execute(raise_on_error=False)
-            if isinstance(resp, Exception):  # the next plain read will meet it again
-                logger.warning("read-ahead failed: %s", resp)
-            else:
-                ahead = resp[0][1] if resp else []
-            if isinstance(published, NoScriptError):  # Redis restarted or SCRIPT FLUSH
-                _, failed = await batch.run(self.redis, self.publish_script, ids)
-            elif isinstance(published, Exception):
-                self._history_from = self._history_from or "0"  # re-read what came with it
-                raise published
-            else:
-                failed = [int(x) for x in published[1]]
-        else:
-            _, failed = await batch.run(self.redis, self.publish_script, ids)
-        if failed:
-            sent = [(j, reqs[i], queue[i]) for j, i in enumerate(valid)] + others
-            await self._answer_elsewhere(failed, sent)
-        self.stats.batches += 1
-        outcome = Counter(r.error for _, r, _ in others)
-        if valid:
-            outcome["ok"] = len(valid)
-        self.stats.results.update(outcome)
-        self.stats.dead_lettered += sum(n for code, n in outcome.items() if code in DEAD_LETTER_CODES)
-        for observe in self.observers:
-            observe(outcome, infer_s, latency, queue)
-        return ahead
+        model = self.state.models.current  # one model for the whole batch
+        dec = decode_batch(entries, model.state_dim if model is not None else None, now_ms, self.state.limits)
+        out = Outcome(entries, dec.reqs, now_ms, t_read, valid=dec.valid)
+        infer(out, model, dec.rows)
+        return await self.answerer.answer(out, read_more)
 
-    def dead_letter(
-        self,
-        batch: Batch,
-        entry_id: str,
-        fields: dict[bytes, bytes],
-        error: str,
-        detail: str,
-        deliveries: int | None = None,
-    ) -> None:
-        batch.xadd(
-            self.s.dead_stream,
-            dead_letter_fields(
-                entry_id, fields, self.s.states_stream, self.s.consumer, error, detail, deliveries
-            ),
-            self.s.dead_maxlen,
-        )
 
-    async def _answer_elsewhere(self, failed: list[int], sent: list[tuple[int, Request, float]]) -> None:
-        """An XADD to a ``reply_to`` that is not a stream (WRONGTYPE) fails alone; the
-        entry is acknowledged all the same, so its answer goes to the default stream."""
-        bad = set(failed)
-        batch = Batch(self.s.states_stream, self.s.group, self.s.results_maxlen)
-        tail = batch.tail(batch_tail(self.s.consumer, 0.0, 0.0, 1))
-        for index, r, queue_ms in sent:
-            if index not in bad:
-                continue
-            logger.warning(
-                "result for %s could not go to %r; sent to %s instead",
-                r.entry_id,
-                r.reply_to,
-                self.s.results_stream,
+def infer(out: Outcome, model: ServedModel | None, rows: np.ndarray | None) -> None:
+    """Run ``model`` over the valid rows of ``out`` in one forward pass and record the
+    actions; without a model, or when the pass fails, the valid entries get an error."""
+    if not out.valid:
+        return
+    if model is None or rows is None:
+        for i in out.valid:
+            out.reqs[i].fail(
+                "model_unavailable", "no model is loaded; the worker is waiting for a checkpoint"
             )
-            moved = Request(r.entry_id, r.id, self.s.results_stream, r.pair).fail(
-                "internal", f"the result could not be written to {r.reply_to!r} (is that key a stream?)"
-            )
-            batch.xadd(self.s.results_stream, error_fields(moved, queue_ms), self.s.results_maxlen, tail)
-        await batch.run(self.redis, self.publish_script, [])
-
-    # -- failures ------------------------------------------------------------------------
-
-    def _redis_ok(self, backoff: Backoff) -> None:
-        if backoff.attempt:
-            logger.warning("Redis reachable again after %d failed attempt(s)", backoff.attempt)
-        backoff.reset()
-        self.redis_up = True
-
-    async def _on_redis_error(self, exc: BaseException, backoff: Backoff) -> None:
-        self.stats.redis_errors += 1
-        self.redis_up = False
-        self._history_from = "0"  # what we read may not have been answered: re-read our pending
-        delay = backoff.next_delay()
-        logger.warning(
-            "Redis unavailable (%s: %s); retry %d in %.2f s", type(exc).__name__, exc, backoff.attempt, delay
-        )
-        await pause(self.stop, delay)
-
-    async def _retrying(self, op: Callable[[], Awaitable[object]], backoff: Backoff) -> None:
-        while not self.stop.is_set():
-            try:
-                await op()
-                self._redis_ok(backoff)
-                return
-            except TRANSIENT as exc:
-                await self._on_redis_error(exc, backoff)
+        out.valid = []
+        return
+    t0 = time.perf_counter()
+    try:
+        # tolist() of the float32 output: the same values, as Python floats
+        out.actions = model.infer(rows).tolist()
+        out.model = model
+    except Exception as exc:
+        logger.exception("inference failed for a batch of %d", len(out.valid))
+        for i in out.valid:
+            out.reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
+        out.valid = []
+    out.infer_s = time.perf_counter() - t0

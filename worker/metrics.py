@@ -1,14 +1,11 @@
-"""Prometheus metrics, health endpoints and the Redis heartbeat: what an
-operator watches. Metrics live in a registry per worker; the HTTP server
-(``METRICS_PORT``) runs in a thread and only reads worker state."""
+"""Prometheus metrics and the health endpoints: what an operator watches.
+Metrics live in a registry per worker; the HTTP server (``METRICS_PORT``) runs
+in a thread and only reads the worker's shared state."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -20,12 +17,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from worker.backoff import Backoff, pause
-from worker.loop import TRANSIENT
-
 if TYPE_CHECKING:
-    from worker.loop import Worker
     from worker.model import ModelManager
+    from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +38,8 @@ class BatchHistogram(Collector):
     ) -> None:
         self.name, self.documentation = name, documentation
         self._bounds = np.asarray(buckets, dtype=np.float64)
-        self._labels = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        # prometheus_client.utils has no annotations; it returns the label text.
+        self._labels = [str(floatToGoString(b)) for b in buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
         self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)
         self._sum = 0.0
         self._lock = threading.Lock()  # observed on the loop, collected by the HTTP thread
@@ -63,7 +58,10 @@ class BatchHistogram(Collector):
             cumulative, total = np.cumsum(self._counts).tolist(), self._sum
         return [
             HistogramMetricFamily(
-                self.name, self.documentation, sum_value=total, buckets=list(zip(self._labels, cumulative))
+                self.name,
+                self.documentation,
+                sum_value=total,
+                buckets=list(zip(self._labels, cumulative, strict=True)),
             )
         ]
 
@@ -135,13 +133,13 @@ class Metrics:
                 }
             )
 
-    def sync(self, worker: Worker) -> None:
+    def sync(self, state: ServerState) -> None:
         """Copy the worker's own counters into Prometheus counters."""
-        st = worker.stats
+        st = state.stats
         self._inc(self.reclaimed, "reclaimed", st.reclaimed)
         self._inc(self.dead_lettered, "dead", st.dead_lettered)
         self._inc(self.redis_errors, "redis_errors", st.redis_errors)
-        self.redis_up.set(1 if worker.redis_up else 0)
+        self.redis_up.set(1 if state.redis_up else 0)
 
     def _inc(self, counter: Counter, key: str, total: int) -> None:
         with self._lock:
@@ -155,7 +153,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve_http(host: str, port: int, metrics: Metrics, worker: Worker) -> ThreadingWSGIServer:
+def serve_http(host: str, port: int, metrics: Metrics, state: ServerState) -> ThreadingWSGIServer:
     """``/metrics``, ``/healthz`` (alive, Redis reachable), ``/readyz`` (a model is loaded)."""
     metrics_app = make_wsgi_app(metrics.registry)
 
@@ -163,72 +161,19 @@ def serve_http(host: str, port: int, metrics: Metrics, worker: Worker) -> Thread
         path = environ.get("PATH_INFO", "")
         if path in ("/healthz", "/readyz"):
             if path == "/healthz":
-                ok, text = worker.redis_up, "ok" if worker.redis_up else "redis unreachable"
+                ok, text = state.redis_up, "ok" if state.redis_up else "redis unreachable"
             else:
-                m = worker.models.current
+                m = state.models.current
                 ok, text = m is not None, f"serving {m.sha256} ({m.backend})" if m else "no model loaded"
             start_response(
                 "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
             )
             return [text.encode() + b"\n"]
-        metrics.sync(worker)
-        return metrics_app(environ, start_response)
+        metrics.sync(state)
+        body: list[bytes] = metrics_app(environ, start_response)
+        return body
 
     server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     logger.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", host, server.server_port)
     return server
-
-
-async def heartbeat(worker: Worker, metrics: Metrics | None) -> None:
-    """Refresh this worker's heartbeat hash (with a TTL) and sample the group's lag."""
-    s = worker.s
-    key = f"{s.heartbeat_prefix}{s.consumer}"
-    interval = s.heartbeat_ttl_s / 3
-    backoff = Backoff()
-    while not worker.stop.is_set():
-        try:
-            m = worker.models.current
-            pipe = worker.redis.pipeline(transaction=True)
-            pipe.hset(
-                key,
-                mapping={
-                    "name": s.consumer,
-                    "host": socket.gethostname(),
-                    "pid": str(os.getpid()),
-                    "model_path": m.path if m else "",
-                    "model_sha256": m.sha256 if m else "",
-                    "backend": m.backend if m else "",
-                    "processed": str(worker.stats.processed),
-                    "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                },
-            )
-            pipe.expire(key, s.heartbeat_ttl_s)
-            await pipe.execute()
-            if metrics is not None:
-                for group in await worker.redis.xinfo_groups(s.states_stream):
-                    if group["name"].decode() == s.group:
-                        metrics.lag.set(group.get("lag") or 0)
-                        metrics.pending.set(group["pending"])
-                metrics.sync(worker)
-            backoff.reset()
-            wait = interval
-        except TRANSIENT as exc:
-            wait = backoff.next_delay()
-            logger.debug("heartbeat skipped: %s", exc)
-        await pause(worker.stop, wait)
-    try:
-        await worker.redis.delete(key)
-    except TRANSIENT:
-        pass
-
-
-async def live_workers(worker: Worker) -> list[dict[str, str]]:
-    """Heartbeat hashes of every live worker (SCAN of the prefix, bounded)."""
-    out = []
-    async for key in worker.redis.scan_iter(match=f"{worker.s.heartbeat_prefix}*", count=100):
-        data = await worker.redis.hgetall(key)
-        out.append({k.decode(): v.decode() for k, v in data.items()})
-        if len(out) >= 1000:
-            break
-    return sorted(out, key=lambda d: d.get("name", ""))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch
 
 from agent.checkpoint import CheckpointError, load_checkpoint
 from agent.compile import Infer, compile_actor
-from worker.backoff import pause
+from worker.retry import pause
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,8 @@ class ServedModel:
     mtime_utc: str
     sha256: str
     metadata: dict[str, object]
-    loaded_at: float
     jit_error: str | None = None  # why scripting fell back to eager, when asked for jit
     fields: dict[str, str] = field(default_factory=dict)  # provenance, ready to publish
-
-    @property
-    def jit_compiled(self) -> bool:
-        return self.backend == "jit"
 
     def infer(self, rows: np.ndarray) -> np.ndarray:
         """One forward pass over a (batch, state_dim) float32 array → (batch,) actions."""
@@ -113,7 +108,6 @@ def prepare(path: Path, jit: bool, state_dim: int | None = None) -> ServedModel:
         mtime_utc=ck.mtime_utc,
         sha256=sha,
         metadata=ck.metadata,
-        loaded_at=time.time(),
         jit_error=compiled.error,
         fields=fields,
     )
@@ -133,7 +127,7 @@ class ModelManager:
         self._attempted: FileSig | None = None
         self._lock = asyncio.Lock()
         self._warned_missing = False
-        self.on_change: list = []  # callbacks(manager) after each attempt (metrics)
+        self.on_change: list[Callable[[ModelManager], None]] = []  # after each attempt (metrics)
 
     async def check(self, force: bool = False) -> bool:
         """Load the model if its file changed (or ``force``). True when a new model was swapped in."""

@@ -10,13 +10,13 @@ microseconds, not a model validation each. Clients use the pydantic models.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-ERROR_CODES = ("invalid_state", "too_large", "expired", "model_unavailable", "internal")
 ErrorCode = Literal["invalid_state", "too_large", "expired", "model_unavailable", "internal"]
 
 MAX_ID_CHARS = 128
@@ -104,7 +104,7 @@ def decode_batch(
             where.append(len(reqs))
         reqs.append(req)
     if not blobs or state_dim is None:
-        for i, blob in zip(where, blobs):  # no model: check what can be checked, per entry
+        for i, blob in zip(where, blobs, strict=True):  # no model: check what can be checked, per entry
             _finite(reqs[i], np.frombuffer(blob, dtype="<f4"))
         return Decoded(reqs, [i for i in where if reqs[i].error is None], None)
     # A bytearray: torch wants a writable buffer (and the join copies once anyway).
@@ -113,7 +113,7 @@ def decode_batch(
     if not finite.all():
         for j in np.flatnonzero(~finite).tolist():
             _finite(reqs[where[j]], rows[j])
-        where = [i for i, ok in zip(where, finite.tolist()) if ok]
+        where = [i for i, ok in zip(where, finite.tolist(), strict=True) if ok]
         rows = rows[finite]
     return Decoded(reqs, where, rows)
 
@@ -206,7 +206,8 @@ def _decode(
             if js is not None
             else "entry has no 'state' (JSON array) or 'state_f32' (little-endian float32 bytes)",
         ), None
-    if f32 is not None:
+    if js is None:
+        assert f32 is not None  # exactly one of the two, checked above
         if len(f32) % 4:
             return req.fail(
                 "invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32"
@@ -256,17 +257,21 @@ def _base(req: Request) -> dict[str, str]:
 
 
 # A result entry is its own fields followed by a tail shared by its whole batch
-# (worker, model provenance, batch timings). An ok result's field names are
-# spelled by the publish script (worker/publish.py), which also appends the
-# tail server-side: the worker sends only the values, and encodes the tail once
-# per batch, not once per entry.
+# (worker, model provenance, batch timings). For an ok result the worker sends
+# only the values, in the order of OK_FIELDS (without "status", and without
+# "pair" when the state had none): the publish script (worker/answer.py) is
+# generated from OK_FIELDS, spells the names and appends the tail server-side,
+# so the tail is encoded once per batch, not once per entry.
+
+OK_FIELDS = ("id", "entry_id", "pair", "status", "action", "discrete", "queue_ms")
+"""An ok result's own fields, in their order on the wire; ``status`` is ``ok``."""
 
 
 def ok_values(action: float, dead_band: float, queue_ms: float) -> tuple[str, str, str]:
     """An ok result's own values as sent: action, discrete, queue_ms. The action is
     the actor's float32 output with 9 significant digits, what a float32 needs to
     round-trip (``repr`` of the widened float spent 17 digits, at twice the cost)."""
-    return "%.9g" % action, str(discrete(action, dead_band)), "%.3f" % queue_ms
+    return f"{action:.9g}", str(discrete(action, dead_band)), f"{queue_ms:.3f}"
 
 
 def error_fields(req: Request, queue_ms: float) -> dict[str, str]:
@@ -356,7 +361,7 @@ def parse_result(fields: dict[bytes | str, bytes | str]) -> Result:
     )
 
 
-def encode_state(values: np.ndarray | list[float]) -> dict[str, bytes]:
+def encode_state(values: np.ndarray | Sequence[float]) -> dict[str, bytes]:
     """The fast encoding for a client: ``{'state_f32': little-endian float32 bytes}``."""
     arr = np.asarray(values, dtype="<f4")
     if arr.ndim != 1:

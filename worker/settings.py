@@ -8,12 +8,22 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # redis-py 8 closes a socket idle for 5 s (its default socket_timeout); a
 # blocking read must return well before that.
 REDIS_SOCKET_TIMEOUT_S = 5.0
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A setting the worker cannot run with: one sentence naming the variable."""
 
 
 def default_consumer_name() -> str:
@@ -91,9 +101,14 @@ class Settings(BaseSettings):
 
     @field_validator("jit", mode="before")
     @classmethod
-    def _truthy(cls, value: object) -> object:
+    def _boolean(cls, value: object) -> object:
         if isinstance(value, str):
-            return value.strip().lower() in {"1", "true", "yes", "on"}
+            text = value.strip().lower()
+            if text in TRUE_WORDS:
+                return True
+            if text in FALSE_WORDS:
+                return False
+            raise ValueError(f"must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}")
         return value
 
     @field_validator("model_path", "metrics_port", mode="before")
@@ -101,16 +116,39 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if self.block_ms >= REDIS_SOCKET_TIMEOUT_S * 1000:
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme not in REDIS_SCHEMES:
             raise ValueError(
-                f"block_ms={self.block_ms} must be below the Redis client's "
-                f"{REDIS_SOCKET_TIMEOUT_S:.0f} s socket timeout"
+                "must start with redis://, rediss:// (TLS) or unix://, e.g. redis://127.0.0.1:6379/0"
             )
-        if not self.reply_prefix:
-            raise ValueError("reply_prefix must not be empty")
-        return self
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("block_ms")
+    @classmethod
+    def _block_ms(cls, value: int) -> int:
+        if value >= REDIS_SOCKET_TIMEOUT_S * 1000:
+            raise ValueError(
+                f"must be below the Redis client's {REDIS_SOCKET_TIMEOUT_S:.0f} s socket timeout"
+            )
+        return value
+
+    @field_validator("reply_prefix")
+    @classmethod
+    def _reply_prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
 
     @property
     def redis_url_masked(self) -> str:
@@ -132,6 +170,24 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
+def describe(exc: ValidationError) -> str:
+    """One sentence per invalid setting, naming its environment variable, the
+    value given (any password masked) and what is wrong; never pydantic's dump of
+    every input."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=True):
+        name = str(err["loc"][0]) if err["loc"] else ""
+        var = env_name(name) if name in Settings.model_fields else (name.upper() or "configuration")
+        value = err.get("input")
+        shown = ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = mask_url(str(value)) if name == "redis_url" else str(value)
+            shown = f"={text[:80]!r}" if isinstance(value, str) else f"={text}"
+        msg = str(err["msg"]).removeprefix("Value error, ").rstrip(".")
+        lines.append(f"invalid configuration: {var}{shown} {msg[0].lower() + msg[1:]}.")
+    return "\n".join(lines)
+
+
 def env_name(field_name: str) -> str:
     """The environment variable a settings field is read from."""
     alias = Settings.model_fields[field_name].validation_alias
@@ -140,18 +196,30 @@ def env_name(field_name: str) -> str:
     return field_name.upper()
 
 
+def _default(name: str) -> str:
+    info = Settings.model_fields[name]
+    if info.default_factory is not None:
+        return "host-pid" if name == "consumer" else "(computed)"
+    if info.default is None:
+        return "unset"
+    return str(info.default).lower() if isinstance(info.default, bool) else str(info.default)
+
+
 def settings_table() -> str:
     """The README's Configuration table, generated from the model (a test keeps them equal)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
-        if info.default_factory is not None:
-            default = "host-pid" if name == "consumer" else "(computed)"
-        elif info.default is None:
-            default = "unset"
-        else:
-            default = str(info.default).lower() if isinstance(info.default, bool) else str(info.default)
-        rows.append(f"| `{env_name(name)}` | `{default}` | {info.description} |")
+        rows.append(f"| `{env_name(name)}` | `{_default(name)}` | {info.description} |")
     return "\n".join(rows)
+
+
+def settings_help() -> str:
+    """Every setting for ``--help``: its variable, default and description."""
+    out = []
+    for name, info in Settings.model_fields.items():
+        out.append(f"{env_name(name)} (default {_default(name)})")
+        out.append(f"    {info.description}")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
