@@ -1,0 +1,310 @@
+"""The worker as a new user meets it: Redis keys deleted under it, Redis flushed,
+background tasks that fail, misconfiguration, a worker without a model beside a
+healthy one, outages, clean exits. Each case failed on the worker before the
+core was reshaped (issue: "Worker core ... robustness")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+import worker.heartbeat
+from tests.conftest import make_settings, wait_for, write_model
+from tests.servers import free_port
+from worker.loop import Worker
+from worker.metrics import Metrics
+from worker.model import ModelManager
+from worker.protocol import parse_result
+from worker.server import serve
+from worker.settings import Settings
+from worker.state import ServerState
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = [0.05 * i for i in range(28)]
+
+
+@asynccontextmanager
+async def running(settings: Settings, redis: Redis | None = None) -> AsyncIterator[asyncio.Task[ServerState]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, redis, stop=stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def add(redis: Redis, n: int, **extra: str) -> list[bytes]:
+    return [
+        await redis.xadd("statpair:states", {"state": json.dumps(STATE), "id": f"c{i}", **extra})
+        for i in range(n)
+    ]
+
+
+async def results(redis: Redis, stream: str = "statpair:actions") -> list:
+    return [parse_result(f) for _, f in await redis.xrange(stream)]
+
+
+async def blocked_readers(redis: Redis) -> int:
+    """Clients blocked in XREADGROUP right now (CLIENT LIST), the worker's among them."""
+    return sum(
+        1 for c in await redis.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
+    )
+
+
+# -- counting: one answer point --------------------------------------------------------
+
+
+def _entries(metrics: Metrics, error: str) -> float | None:
+    labels = {"status": "ok", "error": ""} if error == "ok" else {"status": "error", "error": error}
+    return metrics.registry.get_sample_value("statpair_entries_total", labels)
+
+
+async def test_poison_answers_are_counted_in_the_metrics(tmp_path: Path, fake_redis: Redis) -> None:
+    s = make_settings(tmp_path, max_deliveries=3)
+    write_model(s.model_dir / "a.pt")
+    models = ModelManager(None, s.model_dir, False)
+    await models.check()
+    w = Worker(ServerState(s, fake_redis, models))
+    metrics = Metrics()
+    w.answerer.observers.append(metrics.observe_batch)
+    await w.ensure_group()
+    (eid,) = await add(fake_redis, 1)
+    entries = (await fake_redis.xreadgroup(s.group, s.consumer, {"statpair:states": ">"}))[0][1]
+    await w.handle(entries, counts={eid: 3})
+    (r,) = await results(fake_redis)
+    assert r.error == "internal" and "each of 3 deliveries" in r.detail
+    assert w.state.stats.results == {"internal": 1} and w.state.stats.dead_lettered == 1
+    assert _entries(metrics, "internal") == 1  # was never counted: only the loop's batches were
+
+
+async def test_a_rerouted_result_is_counted_internal_not_ok(tmp_path: Path, fake_redis: Redis) -> None:
+    s = make_settings(tmp_path)
+    write_model(s.model_dir / "a.pt")
+    models = ModelManager(None, s.model_dir, False)
+    await models.check()
+    await fake_redis.set("statpair:actions:oops", "a string, not a stream")
+    await add(fake_redis, 1, reply_to="statpair:actions:oops")
+    w = Worker(ServerState(s, fake_redis, models), burst=True)
+    metrics = Metrics()
+    w.answerer.observers.append(metrics.observe_batch)
+    await w.run()
+    (r,) = await results(fake_redis)
+    assert r.error == "internal" and "could not be written" in r.detail
+    assert w.state.stats.results == {"internal": 1}
+    assert _entries(metrics, "internal") == 1 and _entries(metrics, "ok") in (None, 0.0)
+
+
+# -- keys deleted, Redis flushed, background tasks that fail -----------------------------
+
+
+@pytest.mark.integration
+async def test_states_stream_deleted_while_blocked(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url, block_ms=2000)
+    write_model(s.model_dir / "a.pt")
+    async with running(s) as task:
+        await add(real_redis, 1)
+        await wait_for(lambda: _count(real_redis, 1), what="the first answer")
+        await wait_for(lambda: blocked_readers(real_redis), what="the worker to block on the stream")
+        await real_redis.delete("statpair:states")  # UNBLOCKED the stream key no longer exists
+        await wait_for(lambda: real_redis.exists("statpair:states"), what="the group to be recreated")
+        await add(real_redis, 2)
+        await wait_for(lambda: _count(real_redis, 3), what="answers after the delete")
+        assert not task.done()
+    assert [r.status for r in await results(real_redis)] == ["ok"] * 3
+
+
+async def _count(redis: Redis, n: int) -> bool:
+    return await redis.xlen("statpair:actions") >= n
+
+
+@pytest.mark.integration
+async def test_flushed_redis_the_heartbeat_comes_back(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
+    """A Redis restarted without persistence is a flushed one: the worker, its
+    heartbeat (with metrics on: it samples the group) and its group come back."""
+    s = make_settings(
+        tmp_path, redis_url=redis_url, metrics_port=free_port(), metrics_host="127.0.0.1", heartbeat_ttl_s=2
+    )
+    write_model(s.model_dir / "a.pt")
+    key = "statpair:workers:w1"
+    async with running(s) as task:
+        await wait_for(lambda: real_redis.exists(key), what="the heartbeat")
+        await real_redis.flushall()
+        await wait_for(lambda: real_redis.exists(key), what="the heartbeat after FLUSHALL")
+        await add(real_redis, 1)
+        await wait_for(lambda: _count(real_redis, 1), what="an answer after FLUSHALL")
+        # Twice more, so a heartbeat that died after writing its hash would show.
+        for _ in range(2):
+            await real_redis.delete(key)
+            await wait_for(lambda: real_redis.exists(key), what="the heartbeat refreshed")
+        assert not task.done()
+
+
+async def test_a_failing_background_task_is_restarted_loudly(
+    tmp_path: Path, fake_redis: Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = make_settings(tmp_path, heartbeat_ttl_s=2)
+    real_beat = worker.heartbeat.beat
+    calls = 0
+
+    async def flaky_beat(state: ServerState, metrics: Metrics | None = None) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("simulated bug in the heartbeat")
+        await real_beat(state, metrics)
+
+    monkeypatch.setattr(worker.heartbeat, "beat", flaky_beat)
+    async with running(s, fake_redis):
+        await wait_for(
+            lambda: fake_redis.exists("statpair:workers:w1"), what="the heartbeat after its failure"
+        )
+    assert calls >= 2
+    assert any(
+        r.levelno == logging.ERROR and "background task heartbeat failed" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+# -- misconfiguration: one sentence, exit 2 -------------------------------------------
+
+
+def _worker(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "STAT_PAIR", "MODEL_", "REDIS_", "METRICS_", "LOG_", "BLOCK_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "--max-messages", "0"],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"LOG_LEVEL": "verbose"}, ["LOG_LEVEL", "DEBUG, INFO"]),
+        ({"REDIS_URL": "127.0.0.1:6379"}, ["REDIS_URL", "redis://"]),
+        ({"STAT_PAIR_RL_JIT": "maybe"}, ["STAT_PAIR_RL_JIT", "1/true/yes/on"]),
+        ({"REDIS_URL": "redis://user:hunter2@127.0.0.1:1/0", "BLOCK_MS": "5000"}, ["BLOCK_MS", "5 s"]),
+        ({"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0x", "READ_COUNT": "lots"}, ["READ_COUNT", "integer"]),
+    ],
+)
+def test_misconfiguration_is_one_sentence_and_exit_2(env: dict[str, str], names: list[str]) -> None:
+    out = _worker(env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(n in lines[0] for n in names), out.stderr
+    assert "Traceback" not in out.stderr and "hunter2" not in out.stderr + out.stdout
+
+
+@pytest.mark.integration
+def test_metrics_port_in_use_is_one_sentence(tmp_path: Path, redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _worker(
+            {
+                "REDIS_URL": redis_url,
+                "METRICS_PORT": str(port),
+                "METRICS_HOST": "127.0.0.1",
+                "MODEL_DIR": str(tmp_path),
+            }
+        )
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"METRICS_PORT {port} is already in use" in last and "Traceback" not in out.stderr
+
+
+# -- a worker without a model beside a healthy one --------------------------------------
+
+
+@pytest.mark.integration
+async def test_a_worker_without_a_model_leaves_states_to_one_with(
+    tmp_path: Path, real_redis: Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="worker.loop")
+    good = make_settings(tmp_path / "good", redis_url=redis_url, consumer="good")
+    write_model(good.model_dir / "a.pt")
+    empty = make_settings(tmp_path / "empty", redis_url=redis_url, consumer="empty")
+    async with running(good), running(empty) as lonely:
+        await wait_for(
+            lambda: real_redis.hget("statpair:workers:good", "model_sha256"),
+            what="the healthy worker's heartbeat",
+        )
+        await wait_for(
+            lambda: "leaving the states to it" in caplog.text, what="the empty worker to see the healthy one"
+        )
+        for i in range(40):  # one at a time: both workers are waiting for each
+            await real_redis.xadd("statpair:states", {"state": json.dumps(STATE), "id": f"s{i}"})
+            await wait_for(lambda i=i: _count(real_redis, i + 1), what=f"answer {i}")
+    out = await results(real_redis)
+    assert [r.status for r in out] == ["ok"] * 40 and {r.worker for r in out} == {"good"}
+    assert (await lonely).stats.processed == 0
+
+
+@pytest.mark.integration
+async def test_a_worker_alone_without_a_model_answers_model_unavailable(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url)
+    async with running(s):
+        await add(real_redis, 3)
+        await wait_for(lambda: _count(real_redis, 3), what="three answers")
+    assert {r.error for r in await results(real_redis)} == {"model_unavailable"}
+
+
+# -- outages and exits ----------------------------------------------------------------
+
+
+async def test_an_outage_is_logged_once_per_retry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    caplog.set_level(logging.DEBUG)
+
+    def retries() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and "Redis unavailable" in r.getMessage()
+        ]
+
+    async with running(s):
+        await wait_for(lambda: len(retries()) >= 4, timeout=60, what="four retries")
+    numbers = [m.split("; retry ")[1].split()[0] for m in retries()]
+    assert numbers == [str(i) for i in range(1, len(numbers) + 1)], retries()  # no line twice
+
+
+@pytest.mark.integration
+async def test_a_clean_exit_leaves_the_group_only_when_nothing_is_pending(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url)
+    write_model(s.model_dir / "a.pt")
+    await add(real_redis, 3)
+    await serve(s, max_messages=3)
+    assert await real_redis.xinfo_consumers("statpair:states", s.group) == []
+    # One entry pending for "w2" and a bounded run that reads nothing: it stays.
+    await add(real_redis, 1)
+    await real_redis.xreadgroup(s.group, "w2", {"statpair:states": ">"}, count=1)
+    await serve(make_settings(tmp_path, redis_url=redis_url, consumer="w2"), max_messages=0)
+    consumers = await real_redis.xinfo_consumers("statpair:states", s.group)
+    assert [(c["name"], c["pending"]) for c in consumers] == [(b"w2", 1)]
