@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import make_settings, write_model
+from tests.conftest import make_settings, wait_for, write_model
 from worker.client import ActionClient, ActionError
 from worker.server import serve
 
@@ -54,3 +54,30 @@ async def test_client_times_out_without_a_worker(real_redis: Redis) -> None:
     async with ActionClient(redis=real_redis, timeout=0.3) as client:
         with pytest.raises(TimeoutError):
             await client.act(STATE)
+
+
+@pytest.mark.integration
+async def test_act_many_reaches_an_idle_worker_as_one_read(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url, block_ms=2000)
+    write_model(s.model_dir / "m.pt")
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(s, stop=stop))
+    try:
+        async with ActionClient(redis=real_redis, timeout=20) as client:
+            await client.act(STATE)  # the worker is up
+            for n in (4, 16, 64):
+
+                async def idle() -> bool:
+                    return any(
+                        c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
+                        for c in await real_redis.client_list()
+                    )
+
+                await wait_for(idle, what="the worker to block on the stream")
+                out = await client.act_many([STATE] * n)
+                assert [r.batch_size for r in out] == [n] * n
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -113,13 +113,16 @@ class ActionClient:
     async def act_many(
         self, states: Sequence[Sequence[float]] | np.ndarray, pairs: Sequence[str | None] | None = None
     ) -> list[Result | ActionError]:
-        """Many states in one pipelined round trip; one ``Result`` or ``ActionError`` each, in order.
+        """Many states in one round trip; one ``Result`` or ``ActionError`` each, in order.
 
-        Raises ``TimeoutError`` if any answer is missing after ``timeout``."""
+        The XADDs go as one MULTI/EXEC: a worker blocked on the stream is woken once
+        they are all in, and reads them as one batch (a plain pipeline woke it on the
+        first, which it then answered alone). Raises ``TimeoutError`` if any answer is
+        missing after ``timeout``."""
         pairs = list(pairs) if pairs is not None else [None] * len(states)
         registered = [self._register() for _ in range(len(states))]
         try:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=True)
             for (cid, _), state, pair in zip(registered, states, pairs, strict=True):
                 pipe.xadd(self.states_stream, self._fields(state, pair, cid))
             await pipe.execute()
