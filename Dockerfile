@@ -10,7 +10,7 @@ COPY agent ./agent
 COPY worker ./worker
 COPY tracking ./tracking
 COPY bench ./bench
-RUN pip install '.[mlflow]' && useradd --create-home --uid 10001 statpair \
+RUN pip install '.[worker,train,mlflow]' && useradd --create-home --uid 10001 statpair \
     && mkdir -p /models && chown statpair /models
 USER statpair
 ENV MODEL_DIR=/models

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,mlflow]'
+	$(BIN)/python -m pip install --quiet -e '.[worker,train,mlflow,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -98,3 +98,56 @@ def test_the_floors_hold() -> None:
         or (a.startswith("agent") and b.startswith(("worker", "bench")))
     ]
     assert bad == []
+
+
+# What a strategy process has after `pip install statpair` (no extras): a finder
+# that refuses every module of the extras, as if they were not installed.
+_WITHOUT_EXTRAS = """
+import sys
+BLOCKED = {"torch", "pydantic_settings", "prometheus_client", "tqdm", "matplotlib", "mlflow", "uvloop"}
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+"""
+
+
+def _run_without_extras(code: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS + code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_strategy_side_imports_without_torch() -> None:
+    out = _run_without_extras(
+        "import worker.client, worker.protocol\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pydantic_settings')))\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_worker_without_its_extra_says_which() -> None:
+    out = _run_without_extras("import runpy; runpy.run_module('worker', run_name='__main__')")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "python -m worker needs the worker extra: pip install 'statpair[worker]' "
+        "(missing: torch, pydantic_settings, prometheus_client)"
+    )
+
+
+def test_the_base_install_needs_no_extra() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {d.split("[")[0].split(">")[0].split("=")[0].strip() for d in project["dependencies"]}
+    assert base == {"numpy", "redis", "pydantic"}
+    assert "torch==2.13.0" in project["optional-dependencies"]["worker"]
