@@ -124,7 +124,11 @@ class Workers:
                         f"worker w{i} exited with {proc.returncode}: {_last_line(self.log(i))}"
                     )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"workers did not become ready within {READY_SECONDS} s")
+                waiting = [i for i, key in enumerate(beats) if not client.hget(key, "backend")]
+                raise TimeoutError(
+                    f"workers did not become ready within {READY_SECONDS} s: "
+                    + "; ".join(f"w{i}: {_last_line(self.log(i))}" for i in waiting)
+                )
             time.sleep(0.1)
 
     def stop(self) -> None:
