@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-from agent.actor import STATE_DIM, SACActor
+from agent.actor import SACActor
 from agent.compile import compile_actor
+from agent.features import STATE_DIM
+from bench.argtypes import positive_ints
 from bench.stats import summarize_us
 
 
@@ -31,17 +33,18 @@ def _time_calls(fn: Any, x: torch.Tensor, n: int, out: list[int]) -> None:
 def run(
     batch_sizes: list[int],
     state_dim: int = STATE_DIM,
-    hidden: tuple[int, ...] = (256, 256),
+    hidden: tuple[int, ...] | None = None,
     warmup: int = 200,
     iters: int = 2000,
     rounds: int = 10,
     threads: int = 1,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Measure every cell and return a JSON-ready dict."""
+    """Measure every cell and return a JSON-ready dict. ``hidden`` None times the
+    actor's default size: what training ships and the worker serves."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    actor = SACActor(state_dim=state_dim, hidden=hidden)
+    actor = SACActor(state_dim=state_dim) if hidden is None else SACActor(state_dim=state_dim, hidden=hidden)
     probe = torch.randn(4, state_dim)
     eager = compile_actor(actor, jit=False)
     jit = compile_actor(actor, jit=True, check_states=probe)
@@ -66,7 +69,7 @@ def run(
     return {
         "benchmark": "actor",
         "state_dim": state_dim,
-        "hidden": list(hidden),
+        "hidden": list(actor.hidden),
         "warmup": warmup,
         "iters": iters,
         "rounds": rounds,
@@ -100,9 +103,20 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-sizes", default="1,8,32,128", help="comma-separated (default 1,8,32,128)")
+    p.add_argument(
+        "--batch-sizes",
+        type=positive_ints,
+        default=(1, 8, 32, 128),
+        help="comma-separated (default 1,8,32,128)",
+    )
     p.add_argument("--state-dim", type=int, default=STATE_DIM)
-    p.add_argument("--hidden", default="256,256", help="hidden layer sizes (default 256,256)")
+    p.add_argument(
+        "--hidden",
+        type=positive_ints,
+        default=None,
+        help="hidden layer sizes, comma-separated, e.g. 256,256 "
+        "(default: the actor's default, what training ships and the worker serves)",
+    )
     p.add_argument("--warmup", type=int, default=200, help="untimed calls per backend and cell")
     p.add_argument("--iters", type=int, default=2000, help="timed calls per backend and cell")
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds the iters are split in")
@@ -113,9 +127,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     result = run(
-        batch_sizes=[int(b) for b in args.batch_sizes.split(",") if b.strip()],
+        batch_sizes=list(args.batch_sizes),
         state_dim=args.state_dim,
-        hidden=tuple(int(h) for h in args.hidden.split(",") if h.strip()),
+        hidden=args.hidden,
         warmup=args.warmup,
         iters=args.iters,
         rounds=args.rounds,

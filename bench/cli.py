@@ -19,10 +19,15 @@ def main(argv: list[str] | None = None) -> int:
         return demo.main(argv)
     if command == "e2e":
         from bench import e2e
+        from bench.e2e import cli
 
-        parser = argparse.ArgumentParser(prog="python -m bench e2e", description=e2e.__doc__)
-        e2e.add_arguments(parser)
-        return e2e.main(parser.parse_args(argv))
+        parser = argparse.ArgumentParser(
+            prog="python -m bench e2e",
+            description=e2e.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cli.add_arguments(parser)
+        return cli.main(parser.parse_args(argv))
     from bench import actor
 
     parser = argparse.ArgumentParser(

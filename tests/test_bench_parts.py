@@ -1,0 +1,181 @@
+"""The parts of the benchmarks that need no Redis: the answers' tally and the
+result built from it, the workers' environment read back by the worker's own
+settings, the scenarios the flags choose, the argument errors, and the size the
+actor benchmark times."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bench.actor
+from agent.actor import SACActor
+from agent.features import STATE_DIM
+from bench.cli import main
+from bench.e2e.cli import add_arguments
+from bench.e2e.result import Result, tally
+from bench.e2e.scenarios import DEFAULT_SCENARIOS, Scenario, scenarios_from
+from bench.e2e.workers import Keys, Workers
+from worker.settings import Settings
+
+
+def answer(cid: str, status: bytes = b"ok", batch: int = 4) -> dict[bytes, bytes]:
+    return {
+        b"id": cid.encode(),
+        b"status": status,
+        b"queue_ms": b"1.5",
+        b"infer_ms": b"0.2",
+        b"latency_ms": b"0.3",
+        b"batch_size": str(batch).encode(),
+    }
+
+
+def test_tally_counts_each_id_once_and_skips_warmup_answers() -> None:
+    sent_ns = 1_000_000_000
+    rows = [
+        (sent_ns + 2_000_000, answer(f"m0:0:{sent_ns}")),
+        (sent_ns + 4_000_000, answer(f"m0:1:{sent_ns}", status=b"internal")),
+        (sent_ns + 5_000_000, answer(f"m0:0:{sent_ns}")),  # a duplicate
+        (sent_ns + 6_000_000, answer(f"w0:7:{sent_ns}")),  # a late warm-up answer
+    ]
+    t = tally(rows, "m")
+    assert t.received == 2 and t.errors == 2
+    assert t.e2e_ms == [2.0, 4.0]
+    assert (t.first_read_ns, t.last_read_ns) == (sent_ns + 2_000_000, sent_ns + 4_000_000)
+    result = Result.of(Scenario("x"), t, sent=2, wall_s=1.0, throughput=2.0, cpu_s={})
+    assert not result.exactly_once
+    assert result.e2e_ms["p50"] == pytest.approx(3.0) and result.mean_batch == 4.0
+
+
+def test_untimed_answers_have_no_e2e_and_a_clean_run_is_exactly_once() -> None:
+    t = tally([(0, answer(f"m0:{i}:0")) for i in range(3)], "m")
+    result = Result.of(Scenario("d", drain=True), t, sent=3, wall_s=1.0, throughput=2.0, cpu_s={})
+    assert result.exactly_once and result.e2e_ms == {} and result.queue_ms["max"] == 1.5
+
+
+def test_backlog_at_end_of_send_is_the_last_sample_before_sending_ended() -> None:
+    t = tally([], "m")
+    samples = [(0.1, 5), (0.4, 30), (0.9, 12), (1.2, 0)]
+    result = Result.of(
+        Scenario("r", rate=10), t, sent=0, wall_s=1.2, throughput=0.0, cpu_s={}, backlog=samples, sent_by=1.0
+    )
+    assert (result.backlog_max, result.backlog_end_of_send) == (30, 12)
+
+
+def test_result_json_has_every_field_in_order() -> None:
+    sc = Scenario("s", workers=2, count=10)
+    doc = Result.of(
+        sc, tally([], "m"), sent=10, wall_s=0.0, throughput=0.0, cpu_s={"workers": None}
+    ).to_json()
+    assert list(doc) == [
+        "scenario",
+        "cpu_s",
+        "sent",
+        "received",
+        "errors",
+        "exactly_once",
+        "throughput",
+        "wall_s",
+        "e2e_ms",
+        "queue_ms",
+        "infer_ms",
+        "latency_ms",
+        "mean_batch",
+        "backlog_max",
+        "backlog_end_of_send",
+    ]
+    assert doc["scenario"]["total"] == 10 and doc["scenario"]["workers"] == 2
+    assert doc["exactly_once"] is False and doc["received"] == 0
+
+
+def test_worker_environment_reads_back_as_the_settings_meant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The names come from worker.settings.env_name: the worker's own settings
+    model, fed the environment a benchmark worker gets, must see every value;
+    an inherited model choice must not reach it."""
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("model_path", str(tmp_path / "other.pt"))
+    monkeypatch.setenv("STAT_PAIR_RL_JIT", "1")
+    keys = Keys("bench:abc")
+    workers = Workers(
+        "redis://127.0.0.1:1/0",
+        tmp_path / "bench.pt",
+        keys,
+        Scenario("s", backend="eager", count=2_000_000, idle_spin_ms=2.0),
+        tmp_path,
+    )
+    env = workers.env(1)
+    for name in list(os.environ):
+        if name not in env:
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from_env: dict[str, Any] = {}  # no field given: each is read from the environment
+    s = Settings(**from_env)
+    assert "MODEL_DIR" not in env and "model_path" not in env
+    assert s.model_path == tmp_path / "bench.pt" and s.jit is False
+    assert s.redis_url == "redis://127.0.0.1:1/0"
+    assert (s.states_stream, s.results_stream, s.group) == (keys.states, keys.actions, keys.group)
+    assert s.reply_prefix == f"{keys.actions}:" and s.heartbeat_prefix == keys.heartbeat_prefix
+    assert s.dead_stream.startswith("bench:abc:") and s.control_stream.startswith("bench:abc:")
+    assert s.control_replies.startswith("bench:abc:")
+    assert s.consumer == "w1" and s.results_maxlen == 4_000_000
+    assert s.idle_spin_ms == 2.0 and s.log_level == "WARNING"
+    assert env["PATH"] == os.environ["PATH"]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_scenarios_the_flags_choose() -> None:
+    default = scenarios_from(parse("--backend", "eager"))
+    assert [s.name for s in default] == [s.name for s in DEFAULT_SCENARIOS]
+    assert {s.backend for s in default} == {"eager"}
+    sweep = scenarios_from(parse("--rates", "200,1e3", "--duration", "2", "--workers", "2"))
+    assert [(s.name, s.rate, s.total) for s in sweep] == [
+        ("200/s, 2 worker(s)", 200.0, 400),
+        ("1000/s, 2 worker(s)", 1000.0, 2000),
+    ]
+    (drain,) = scenarios_from(parse("--drain", "--count", "500", "--idle-spin-ms", "1"))
+    assert drain.name == "drain, 1 worker(s), spin" and drain.drain and drain.total == 500
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["e2e", "--hidden", "64,x"], ["e2e", "--rates", "100,-5"], ["--hidden", "0"], ["--batch-sizes", ""]],
+)
+def test_a_malformed_list_is_a_one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "is not a comma-separated list of positive" in err[-1] and "Traceback" not in err
+
+
+def test_a_missing_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["e2e", "--model", str(tmp_path / "none.pt")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"python -m bench e2e: error: --model {tmp_path / 'none.pt'}: no such file"
+    )
+
+
+def test_actor_benchmark_times_the_actors_default_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a size of its own: whatever SACActor builds by default is what is timed."""
+
+    class SmallByDefault(SACActor):
+        def __init__(self, state_dim: int = STATE_DIM, hidden: tuple[int, ...] = (8, 4)) -> None:
+            super().__init__(state_dim=state_dim, hidden=hidden)
+
+    monkeypatch.setattr(bench.actor, "SACActor", SmallByDefault)
+    result = bench.actor.run([1], warmup=1, iters=2, rounds=1)
+    assert result["hidden"] == [8, 4]
+    assert bench.actor.run([1], hidden=(16, 16), warmup=1, iters=2, rounds=1)["hidden"] == [16, 16]
+    assert "hidden=[8, 4]" in bench.actor.format_table(result).splitlines()[0]
