@@ -15,6 +15,7 @@ import pytest
 
 from tests.servers import BlackHole, MlflowServer, Postgres, free_port, wait_until
 from tracking import MlflowTracker, flatten_params, is_finite
+from tracking.mlflow_tracker import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,6 +80,23 @@ def test_is_finite() -> None:
     assert is_finite(1.0) and is_finite(3) and is_finite("2.5")
     assert not is_finite(float("nan")) and not is_finite(float("inf")) and not is_finite(-float("inf"))
     assert not is_finite("x") and not is_finite(None)
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("http://:s3cret@mlflow.local:5000/x?y=1", "http://:***@mlflow.local:5000/x?y=1"),
+        ("http://me:s3cret@mlflow.local/", "http://me:***@mlflow.local/"),
+        ("postgresql://me:s3cret@[::1]:5432/db", "postgresql://me:***@[::1]:5432/db"),
+        ("http://me:p@ss:w@rd@host:1/", "http://me:***@host:1/"),
+        ("http://me@mlflow.local:5000", "http://me@mlflow.local:5000"),
+        ("sqlite:///tmp/mlruns.db", "sqlite:///tmp/mlruns.db"),
+        ("http://me:s3cret@[::1/", "<unparseable url>"),
+    ],
+)
+def test_uri_in_logs_never_shows_the_password(uri: str, shown: str) -> None:
+    assert mask_url(uri) == shown
+    assert MlflowTracker("t", tracking_uri=uri)._uri_for_log() == shown
 
 
 def _client(uri: str):
