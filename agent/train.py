@@ -204,9 +204,10 @@ class Gate:
             )
         if self.incumbent is None:
             return f"published to {self.out}"
-        than = "at least" if best >= self.incumbent else "below (--force)"
+        how, than = ("", "at least") if best >= self.incumbent else (" with --force", "below")
         return (
-            f"published to {self.out}: validation Sharpe {best:.2f}, {than} the {self.incumbent:.2f} before"
+            f"published to {self.out}{how}: validation Sharpe {best:.2f}, "
+            f"{than} the {self.incumbent:.2f} of the model it replaced"
         )
 
 

@@ -82,7 +82,7 @@ def test_force_replaces_a_strong_incumbent(tmp_path: Path) -> None:
     result = train(cfg, progress=False)
     assert result.published and result.best_sharpe < (result.incumbent_sharpe or 0.0)
     assert same(weights(cfg.out), weights(result.best_path))
-    assert "(--force)" in result.publish_note
+    assert "with --force" in result.publish_note and "below" in result.publish_note
 
 
 def test_a_better_run_replaces_a_weak_incumbent(tmp_path: Path) -> None:
@@ -95,6 +95,7 @@ def test_a_better_run_replaces_a_weak_incumbent(tmp_path: Path) -> None:
     meta = load_checkpoint(cfg.out).metadata
     assert meta["incumbent_eval_sharpe"] == pytest.approx(result.incumbent_sharpe)
     assert meta["eval_score"] == pytest.approx(result.best_sharpe)
+    assert f"at least the {result.incumbent_sharpe:.2f} of the model it replaced" in result.publish_note
 
 
 def _old_format(path: Path) -> None:
