@@ -18,6 +18,10 @@ from tracking import MlflowTracker, flatten_params, is_finite
 from tracking.mlflow_tracker import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
+# What these tests give a local SQLite store to start and take every call: creating
+# its tables alone outlasts the default 5 s when the machine is loaded. Tests of
+# timeouts pass their own.
+LOCAL_STORE_S = 60.0
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +121,7 @@ def test_real_tracking_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         run_name="r1",
         params={"lr": 1e-4, "net": {"hidden": [256, 256]}, "long": long_value, **many},
         tags={"algo": "sac"},
+        close_timeout_s=LOCAL_STORE_S,
     ) as tracker:
         assert tracker.enabled is True
         tracker.log_metrics({"reward": 0.5, "nan_skipped": float("nan"), "inf": float("inf")}, step=1)
@@ -142,7 +147,10 @@ def test_real_tracking_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_failed_block_marks_run_failed_and_propagates(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    with pytest.raises(ZeroDivisionError), MlflowTracker("boom", tracking_uri=uri) as tracker:
+    with (
+        pytest.raises(ZeroDivisionError),
+        MlflowTracker("boom", tracking_uri=uri, close_timeout_s=LOCAL_STORE_S) as tracker,
+    ):
         tracker.log_metrics({"x": 1.0}, step=0)
         1 / 0  # noqa: B018
     (run,) = _client(uri).search_runs([_client(uri).get_experiment_by_name("boom").experiment_id])
