@@ -8,8 +8,12 @@ import math
 import torch
 from torch import nn
 
-STATE_DIM = 28
-"""Default number of features in a market state (see agent/features.py)."""
+from agent.features import STATE_DIM
+
+__all__ = ["DEFAULT_HIDDEN", "LOG_STD_MAX", "LOG_STD_MIN", "STATE_DIM", "SACActor"]
+
+DEFAULT_HIDDEN = (64, 64)
+"""The actor's hidden layer sizes unless told otherwise: what training ships and the worker serves."""
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
@@ -23,12 +27,12 @@ class SACActor(nn.Module):
     cannot close over module globals).
     """
 
-    __constants__ = ["log_std_min", "log_std_max", "state_dim", "action_dim"]
+    __constants__ = ("log_std_min", "log_std_max", "state_dim", "action_dim")
 
     def __init__(
         self,
         state_dim: int = STATE_DIM,
-        hidden: tuple[int, ...] | list[int] = (256, 256),
+        hidden: tuple[int, ...] | list[int] = DEFAULT_HIDDEN,
         action_dim: int = 1,
         log_std_min: float = LOG_STD_MIN,
         log_std_max: float = LOG_STD_MAX,
@@ -75,11 +79,11 @@ class SACActor(nn.Module):
         mean, _ = self.forward(state)
         return torch.tanh(mean)
 
-    @torch.jit.ignore
     def sample(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised tanh-squashed sample and its log-probability (training).
 
-        ``torch.jit.ignore`` keeps it out of the scripted graph: serving never samples.
+        Not in the scripted graph: ``torch.jit.script`` compiles ``forward``, the
+        exported methods and what they call, and serving never samples.
         """
         mean, log_std = self.forward(state)
         std = log_std.exp()

@@ -4,6 +4,7 @@ metadata. Saving is atomic (temp file, fsync, ``os.replace``); loading is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from agent.actor import SACActor
+from agent.actor import LOG_STD_MAX, LOG_STD_MIN, SACActor
 
 FORMAT = "statpair.sac_actor"
 VERSION = 1
@@ -95,10 +96,8 @@ def save_checkpoint(
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(path.parent)
     return path
@@ -176,8 +175,8 @@ def _build_actor(path: Path, payload: dict[str, Any]) -> SACActor:
             state_dim=int(config["state_dim"]),
             hidden=tuple(int(h) for h in config["hidden"]),
             action_dim=int(config.get("action_dim", 1)),
-            log_std_min=float(config.get("log_std_min", -20.0)),
-            log_std_max=float(config.get("log_std_max", 2.0)),
+            log_std_min=float(config.get("log_std_min", LOG_STD_MIN)),
+            log_std_max=float(config.get("log_std_max", LOG_STD_MAX)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(path, f"invalid actor config: {exc}") from exc

@@ -8,6 +8,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -37,6 +38,12 @@ class Compiled:
         return self.backend == "jit"
 
 
+def _deterministic(module: nn.Module) -> Infer:
+    # nn.Module's attribute lookup is typed ``Tensor | Module``; on an actor (or
+    # its scripted form) ``deterministic`` is the exported method.
+    return cast(Infer, module.deterministic)
+
+
 def _script(module: nn.Module) -> torch.jit.ScriptModule:
     """Script, then freeze and optimize for inference (folds the weights in as
     constants and fuses ops: half the cost of a batch-1 call made after the core
@@ -64,18 +71,18 @@ def compile_actor(
     """
     actor.eval()
     if not jit:
-        return Compiled(actor.deterministic, "eager", actor)
+        return Compiled(_deterministic(actor), "eager", actor)
     try:
         scripted = scripter(actor)
         scripted.eval()
         if check_states is not None:
             with torch.inference_mode():
-                want = actor.deterministic(check_states)
-                got = scripted.deterministic(check_states)
+                want = _deterministic(actor)(check_states)
+                got = _deterministic(scripted)(check_states)
             if got.shape != want.shape or not torch.allclose(got, want, atol=atol, rtol=0.0):
                 raise RuntimeError("scripted output differs from eager on check states")
     except Exception as exc:  # noqa: BLE001 - any failure means "serve eager"
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         logger.warning("torch.jit.script failed, falling back to eager: %s", reason)
-        return Compiled(actor.deterministic, "eager", actor, error=reason)
-    return Compiled(scripted.deterministic, "jit", scripted)
+        return Compiled(_deterministic(actor), "eager", actor, error=reason)
+    return Compiled(_deterministic(scripted), "jit", scripted)

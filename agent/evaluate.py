@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agent.actor import SACActor
 from agent.baselines import Policy, flat, zscore_rule
 from agent.env import PairConfig, PairData, PairTradingEnv, PathSource
 
@@ -71,10 +72,11 @@ def rollout(policy: Policy, envs: list[PairTradingEnv], seeds: list[int]) -> tup
     return np.asarray(pnl).T, np.asarray(turnover).T
 
 
-def actor_policy(actor: torch.nn.Module) -> Policy:
+def actor_policy(actor: SACActor) -> Policy:
     def policy(states: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return actor.deterministic(torch.as_tensor(states, dtype=torch.float32)).numpy()[:, 0]
+            actions: np.ndarray = actor.deterministic(torch.as_tensor(states, dtype=torch.float32)).numpy()
+        return actions[:, 0]
 
     return policy
 

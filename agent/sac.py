@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agent.actor import SACActor
+from agent.actor import DEFAULT_HIDDEN, SACActor
 
 
 class QNetwork(nn.Module):
@@ -26,7 +26,8 @@ class QNetwork(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([state, action], dim=-1))
+        q: torch.Tensor = self.net(torch.cat([state, action], dim=-1))
+        return q
 
 
 class TwinCritic(nn.Module):
@@ -48,7 +49,9 @@ def polyak_update(source: nn.Module, target: nn.Module, tau: float) -> None:
 
 @dataclass(frozen=True)
 class SACHyper:
-    hidden: tuple[int, ...] = (128, 128)
+    """The algorithm's hyper-parameters (``TrainConfig`` holds the same fields for the CLI)."""
+
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
     critic_hidden: tuple[int, ...] = (128, 128)
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -81,9 +84,11 @@ class SAC:
     def act(self, states: np.ndarray, deterministic: bool = False) -> np.ndarray:
         x = torch.as_tensor(states, dtype=torch.float32)
         if deterministic:
-            return self.actor.deterministic(x).numpy()
-        action, _ = self.actor.sample(x)
-        return action.numpy()
+            action = self.actor.deterministic(x)
+        else:
+            action, _ = self.actor.sample(x)
+        out: np.ndarray = action.numpy()
+        return out
 
     def update(self, batch: tuple[np.ndarray, ...]) -> dict[str, float]:
         s, a, r, s2, d = (torch.from_numpy(x) for x in batch)
@@ -95,7 +100,8 @@ class SAC:
         q1, q2 = self.critic(s, a)
         critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        # torch.autograd.backward is what Tensor.backward calls; it is annotated, Tensor.backward is not.
+        torch.autograd.backward(critic_loss)
         self.critic_opt.step()
 
         self.critic.requires_grad_(False)
@@ -103,13 +109,13 @@ class SAC:
         q_new = torch.min(*self.critic(s, new_a))
         actor_loss = (alpha * logp.unsqueeze(-1) - q_new).mean()
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        torch.autograd.backward(actor_loss)
         self.actor_opt.step()
         self.critic.requires_grad_(True)
 
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
+        torch.autograd.backward(alpha_loss)
         self.alpha_opt.step()
 
         polyak_update(self.critic, self.critic_target, self.hp.tau)

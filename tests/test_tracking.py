@@ -15,8 +15,13 @@ import pytest
 
 from tests.servers import BlackHole, MlflowServer, Postgres, free_port, wait_until
 from tracking import MlflowTracker, flatten_params, is_finite
+from tracking.mlflow_tracker import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
+# What these tests give a local SQLite store to start and take every call: creating
+# its tables alone outlasts the default 5 s when the machine is loaded. Tests of
+# timeouts pass their own.
+LOCAL_STORE_S = 60.0
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +86,23 @@ def test_is_finite() -> None:
     assert not is_finite("x") and not is_finite(None)
 
 
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("http://:s3cret@mlflow.local:5000/x?y=1", "http://:***@mlflow.local:5000/x?y=1"),
+        ("http://me:s3cret@mlflow.local/", "http://me:***@mlflow.local/"),
+        ("postgresql://me:s3cret@[::1]:5432/db", "postgresql://me:***@[::1]:5432/db"),
+        ("http://me:p@ss:w@rd@host:1/", "http://me:***@host:1/"),
+        ("http://me@mlflow.local:5000", "http://me@mlflow.local:5000"),
+        ("sqlite:///tmp/mlruns.db", "sqlite:///tmp/mlruns.db"),
+        ("http://me:s3cret@[::1/", "<unparseable url>"),
+    ],
+)
+def test_uri_in_logs_never_shows_the_password(uri: str, shown: str) -> None:
+    assert mask_url(uri) == shown
+    assert MlflowTracker("t", tracking_uri=uri)._uri_for_log() == shown
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
@@ -99,6 +121,7 @@ def test_real_tracking_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         run_name="r1",
         params={"lr": 1e-4, "net": {"hidden": [256, 256]}, "long": long_value, **many},
         tags={"algo": "sac"},
+        close_timeout_s=LOCAL_STORE_S,
     ) as tracker:
         assert tracker.enabled is True
         tracker.log_metrics({"reward": 0.5, "nan_skipped": float("nan"), "inf": float("inf")}, step=1)
@@ -124,7 +147,10 @@ def test_real_tracking_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_failed_block_marks_run_failed_and_propagates(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    with pytest.raises(ZeroDivisionError), MlflowTracker("boom", tracking_uri=uri) as tracker:
+    with (
+        pytest.raises(ZeroDivisionError),
+        MlflowTracker("boom", tracking_uri=uri, close_timeout_s=LOCAL_STORE_S) as tracker,
+    ):
         tracker.log_metrics({"x": 1.0}, step=0)
         1 / 0  # noqa: B018
     (run,) = _client(uri).search_runs([_client(uri).get_experiment_by_name("boom").experiment_id])

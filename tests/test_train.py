@@ -3,36 +3,41 @@ determinism, the CLI, and the tracker wiring against SQLite."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from agent.actor import DEFAULT_HIDDEN, STATE_DIM, SACActor
 from agent.checkpoint import load_checkpoint
-from agent.train import TrainConfig, config_from_args, train
+from agent.features import STATE_DIM as FEATURES_STATE_DIM
+from agent.sac import SACHyper
+from agent.train import DESCRIPTION, TrainConfig, config_from_args, train
 from worker.model import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    values = dict(
-        episodes=3,
-        episode_length=100,
-        learning_starts=60,
-        batch_size=32,
-        eval_every=1,
-        eval_episodes=2,
-        eval_length=40,
-        hidden=(16, 16),
-        critic_hidden=(16, 16),
-        out=tmp_path / "models" / "policy.pt",
-        run_dir=tmp_path / "runs",
-        quiet=True,
-    )
+def tiny(tmp_path: Path, **kw: Any) -> TrainConfig:
+    values: dict[str, Any] = {
+        "episodes": 3,
+        "episode_length": 100,
+        "learning_starts": 60,
+        "batch_size": 32,
+        "eval_every": 1,
+        "eval_episodes": 2,
+        "eval_length": 40,
+        "hidden": (16, 16),
+        "critic_hidden": (16, 16),
+        "out": tmp_path / "models" / "policy.pt",
+        "run_dir": tmp_path / "runs",
+        "quiet": True,
+    }
     values.update(kw)
     return TrainConfig(**values)
 
@@ -54,6 +59,7 @@ def test_smoke_run_gives_a_checkpoint_the_worker_serves(tmp_path: Path) -> None:
     assert served.backend == "jit" and served.state_dim == 28
     logged = [h for h in result.history if "eval_sharpe" in h]
     assert len(logged) == 3 and all("critic_loss" in h and "alpha" in h for h in result.history)
+    assert result.published and result.updates == 241 and result.warnings == []
 
 
 def test_seeded_training_is_reproducible(tmp_path: Path) -> None:
@@ -85,10 +91,47 @@ def test_cli_flags_override_every_field(tmp_path: Path) -> None:
     assert (cfg.episodes, cfg.seed, cfg.hidden, cfg.quiet, cfg.gamma) == (7, 3, (32, 16), True, 0.9)
     assert cfg.csv == Path("x.csv") and cfg.out == tmp_path / "policy.pt"
     assert config_from_args(["--out", "o.pt"], model_dir=str(tmp_path)).out == Path("o.pt")
-    help_text = subprocess.run(
-        [sys.executable, "-m", "agent.train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    ).stdout
-    assert "--updates-per-step" in help_text and "gradient updates per environment step" in help_text
+
+
+def test_help_says_each_thing_once(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.train", "--help"],
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    assert DESCRIPTION in text and DESCRIPTION.endswith(".")
+    assert "--updates-per-step" in text and "gradient updates per environment step" in text
+    assert text.count("$MODEL_DIR/policy.pt") == 1 and text.count("models/policy.pt") == 1
+    assert "(default: 64,64)" in text and "(default: 128,128)" in text and "(64, 64)" not in text
+    assert "--force" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_bad_sizes_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        config_from_args(["--hidden", "64,x"])
+    assert exit_info.value.code == 2
+    assert "--hidden: expected positive integers such as 64,64, got '64,x'" in capsys.readouterr().err
+
+
+def test_one_default_actor_size_and_state_dim() -> None:
+    assert DEFAULT_HIDDEN == (64, 64)
+    assert SACActor().hidden == SACHyper().hidden == TrainConfig().hidden == DEFAULT_HIDDEN
+    assert STATE_DIM is FEATURES_STATE_DIM and SACActor().state_dim == STATE_DIM == 28
+
+
+def test_hyper_takes_every_shared_field() -> None:
+    cfg = TrainConfig(hidden=(8,), critic_hidden=(4, 4), actor_lr=1e-3, gamma=0.5, tau=0.1, init_alpha=0.3)
+    hp = cfg.hyper()
+    shared = [f.name for f in dataclasses.fields(SACHyper) if hasattr(cfg, f.name)]
+    assert len(shared) == len(dataclasses.fields(SACHyper)) - 1  # target_entropy has no flag
+    assert all(getattr(hp, name) == getattr(cfg, name) for name in shared)
+    assert hp.target_entropy is None
 
 
 def test_untracked_training_never_imports_mlflow(tmp_path: Path) -> None:
@@ -110,13 +153,16 @@ def test_untracked_training_never_imports_mlflow(tmp_path: Path) -> None:
 
 def test_tracker_wiring_against_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("mlflow")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    result = train(tiny(tmp_path, experiment="train-test"), progress=False)
-    assert result.run_id
     from mlflow import MlflowClient
 
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # Create the store's tables first (seconds on a loaded machine): training waits only
+    # MlflowTracker's start timeout (2 s) for its run id before the first checkpoint.
     client = MlflowClient(tracking_uri=uri)
+    client.search_experiments()
+    result = train(tiny(tmp_path, experiment="train-test"), progress=False)
+    assert result.run_id
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["config.episodes"] == "3" and run.data.params["config.hidden"] == "(16, 16)"

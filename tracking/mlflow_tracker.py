@@ -24,9 +24,11 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tracking.calls import Artifact, End, Metrics, Op, Params, Start, Stop, Tags
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,18 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
 
-_STOP = object()
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (the user name kept, even when empty)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # e.g. an unclosed IPv6 bracket: show nothing rather than the secret
+        return "<unparseable url>"
+    host = parts.netloc.rpartition("@")[2]  # host and port as written (IPv6 brackets kept)
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -112,7 +125,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         self._in_a_row = 0
         self.disabled_reason: str | None = None
         self._enabled = bool(self.tracking_uri)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Op | Stop] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._client: Any = None
         self._abandoned = threading.Event()
@@ -152,7 +165,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
             return self
         self._thread = threading.Thread(target=self._run, name="mlflow-tracker", daemon=True)
         self._thread.start()
-        self._put(("start",))
+        self._put(Start())
         if self.params:
             self.log_params(self.params)
         # Wait briefly so that run_id is known (checkpoints record it); a slow
@@ -178,8 +191,8 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         if remote and not self._start_done.is_set():
             wait = min(self.close_timeout_s, self.start_timeout_s)
         try:
-            self._queue.put(("end", status), timeout=wait)
-            self._queue.put(_STOP, timeout=wait)
+            self._queue.put(End(status), timeout=wait)
+            self._queue.put(Stop(), timeout=wait)
         except queue.Full:
             pass
         self._thread.join(timeout=wait)
@@ -200,7 +213,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
             logger.warning("tracker: bad params ignored: %s", exc)
             return
         for chunk in _chunks(sorted(flat.items()), MAX_PARAMS_PER_BATCH):
-            self._put(("params", chunk))
+            self._put(Params(tuple(chunk)))
 
     def log_param(self, key: str, value: Any) -> None:
         self.log_params({key: value})
@@ -218,16 +231,16 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
             return
         stamp = int(time.time() * 1000)
         for chunk in _chunks(good, MAX_METRICS_PER_BATCH):
-            self._put(("metrics", chunk, stamp, int(step or 0)))
+            self._put(Metrics(tuple(chunk), stamp, int(step or 0)))
 
     def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
 
     def set_tag(self, key: str, value: Any) -> None:
-        self._put(("tags", [(str(key)[:MAX_KEY_CHARS], str(value)[:MAX_PARAM_VALUE_CHARS])]))
+        self._put(Tags(((str(key)[:MAX_KEY_CHARS], str(value)[:MAX_PARAM_VALUE_CHARS]),)))
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self._put(("artifact", str(path), artifact_path))
+        self._put(Artifact(str(path), artifact_path))
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every queued call is done (True) or ``timeout_s`` passes (False)."""
@@ -240,7 +253,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
             time.sleep(0.01)
         return not self._queue.unfinished_tasks
 
-    def _put(self, item: tuple[Any, ...]) -> None:
+    def _put(self, item: Op) -> None:
         if not self._enabled or self._thread is None:
             return
         try:
@@ -254,29 +267,32 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         while True:
             item = self._queue.get()
             try:
-                if item is _STOP:
+                if isinstance(item, Stop):
                     return
-                if not self._enabled and item[0] != "end":
-                    self.dropped_calls += 1
-                    continue
-                self._do(item)
-                self._in_a_row = 0
-            except Exception as exc:  # noqa: BLE001 - MLflow errors must never escape
-                self._failed(item, exc)
+                self._handle(item)
             finally:
                 self._queue.task_done()
 
-    def _failed(self, item: Any, exc: Exception) -> None:
-        what = item[0] if isinstance(item, tuple) else "call"
+    def _handle(self, item: Op) -> None:
+        if not self._enabled and not isinstance(item, End):
+            self.dropped_calls += 1
+            return
+        try:
+            self._do(item)
+            self._in_a_row = 0
+        except Exception as exc:  # noqa: BLE001 - MLflow errors must never escape
+            self._failed(item, exc)
+
+    def _failed(self, item: Op, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        if what == "start":
+        if isinstance(item, Start):
             self._disable(f"could not start an MLflow run at {self._uri_for_log()}: {reason}")
             return
         self.errors += 1
         self._in_a_row += 1
         logger.warning(
             "tracker: %s failed (%d in a row, disabling at %d): %s",
-            what,
+            item.what,
             self._in_a_row,
             self.max_failures,
             reason,
@@ -285,46 +301,20 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
             self._disable(f"{self._in_a_row} MLflow calls in a row failed; last: {reason}")
 
     def _uri_for_log(self) -> str:
-        from urllib.parse import urlsplit, urlunsplit
+        return mask_url(self.tracking_uri)
 
-        parts = urlsplit(self.tracking_uri)
-        if parts.password is None:
-            return self.tracking_uri
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-    def _do(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "start":
+    def _do(self, item: Op) -> None:
+        if isinstance(item, Start):
             try:
                 self._start()
             finally:
                 self._start_done.set()
             return
-        if self.run_id is None:
-            if kind != "end":
+        if self.run_id is None:  # the run never started: only the end is not a lost call
+            if not isinstance(item, End):
                 self.dropped_calls += 1
             return
-        from mlflow.entities import Metric, Param, RunTag
-
-        client = self._client
-        if kind == "params":
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in item[1]], synchronous=True)
-        elif kind == "metrics":
-            _, pairs, stamp, step = item
-            client.log_batch(
-                self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in pairs], synchronous=True
-            )
-        elif kind == "tags":
-            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in item[1]], synchronous=True)
-        elif kind == "artifact":
-            path = Path(item[1])
-            if not path.is_file():
-                raise FileNotFoundError(f"artifact {path} does not exist")
-            client.log_artifact(self.run_id, str(path), item[2])
-        elif kind == "end":
-            client.set_terminated(self.run_id, status=item[1])
-            logger.info("MLflow run %s ended %s", self.run_id, item[1])
+        item.send(self._client, self.run_id)
 
     def _start(self) -> None:
         from mlflow import MlflowClient

@@ -1,0 +1,172 @@
+"""Training never silently downgrades what is served: the serving file is replaced
+only by a model scoring at least as well as the one there (or with --force), a run
+too short to learn says so, and --out wins over MODEL_DIR in every spelling."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agent.actor import SACActor
+from agent.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from agent.train import TrainConfig, config_from_args, main, train
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+
+
+def short(tmp_path: Path, **kw: Any) -> TrainConfig:
+    """One 40-step episode, 21 gradient updates: far too little to learn anything."""
+    values: dict[str, Any] = {
+        "episodes": 1,
+        "episode_length": 40,
+        "learning_starts": 20,
+        "batch_size": 8,
+        "eval_every": 1,
+        "eval_episodes": 8,
+        "eval_length": 40,
+        "hidden": (16, 16),
+        "critic_hidden": (16, 16),
+        "out": tmp_path / "models" / "policy.pt",
+        "run_dir": tmp_path / "runs",
+        "quiet": True,
+    }
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def handmade(path: Path, sign: float) -> Path:
+    """A served model whose action is tanh(-3·sign·z60): sign +1 trades mean reversion
+    (scores well on the synthetic pair), sign -1 bets against it (scores badly)."""
+    actor = SACActor(hidden=(2,))
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.zero_()
+        actor.shared[0].weight[0, 0], actor.shared[0].weight[1, 0] = 1.0, -1.0  # relu(z), relu(-z)
+        actor.mean_head.weight[0, 0], actor.mean_head.weight[0, 1] = -3.0 * sign, 3.0 * sign
+    return save_checkpoint(actor, path, {"created_utc": "2026-01-01T00:00:00+00:00", "who": "incumbent"})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).actor.state_dict()
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_strong_incumbent_is_kept_by_a_bad_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = short(tmp_path)
+    before = handmade(cfg.out, sign=1.0).read_bytes()
+    with caplog.at_level(logging.INFO, logger="agent.train"):
+        result = train(cfg, progress=False)
+    assert cfg.out.read_bytes() == before  # untouched
+    assert result.incumbent_sharpe is not None and result.incumbent_sharpe > 1.0
+    assert result.best_sharpe < result.incumbent_sharpe and not result.published
+    assert result.best_path.exists() and result.final_path.exists()  # kept in the run folder
+    assert "not published" in result.publish_note and "--force" in result.publish_note
+    assert f"{result.incumbent_sharpe:.2f}" in result.publish_note
+    assert "not published" in caplog.text and "only a model scoring at least that" in caplog.text
+
+
+def test_force_replaces_a_strong_incumbent(tmp_path: Path) -> None:
+    cfg = short(tmp_path, force=True)
+    handmade(cfg.out, sign=1.0)
+    result = train(cfg, progress=False)
+    assert result.published and result.best_sharpe < (result.incumbent_sharpe or 0.0)
+    assert same(weights(cfg.out), weights(result.best_path))
+    assert "with --force" in result.publish_note and "below" in result.publish_note
+
+
+def test_a_better_run_replaces_a_weak_incumbent(tmp_path: Path) -> None:
+    cfg = short(tmp_path)
+    handmade(cfg.out, sign=-1.0)
+    result = train(cfg, progress=False)
+    assert result.incumbent_sharpe is not None and result.incumbent_sharpe < -1.0
+    assert result.published and result.best_sharpe >= result.incumbent_sharpe
+    assert same(weights(cfg.out), weights(result.best_path))
+    meta = load_checkpoint(cfg.out).metadata
+    assert meta["incumbent_eval_sharpe"] == pytest.approx(result.incumbent_sharpe)
+    assert meta["eval_score"] == pytest.approx(result.best_sharpe)
+    assert f"at least the {result.incumbent_sharpe:.2f} of the model it replaced" in result.publish_note
+
+
+def _old_format(path: Path) -> None:
+    torch.save({"format": FORMAT, "version": 0, "config": {}, "state_dict": {}}, path)
+
+
+def _other_state_dim(path: Path) -> None:
+    save_checkpoint(SACActor(state_dim=5, hidden=(4,)), path)
+
+
+def _corrupt(path: Path) -> None:
+    path.write_bytes(b"\x80\x02 not a checkpoint")
+
+
+@pytest.mark.parametrize("spoil", [_old_format, _other_state_dim, _corrupt])
+def test_an_unloadable_incumbent_is_treated_as_absent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Any
+) -> None:
+    cfg = short(tmp_path, episodes=1, learning_starts=1000)
+    cfg.out.parent.mkdir(parents=True)
+    spoil(cfg.out)
+    result = train(cfg, progress=False)
+    assert result.incumbent_sharpe is None and result.published
+    assert load_checkpoint(cfg.out, state_dim=28).metadata["eval_score"] == pytest.approx(result.best_sharpe)
+    assert (
+        f"the model at {cfg.out} cannot be loaded" in caplog.text and "treating it as absent" in caplog.text
+    )
+
+
+def test_an_incumbent_does_not_change_the_run(tmp_path: Path) -> None:
+    """Loading the incumbent draws from torch's RNG; the seeded run must not notice."""
+    alone = train(short(tmp_path / "a"), progress=False)
+    cfg = short(tmp_path / "b")
+    handmade(cfg.out, sign=1.0)
+    beside = train(cfg, progress=False)
+    assert alone.updates == beside.updates > 0
+    assert same(weights(alone.final_path), weights(beside.final_path))
+
+
+def test_a_run_too_short_to_learn_warns(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "model_dir"))
+    out = tmp_path / "elsewhere" / "p.pt"
+    argv = ["--episodes", "2", "--episode-length", "30", "--learning-starts", "100", "--batch-size", "8"]
+    argv += ["--eval-episodes", "1", "--eval-length", "20", "--hidden", "8,8", "--critic-hidden", "8,8"]
+    argv += [f"--out={out}", "--run-dir", str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "60 environment steps, 0 gradient updates" in printed
+    assert "warning: too short to learn" in printed and "--learning-starts 100" in printed
+    assert "warning: not one gradient step in 60 environment steps" in printed
+    assert caplog.text.count("too short to learn") == 1 and "this model is untrained" in caplog.text
+    assert out.exists() and not (tmp_path / "model_dir").exists()  # --out= beat MODEL_DIR
+
+
+def test_a_run_that_learns_does_not_warn(tmp_path: Path) -> None:
+    result = train(short(tmp_path), progress=False)
+    assert result.updates == 21 and result.warnings == []
+
+
+@pytest.mark.parametrize("argv", [["--out", "o.pt"], ["--out=o.pt"], ["--ou=o.pt"]])
+def test_out_beats_model_dir_in_every_spelling(tmp_path: Path, argv: list[str]) -> None:
+    assert config_from_args(argv, model_dir=str(tmp_path)).out == Path("o.pt")
+    assert config_from_args(argv, model_dir=None).out == Path("o.pt")
+
+
+def test_out_defaults_to_model_dir_then_models() -> None:
+    assert config_from_args([], model_dir="/srv/m").out == Path("/srv/m/policy.pt")
+    assert config_from_args([], model_dir=None).out == Path("models/policy.pt")
+    assert config_from_args([], model_dir="").out == Path("models/policy.pt")
