@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_worker_imports_only_the_policy_core() -> None:
     code = (
         "import sys\n"
-        "import worker.cli, worker.client, worker.metrics\n"
+        "import worker.server, worker.cli, worker.client, worker.metrics\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tracking', 'bench')\n"
         "             or m in ('agent.env', 'agent.sac', 'agent.replay', 'agent.train', 'agent.evaluate',\n"
-        "                      'agent.baselines', 'agent.features'))\n"
+        "                      'agent.baselines', 'agent.data'))\n"
         "print(bad)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
