@@ -232,15 +232,18 @@ def load_prices(path: str | Path, columns: Sequence[str] | None = None) -> Price
 
 
 def _check_order(path: Path, dated: list[tuple[int, date | datetime | None]]) -> None:
-    keys = [(line, _key(when)) for line, when in dated]
-    for (prev_line, prev), (line, when) in itertools.pairwise(keys):
-        if when == prev:
+    # Dates and date-times compare as date-times (a date is its midnight); messages show them as written.
+    keyed = [(line, when, _key(when)) for line, when in dated]
+    for (prev_line, prev, prev_key), (line, when, key) in itertools.pairwise(keyed):
+        assert prev is not None and when is not None
+        if key == prev_key:
             raise PriceDataError(f"{path} lines {prev_line} and {line}: the date {when.isoformat()} repeats")
-        if when < prev:
-            if len(keys) > 2 and all(b[1] < a[1] for a, b in itertools.pairwise(keys)):
+        if key < prev_key:
+            if len(keyed) > 2 and all(b[2] < a[2] for a, b in itertools.pairwise(keyed)):
+                first, last = keyed[0], keyed[-1]
                 raise PriceDataError(
-                    f"{path}: the dates descend (line {keys[0][0]}: {keys[0][1].isoformat()}, last line "
-                    f"{keys[-1][0]}: {keys[-1][1].isoformat()}): sort the file in ascending date order"
+                    f"{path}: the dates descend (line {first[0]}: {_iso(first[1])}, last line "
+                    f"{last[0]}: {_iso(last[1])}): sort the file in ascending date order"
                 )
             raise PriceDataError(
                 f"{path} line {line}: the date {when.isoformat()} comes before {prev.isoformat()} "
@@ -248,7 +251,10 @@ def _check_order(path: Path, dated: list[tuple[int, date | datetime | None]]) ->
             )
 
 
+def _iso(when: date | datetime | None) -> str:
+    return "" if when is None else when.isoformat()
+
+
 def _key(when: date | datetime | None) -> datetime:
-    # Dates and date-times compare as date-times (a date is its midnight).
     assert when is not None
     return when if isinstance(when, datetime) else datetime(when.year, when.month, when.day)

@@ -70,7 +70,9 @@ def test_names_version_and_documentation_table() -> None:
     assert not hasattr(features, "MARKET_DIM")
     doc = features.__doc__ or ""
     documented = set(re.findall(r"`([a-z0-9_]+)`", doc))
-    assert set(NAMES) - {f"z60_lag{i}" for i in range(1, 9)} - {f"ret_lag{i}" for i in range(1, 4)} <= documented
+    assert (
+        set(NAMES) - {f"z60_lag{i}" for i in range(1, 9)} - {f"ret_lag{i}" for i in range(1, 4)} <= documented
+    )
 
 
 @pytest.mark.parametrize("source", ["ou", "real"])
@@ -108,7 +110,9 @@ def test_constant_prices_give_exactly_zero_variance_features() -> None:
     assert rows[-1].tolist() == [0.0] * 24
 
 
-def _prices(rng: np.random.Generator, n: int, scale: float, jumps: int, flat: int) -> tuple[np.ndarray, np.ndarray]:
+def _prices(
+    rng: np.random.Generator, n: int, scale: float, jumps: int, flat: int
+) -> tuple[np.ndarray, np.ndarray]:
     log_b = math.log(scale) + np.cumsum(rng.normal(0.0, 0.01, n))
     spread = np.cumsum(rng.normal(0.0, 0.005, n)) * 0.2
     for _ in range(jumps):  # huge jumps: a leg moves ×1000 or ÷1000 in one tick
@@ -169,7 +173,9 @@ def _actions(rng: np.random.Generator, n: int) -> np.ndarray:
     jumps=st.integers(0, 3),
     flat=st.sampled_from([0, 25, 130, 10_000]),
 )
-def test_streaming_states_equal_the_environments(seed: int, n: int, scale: float, jumps: int, flat: int) -> None:
+def test_streaming_states_equal_the_environments(
+    seed: int, n: int, scale: float, jumps: int, flat: int
+) -> None:
     rng = np.random.default_rng(seed)
     a, b = _prices(rng, n, scale, jumps, flat)
     contract = PairConfig(cost=0.0007).contract()
@@ -222,7 +228,9 @@ def test_position_book_by_hand() -> None:
     assert builder.entry == spreads[WARMUP + 2] and builder.held == 1
     builder.update(a[WARMUP + 4], b[WARMUP + 4], 0.0)  # close: unrealised is 0 when flat
     assert builder.row64()[unreal] == 0.0 and builder.held == 1
-    assert builder.row64()[NAMES.index("cost_vol")] == pytest.approx(0.001 / spread_features(spreads).vol[WARMUP + 4])
+    assert builder.row64()[NAMES.index("cost_vol")] == pytest.approx(
+        0.001 / spread_features(spreads).vol[WARMUP + 4]
+    )
 
 
 def test_builder_warm_up_and_errors() -> None:
