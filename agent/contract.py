@@ -95,6 +95,7 @@ class CsvData(_Model):
     dropped_rows: Annotated[int, Field(ge=0)]
     train_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
     train_rows: tuple[int, int]  # [start, stop) over the usable rows
+    train_lines: tuple[int, int]  # file lines of the first and last training row (the header is line 1)
     train_dates: tuple[str, str] | None  # first and last date of the training window
     test_dates: tuple[str, str] | None  # first and last held-out date
 

@@ -196,6 +196,7 @@ class PairData:
             dropped_rows=len(t.dropped),
             train_fraction=self.train_fraction,
             train_rows=(0, self.n_train),
+            train_lines=(t.lines[0], t.lines[self.n_train - 1]),
             train_dates=None if split is None else split[0],
             test_dates=None if split is None else split[1],
         )

@@ -98,6 +98,7 @@ def test_csv_contract_names_the_file_its_hash_and_the_training_window() -> None:
     assert c.data.sha256 == hashlib.sha256(REAL.read_bytes()).hexdigest()
     assert c.data.columns == ("SP500", "NASDAQ") and c.data.date_column == "date"
     assert c.data.train_rows == (0, data.n_train) and c.data.rows == 502
+    assert c.data.train_lines == (2, data.n_train + 1)  # the header is line 1
     assert c.data.train_dates == ("2017-01-03", "2018-05-24") and c.data.test_dates == (
         "2018-05-25",
         "2018-12-31",

@@ -131,6 +131,15 @@ def test_column_errors_list_what_is_there(tmp_path: Path) -> None:
         load_prices(tmp_path / "missing.csv")
 
 
+def test_intraday_timestamps(tmp_path: Path) -> None:
+    rows = [[f"2024-03-01 {9 + i // 60:02d}:{i % 60:02d}", a, b] for i, (_, a, b) in enumerate(_real_rows())]
+    t = load_prices(_write(tmp_path / "bars.csv", "timestamp,SP500,NASDAQ", rows))
+    assert t.dates is not None and t.dates[0] == "2024-03-01T09:00:00" and len(t) == 502
+    rows[5][0] = rows[4][0]
+    with pytest.raises(PriceDataError, match=r"lines 6 and 7: the date 2024-03-01T09:04:00 repeats"):
+        load_prices(_write(tmp_path / "bars.csv", "timestamp,SP500,NASDAQ", rows))
+
+
 def test_a_file_without_dates_keeps_file_order(tmp_path: Path) -> None:
     t = load_prices(_write(tmp_path / "nodate.csv", "KO,PEP", [[a, b] for _, a, b in _real_rows()]))
     assert t.date_column is None and t.dates is None and len(t) == 502

@@ -99,6 +99,19 @@ def test_rows_depend_on_their_trailing_window_only() -> None:
     assert np.array_equal(later[WARMUP:], full[250 + WARMUP :])
 
 
+def test_rows_do_not_depend_on_the_fixed_point_scale() -> None:
+    s = _ou(600, 5)
+    s[10] = 3e-30  # needs a much finer scale than the rest: every stored integer is shifted once
+    kernel = features.SpreadKernel()
+    for v in s[:200]:
+        kernel.push(float(v))
+    assert kernel.scale > 150
+    fresh = features.SpreadKernel()
+    assert fresh.scale == 64
+    full = market_features(s)
+    assert np.array_equal(market_features(s[300:])[WARMUP:], full[300 + WARMUP :])
+
+
 def test_constant_prices_give_exactly_zero_variance_features() -> None:
     builder = FeatureBuilder(PairConfig().contract())
     state = builder.warm([37.25] * 300, [81.5] * 300)
@@ -262,3 +275,26 @@ def test_bench_features_reports_percentiles() -> None:
     out = bench_features(ticks=50, warmup=150)
     assert set(out) == {"ticks", "p50_us", "p95_us", "p99_us", "mean_us"} and out["ticks"] == 50
     assert 0 < out["p50_us"] <= out["p95_us"] <= out["p99_us"] and math.isfinite(out["mean_us"])
+
+
+def test_walk_forward_on_the_real_file_equals_streaming_from_its_prices() -> None:
+    """What a replay does: warm on the rows before the held-out part, then one tick per held-out row."""
+    data = PairData.from_csv(REAL)
+    table = data.table
+    assert table is not None
+    contract = data.contract(cost=0.0005)
+    env = PairTradingEnv(PairConfig(cost=0.0005), source=data.walk_forward())
+    first = env.reset(0)
+    lo = data.n_train
+    builder = FeatureBuilder(PairContract.from_json(contract.to_json()))
+    assert builder.warm(table.a[lo - WARMUP : lo], table.b[lo - WARMUP : lo]) is None
+    state = builder.update(table.a[lo], table.b[lo], 0.0)
+    assert state is not None and np.array_equal(state, first)
+    rng = np.random.default_rng(0)
+    acts = _actions(rng, data.walk_forward_steps)
+    for t, action in enumerate(acts):
+        env_state, _, done, info = env.step(float(action))
+        state = builder.update(table.a[lo + 1 + t], table.b[lo + 1 + t], info["position"])
+        assert state is not None and np.array_equal(env.state64(), builder.row64())
+        assert np.array_equal(env_state, state)
+    assert done and builder.ticks == WARMUP + 1 + data.walk_forward_steps
