@@ -1,16 +1,19 @@
-"""Environment invariants: shapes, reward arithmetic, costs, no look-ahead."""
+"""Environment invariants: shapes, reward arithmetic, costs, no look-ahead, the
+position features at reset, and the cost the `cost_vol` feature reports."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agent.baselines import flat, zscore_rule
+from agent.data import PriceDataError
 from agent.env import PairConfig, PairData, PairTradingEnv, ou_spread, synthetic_prices
 from agent.evaluate import compare, scores
-from agent.features import NAMES, STATE_DIM, WARMUP, market_features
+from agent.features import HOLD_CAP, NAMES, STATE_DIM, WARMUP, spread_features
 
 
 def test_shapes_and_episode_length() -> None:
@@ -64,15 +67,35 @@ def test_seeded_paths_repeat() -> None:
     assert np.array_equal(a, b) and np.std(a) > 0
 
 
+def test_position_features_at_reset_and_the_feature_cost() -> None:
+    cfg = PairConfig(episode_length=20, cost=0.003, feature_cost=0.001)
+    env = PairTradingEnv(cfg, seed=2)
+    s = env.reset()
+    vol = spread_features(env.spread).vol[WARMUP]
+    # Flat, and flat since before the episode: holding is saturated, not an episode clock.
+    assert s[NAMES.index("position")] == 0.0 and s[NAMES.index("unrealised")] == 0.0
+    assert s[NAMES.index("holding")] == 1.0 and env.held == HOLD_CAP
+    # cost_vol reports the feature cost (the contract's), while the reward charges ``cost``.
+    assert s[NAMES.index("cost_vol")] == np.float32(0.001 / vol)
+    assert env.step(1.0)[3]["cost"] == pytest.approx(0.003)
+    assert cfg.contract().cost == 0.001 and PairConfig(cost=0.003).contract().cost == 0.003
+    for _ in range(3):
+        s = env.step(1.0)[0]
+    assert s[NAMES.index("holding")] == np.float32(0.04)
+
+
 def test_features_use_only_the_past() -> None:
     s = ou_spread(PairConfig(), np.random.default_rng(0), 600)
-    full = market_features(s)
+    full = spread_features(s).market
     for t in (WARMUP, 300, 599):
-        assert np.allclose(market_features(s[: t + 1])[t], full[t])
+        assert np.array_equal(spread_features(s[: t + 1]).market[t], full[t])
 
 
 def _write_csv(path: Path, a: np.ndarray, b: np.ndarray) -> Path:
-    lines = ["date,KO,PEP"] + [f"d{i},{x:.6f},{y:.6f}" for i, (x, y) in enumerate(zip(a, b, strict=True))]
+    day = date(2001, 1, 1)
+    lines = ["date,KO,PEP"] + [
+        f"{day + timedelta(days=i)},{x:.6f},{y:.6f}" for i, (x, y) in enumerate(zip(a, b, strict=True))
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -97,13 +120,15 @@ def test_csv_hedge_ratio_has_no_look_ahead(tmp_path: Path) -> None:
 
 
 def test_csv_errors(tmp_path: Path) -> None:
-    (tmp_path / "one.csv").write_text("date,KO\nx,1\n")
-    with pytest.raises(ValueError, match="need two numeric price columns"):
+    (tmp_path / "one.csv").write_text("date,KO\n2020-01-02,1\n")
+    with pytest.raises(PriceDataError, match=r"one\.csv: need two numeric price columns"):
         PairData.from_csv(tmp_path / "one.csv")
-    with pytest.raises(ValueError, match="too few"):
+    with pytest.raises(PriceDataError, match="prices: 100 usable rows are too few: need at least 272"):
         PairData.from_prices(np.ones(100), np.ones(100))
-    with pytest.raises(ValueError, match="finite and positive"):
+    with pytest.raises(PriceDataError, match="finite and positive"):
         PairData.from_prices(-np.ones(1000), np.ones(1000))
+    with pytest.raises(PriceDataError, match="price B is constant over the training window"):
+        PairData.from_prices(np.linspace(1, 2, 1000), np.ones(1000))
 
 
 def test_zscore_rule_enters_holds_and_exits() -> None:
