@@ -1,6 +1,7 @@
-"""The checkpoint format: one file with the actor's weights, its config and
-metadata. Saving is atomic (temp file, fsync, ``os.replace``); loading is
-``weights_only`` and validates everything before an actor is returned."""
+"""The checkpoint format: one file with the actor's weights, its config, its pair
+contract (what a strategy must compute to use it) and metadata. Saving is atomic
+(temp file, fsync, ``os.replace``); loading is ``weights_only`` and validates
+everything before an actor is returned."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from typing import Any
 import torch
 
 from agent.actor import LOG_STD_MAX, LOG_STD_MIN, SACActor
+from agent.contract import CHECKPOINT_KEY, ContractError, PairContract
 
 FORMAT = "statpair.sac_actor"
-VERSION = 1
+VERSION = 2  # 2: carries the pair contract (feature set 2); 1 had neither
 MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024
 
 
@@ -38,6 +40,7 @@ class Checkpoint:
 
     actor: SACActor
     path: str
+    contract: PairContract
     metadata: dict[str, Any]
     sha256: str
     mtime: float
@@ -73,9 +76,14 @@ class Metadata:
 
 
 def save_checkpoint(
-    actor: SACActor, path: str | os.PathLike[str], metadata: Metadata | dict[str, Any] | None = None
+    actor: SACActor,
+    path: str | os.PathLike[str],
+    metadata: Metadata | dict[str, Any] | None = None,
+    *,
+    contract: PairContract,
 ) -> Path:
-    """Write ``actor`` to ``path`` atomically: a reader sees the old file or the new one."""
+    """Write ``actor`` and its ``contract`` to ``path`` atomically: a reader sees the
+    old file or the new one. (That the two fit is checked when the file is loaded.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata.as_dict() if isinstance(metadata, Metadata) else dict(metadata or Metadata().as_dict())
@@ -83,6 +91,7 @@ def save_checkpoint(
         "format": FORMAT,
         "version": VERSION,
         "config": actor.config(),
+        CHECKPOINT_KEY: contract.to_json(),
         "metadata": meta,
         "state_dict": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
     }
@@ -149,20 +158,47 @@ def load_checkpoint(
         raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt?): {first}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, f"not a {FORMAT} checkpoint")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(path, f"unsupported checkpoint version {payload.get('version')!r}")
+    version = payload.get("version")
+    if version == 1:
+        raise CheckpointError(
+            path,
+            "checkpoint format 1 predates the pair contract and feature set 2 that this version of "
+            "statpair serves: retrain the model with python -m agent.train",
+        )
+    if version != VERSION:
+        raise CheckpointError(
+            path, f"unsupported checkpoint version {version!r} (this statpair reads {VERSION})"
+        )
     actor = _build_actor(path, payload)
     if state_dim is not None and actor.state_dim != state_dim:
         raise CheckpointError(path, f"model state_dim is {actor.state_dim}, expected {state_dim}")
+    contract = _contract(path, payload, actor.state_dim)
     metadata = payload.get("metadata")
     return Checkpoint(
         actor=actor,
         path=str(path),
+        contract=contract,
         metadata=dict(metadata) if isinstance(metadata, dict) else {},
         sha256=file_sha256(data),
         mtime=st.st_mtime,
         size=len(data),
     )
+
+
+def _contract(path: Path, payload: dict[str, Any], state_dim: int) -> PairContract:
+    text = payload.get(CHECKPOINT_KEY)
+    if not isinstance(text, str):
+        raise CheckpointError(path, "checkpoint has no pair contract")
+    try:
+        contract = PairContract.from_json(text, source="its contract")
+    except ContractError as exc:
+        raise CheckpointError(path, str(exc)) from None
+    if len(contract.features.names) != state_dim:
+        raise CheckpointError(
+            path,
+            f"the actor takes {state_dim} values but its contract's feature set has {len(contract.features.names)}",
+        )
+    return contract
 
 
 def _build_actor(path: Path, payload: dict[str, Any]) -> SACActor:

@@ -106,6 +106,8 @@ class TrainConfig:
             sigma=self.sigma,
             regime_prob=self.regime_prob,
             cost=self.cost * cost_multiplier,
+            # cost_vol (feature 27) shows the evaluated cost, however much learning charges.
+            feature_cost=self.cost,
         )
 
     def hyper(self) -> SACHyper:
@@ -149,9 +151,10 @@ def _two_columns(text: str | None) -> tuple[str, str] | None:
     return names[0], names[1]
 
 
-def _sources(cfg: TrainConfig) -> tuple[PathSource | None, PathSource | None]:
+def _sources(cfg: TrainConfig) -> tuple[PathSource | None, PathSource | None, PairContract]:
+    """Where training and validation paths come from, and the contract they make."""
     if cfg.csv is None:
-        return None, None
+        return None, None, cfg.pair(cfg.episode_length).contract()
     data = PairData.from_csv(cfg.csv, _two_columns(cfg.csv_columns), cfg.train_fraction)
     logger.info(
         "pair from %s: hedge ratio %.4f estimated on %d training rows",
@@ -159,7 +162,7 @@ def _sources(cfg: TrainConfig) -> tuple[PathSource | None, PathSource | None]:
         data.hedge_ratio,
         data.n_train,
     )
-    return data.source(held_out=False), data.source(held_out=True)
+    return data.source(held_out=False), data.source(held_out=True), data.contract(cfg.cost)
 
 
 @dataclass
@@ -215,7 +218,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     """Run SAC training; return where the checkpoints went and how good they are."""
     started = time.monotonic()
     torch.set_num_threads(cfg.threads)
-    train_source, val_source = _sources(cfg)
+    train_source, val_source, contract = _sources(cfg)
     env = PairTradingEnv(cfg.pair(cfg.episode_length, cfg.train_cost_multiplier), source=train_source)
     val_config = cfg.pair(cfg.eval_length)
 
@@ -310,9 +313,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
                     meta = Metadata(
                         run_id=tracker.run_id, episodes=episode, eval_score=val.sharpe, extra=extra
                     )
-                    save_checkpoint(agent.actor, best_path, meta)
+                    save_checkpoint(agent.actor, best_path, meta, contract=contract)
                     if gate.admits(val.sharpe):
-                        save_checkpoint(agent.actor, cfg.out, meta)  # the worker hot-reloads this
+                        # the worker hot-reloads this
+                        save_checkpoint(agent.actor, cfg.out, meta, contract=contract)
                         gate.published = True
                 bar.set_postfix(
                     reward=f"{ep_reward:+.3f}",
@@ -333,6 +337,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
             agent.actor,
             final_path,
             Metadata(run_id=tracker.run_id, episodes=episode, extra={"seed": cfg.seed}),
+            contract=contract,
         )
         if updates == 0:
             warnings.append(

@@ -17,6 +17,8 @@ from redis.asyncio import Redis
 
 from agent.actor import SACActor
 from agent.checkpoint import save_checkpoint
+from agent.contract import PairContract
+from agent.env import PairConfig
 from tests.servers import start_redis
 from worker.settings import Settings
 
@@ -49,6 +51,9 @@ def redis_url(redis_server: Any) -> str:
     return f"redis://{redis_server.host}:{redis_server.port}/0"
 
 
+CONTRACT = PairConfig().contract()  # a model trained on the default synthetic pair
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "model_dir": tmp_path / "models",
@@ -60,12 +65,15 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def write_model(path: Path, seed: int = 0, state_dim: int = 28, hidden=(16, 16)) -> Path:
+def write_model(
+    path: Path, seed: int = 0, state_dim: int = 28, hidden=(16, 16), contract: PairContract | None = None
+) -> Path:
     torch.manual_seed(seed)
     return save_checkpoint(
         SACActor(state_dim=state_dim, hidden=hidden),
         path,
         {"created_utc": "2026-01-01T00:00:00+00:00", "seed": seed},
+        contract=contract or CONTRACT,
     )
 
 

@@ -10,6 +10,7 @@ import torch
 
 from agent.actor import SACActor
 from agent.checkpoint import CheckpointError, Metadata, load_checkpoint, save_checkpoint
+from tests.conftest import CONTRACT
 
 
 def _actor(seed: int = 0, state_dim: int = 28) -> SACActor:
@@ -19,7 +20,9 @@ def _actor(seed: int = 0, state_dim: int = 28) -> SACActor:
 
 def test_round_trip(tmp_path: Path) -> None:
     actor = _actor()
-    path = save_checkpoint(actor, tmp_path / "m.pt", Metadata(run_id="abc", episodes=7, eval_score=1.25))
+    path = save_checkpoint(
+        actor, tmp_path / "m.pt", Metadata(run_id="abc", episodes=7, eval_score=1.25), contract=CONTRACT
+    )
     ck = load_checkpoint(path, state_dim=28)
     assert ck.metadata["run_id"] == "abc" and ck.metadata["episodes"] == 7
     assert ck.metadata["eval_score"] == 1.25 and "created_utc" in ck.metadata
@@ -46,7 +49,7 @@ def test_rejects_empty_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.99])
 def test_rejects_truncated(tmp_path: Path, keep: float) -> None:
-    path = save_checkpoint(_actor(), tmp_path / "t.pt")
+    path = save_checkpoint(_actor(), tmp_path / "t.pt", contract=CONTRACT)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
@@ -77,23 +80,48 @@ def test_rejects_pickled_code(tmp_path: Path) -> None:
 
 
 def test_rejects_other_state_dim(tmp_path: Path) -> None:
-    path = save_checkpoint(_actor(state_dim=27), tmp_path / "d.pt")
+    path = save_checkpoint(_actor(state_dim=27), tmp_path / "d.pt", contract=CONTRACT)
     with pytest.raises(CheckpointError, match="state_dim is 27, expected 28"):
         load_checkpoint(path, state_dim=28)
-    assert load_checkpoint(path).state_dim == 27
+    # Alone, the file is still refused: its contract's 28 features do not fit the actor.
+    with pytest.raises(
+        CheckpointError, match="the actor takes 27 values but its contract's feature set has 28"
+    ):
+        load_checkpoint(path)
+
+
+def test_a_format_1_checkpoint_says_to_retrain(tmp_path: Path) -> None:
+    actor = _actor()
+    payload = {
+        "format": "statpair.sac_actor",
+        "version": 1,
+        "config": actor.config(),
+        "metadata": {},
+        "state_dict": actor.state_dict(),
+    }
+    torch.save(payload, tmp_path / "v1.pt")
+    with pytest.raises(
+        CheckpointError, match=r"v1.pt: checkpoint format 1 predates the pair contract .* retrain"
+    ):
+        load_checkpoint(tmp_path / "v1.pt")
+
+
+def test_the_contract_travels_with_the_checkpoint(tmp_path: Path) -> None:
+    path = save_checkpoint(_actor(), tmp_path / "c.pt", contract=CONTRACT)
+    assert load_checkpoint(path).contract == CONTRACT
 
 
 def test_rejects_non_finite_weights(tmp_path: Path) -> None:
     actor = _actor()
     with torch.no_grad():
         actor.mean_head.weight[0, 3] = float("nan")
-    path = save_checkpoint(actor, tmp_path / "n.pt")
+    path = save_checkpoint(actor, tmp_path / "n.pt", contract=CONTRACT)
     with pytest.raises(CheckpointError, match=r"'mean_head\.weight' has non-finite values"):
         load_checkpoint(path)
 
 
 def test_rejects_weights_that_do_not_fit_config(tmp_path: Path) -> None:
-    path = save_checkpoint(_actor(), tmp_path / "w.pt")
+    path = save_checkpoint(_actor(), tmp_path / "w.pt", contract=CONTRACT)
     payload = torch.load(path, weights_only=True)
     payload["config"]["hidden"] = [32, 32]
     torch.save(payload, path)
@@ -102,7 +130,7 @@ def test_rejects_weights_that_do_not_fit_config(tmp_path: Path) -> None:
 
 
 def test_rejects_oversized(tmp_path: Path) -> None:
-    path = save_checkpoint(_actor(), tmp_path / "big.pt")
+    path = save_checkpoint(_actor(), tmp_path / "big.pt", contract=CONTRACT)
     with pytest.raises(CheckpointError, match="over the 100-byte limit"):
         load_checkpoint(path, max_bytes=100)
 
@@ -112,9 +140,9 @@ def test_atomic_save_reader_never_sees_partial_file(tmp_path: Path) -> None:
     path = tmp_path / "live.pt"
     actors = [_actor(seed=1), _actor(seed=2)]
     meta = {"created_utc": "fixed"}  # so each actor's file has one exact content
-    save_checkpoint(actors[0], path, meta)
+    save_checkpoint(actors[0], path, meta, contract=CONTRACT)
     valid = {
-        load_checkpoint(save_checkpoint(a, tmp_path / f"ref{i}.pt", meta)).sha256
+        load_checkpoint(save_checkpoint(a, tmp_path / f"ref{i}.pt", meta, contract=CONTRACT)).sha256
         for i, a in enumerate(actors)
     }
     stop = threading.Event()
@@ -123,7 +151,7 @@ def test_atomic_save_reader_never_sees_partial_file(tmp_path: Path) -> None:
     def writer() -> None:
         try:
             for i in range(60):
-                save_checkpoint(actors[i % 2], path, meta)
+                save_checkpoint(actors[i % 2], path, meta, contract=CONTRACT)
         # Any error in the writer thread, whatever its type, is surfaced by the assert below.
         except BaseException as exc:  # noqa: BLE001  # pragma: no cover
             errors.append(exc)

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from agent.actor import SACActor
-from agent.checkpoint import save_checkpoint
 from agent.contract import CHECKPOINT_KEY, ContractError, PairContract, read_checkpoint_contract
 from agent.env import SYNTHETIC_INTERCEPT, PairConfig, PairData, synthetic_prices
 from agent.features import NAMES, WARMUP
@@ -145,7 +144,8 @@ def test_reads_the_contract_of_a_torch_checkpoint_without_torch(tmp_path: Path) 
 
 
 def test_a_checkpoint_without_a_contract_says_to_retrain(tmp_path: Path) -> None:
-    old = save_checkpoint(SACActor(hidden=(8, 8)), tmp_path / "old.pt")  # today's format 1
+    actor = SACActor(hidden=(8, 8))
+    old = _save(tmp_path / "old.pt", {"format": "statpair.sac_actor", "version": 1, "config": actor.config()})
     with pytest.raises(ContractError, match=r"old.pt: the checkpoint carries no pair contract .* retrain"):
         read_checkpoint_contract(old)
     bad = _save(tmp_path / "bad.pt", {CHECKPOINT_KEY: {"not": "a string"}})

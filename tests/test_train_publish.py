@@ -14,6 +14,7 @@ import torch
 from agent.actor import SACActor
 from agent.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from agent.train import TrainConfig, config_from_args, main, train
+from tests.conftest import CONTRACT
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +52,9 @@ def handmade(path: Path, sign: float) -> Path:
             p.zero_()
         actor.shared[0].weight[0, 0], actor.shared[0].weight[1, 0] = 1.0, -1.0  # relu(z), relu(-z)
         actor.mean_head.weight[0, 0], actor.mean_head.weight[0, 1] = -3.0 * sign, 3.0 * sign
-    return save_checkpoint(actor, path, {"created_utc": "2026-01-01T00:00:00+00:00", "who": "incumbent"})
+    return save_checkpoint(
+        actor, path, {"created_utc": "2026-01-01T00:00:00+00:00", "who": "incumbent"}, contract=CONTRACT
+    )
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -103,7 +106,7 @@ def _old_format(path: Path) -> None:
 
 
 def _other_state_dim(path: Path) -> None:
-    save_checkpoint(SACActor(state_dim=5, hidden=(4,)), path)
+    save_checkpoint(SACActor(state_dim=5, hidden=(4,)), path, contract=CONTRACT)
 
 
 def _corrupt(path: Path) -> None:

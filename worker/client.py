@@ -80,12 +80,14 @@ class ActionClient:
         await self.close()
 
     def _fields(
-        self, state: Sequence[float] | np.ndarray, pair: str | None, cid: str
+        self, state: Sequence[float] | np.ndarray, pair: str | None, cid: str, contract: str | None = None
     ) -> dict[FieldT, EncodableT]:
         fields: dict[FieldT, EncodableT] = {"id": cid, "reply_to": self.reply_stream}
         fields.update(encode_state(state))
         if pair is not None:
             fields["pair"] = pair
+        if contract is not None:
+            fields["contract"] = contract
         if self.ttl_ms is not None:
             fields["ttl_ms"] = str(self.ttl_ms)
         return fields
@@ -98,11 +100,15 @@ class ActionClient:
             self._reader = asyncio.create_task(self._read_replies(), name=f"replies-{self.token}")
         return cid, fut
 
-    async def act(self, state: Sequence[float] | np.ndarray, pair: str | None = None) -> Result:
-        """One state → its action; raises ``ActionError`` or ``TimeoutError``."""
+    async def act(
+        self, state: Sequence[float] | np.ndarray, pair: str | None = None, contract: str | None = None
+    ) -> Result:
+        """One state → its action; raises ``ActionError`` or ``TimeoutError``. With
+        ``contract`` (the id of the contract the state was built for), a worker
+        serving another contract answers ``contract_mismatch`` instead of acting."""
         cid, fut = self._register()
         try:
-            await self.redis.xadd(self.states_stream, self._fields(state, pair, cid))
+            await self.redis.xadd(self.states_stream, self._fields(state, pair, cid, contract))
             result = await asyncio.wait_for(fut, self.timeout)
         finally:
             self._waiting.pop(cid.encode(), None)
@@ -111,7 +117,10 @@ class ActionClient:
         return result
 
     async def act_many(
-        self, states: Sequence[Sequence[float]] | np.ndarray, pairs: Sequence[str | None] | None = None
+        self,
+        states: Sequence[Sequence[float]] | np.ndarray,
+        pairs: Sequence[str | None] | None = None,
+        contracts: Sequence[str | None] | None = None,
     ) -> list[Result | ActionError]:
         """Many states in one round trip; one ``Result`` or ``ActionError`` each, in order.
 
@@ -120,11 +129,12 @@ class ActionClient:
         first, which it then answered alone). Raises ``TimeoutError`` if any answer is
         missing after ``timeout``."""
         pairs = list(pairs) if pairs is not None else [None] * len(states)
+        contracts = list(contracts) if contracts is not None else [None] * len(states)
         registered = [self._register() for _ in range(len(states))]
         try:
             pipe = self.redis.pipeline(transaction=True)
-            for (cid, _), state, pair in zip(registered, states, pairs, strict=True):
-                pipe.xadd(self.states_stream, self._fields(state, pair, cid))
+            for (cid, _), state, pair, contract in zip(registered, states, pairs, contracts, strict=True):
+                pipe.xadd(self.states_stream, self._fields(state, pair, cid, contract))
             await pipe.execute()
             results = await asyncio.wait_for(asyncio.gather(*(f for _, f in registered)), self.timeout)
         finally:

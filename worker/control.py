@@ -38,6 +38,8 @@ def status(state: ServerState) -> dict[str, Any]:
             "mtime_utc": m.mtime_utc,
             "backend": m.backend,
             "state_dim": m.state_dim,
+            "contract_id": m.contract_id,
+            "contract": m.contract.model_dump(mode="json"),
             "jit_error": m.jit_error,
             "metadata": m.metadata,
         },

@@ -1,6 +1,8 @@
 """The heartbeat: each worker keeps a hash ``HEARTBEAT_PREFIX<consumer>`` with a
 TTL (name, host, pid, model, entries answered, last seen), so the keys present
-are the live workers; with metrics on, it also samples the group's lag."""
+are the live workers, and publishes the pair contract it serves (CONTRACTS_KEY)
+for strategies to build states with; with metrics on, it also samples the
+group's lag."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import ResponseError
 
+from worker.protocol import ANY_PAIR
 from worker.retry import pause, retrying
 from worker.state import ServerState
 
@@ -40,11 +43,14 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
             "model_path": m.path if m else "",
             "model_sha256": m.sha256 if m else "",
             "backend": m.backend if m else "",
+            "contract": m.contract_id if m else "",
             "processed": str(state.stats.processed),
             "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
     pipe.expire(key, s.heartbeat_ttl_s)
+    if m is not None:
+        pipe.hset(s.contracts_key, ANY_PAIR, m.contract.to_json())
     await pipe.execute()
     if metrics is None:
         return

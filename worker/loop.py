@@ -235,7 +235,10 @@ class Worker:
         t_read = time.perf_counter()
         now_ms = time.time() * 1000.0
         model = self.state.models.current  # one model for the whole batch
-        dec = decode_batch(entries, model.state_dim if model is not None else None, now_ms, self.state.limits)
+        if model is None:
+            dec = decode_batch(entries, None, now_ms, self.state.limits)
+        else:
+            dec = decode_batch(entries, model.state_dim, now_ms, self.state.limits, model.contract_id)
         out = Outcome(entries, dec.reqs, now_ms, t_read, valid=dec.valid)
         infer(out, model, dec.rows)
         return await self.answerer.answer(out, read_more)

@@ -15,6 +15,7 @@ import torch
 
 from agent.checkpoint import CheckpointError, load_checkpoint
 from agent.compile import Infer, compile_actor
+from agent.contract import PairContract
 from worker.retry import pause
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class ServedModel:
     path: str
     mtime_utc: str
     sha256: str
+    contract: PairContract
+    contract_id: str  # contract.id, computed once
     metadata: dict[str, object]
     jit_error: str | None = None  # why scripting fell back to eager, when asked for jit
     fields: dict[str, str] = field(default_factory=dict)  # provenance, ready to publish
@@ -99,6 +102,7 @@ def prepare(path: Path, jit: bool, state_dim: int | None = None) -> ServedModel:
         "model_sha256": sha,
         "backend": compiled.backend,
         "jit_compiled": "true" if compiled.jit_compiled else "false",
+        "contract": ck.contract.id,
     }
     return ServedModel(
         fn=compiled.fn,
@@ -107,6 +111,8 @@ def prepare(path: Path, jit: bool, state_dim: int | None = None) -> ServedModel:
         path=str(path),
         mtime_utc=ck.mtime_utc,
         sha256=sha,
+        contract=ck.contract,
+        contract_id=ck.contract.id,
         metadata=ck.metadata,
         jit_error=compiled.error,
         fields=fields,

@@ -17,10 +17,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-ErrorCode = Literal["invalid_state", "too_large", "expired", "model_unavailable", "internal"]
+ErrorCode = Literal[
+    "invalid_state", "too_large", "expired", "model_unavailable", "contract_mismatch", "internal"
+]
 
+ANY_PAIR = "*"  # the contracts hash field of a model that answers every pair (see CONTRACTS_KEY)
 MAX_ID_CHARS = 128
 MAX_PAIR_CHARS = 64
+MAX_CONTRACT_CHARS = 64
 MAX_FIELDS = 32
 DEAD_LETTER_VALUE_BYTES = 1024  # copies of rejected fields are cut to this
 
@@ -89,16 +93,19 @@ def decode_batch(
     state_dim: int | None,
     now_ms: float,
     limits: Limits,
+    contract: str | None = None,
 ) -> Decoded:
     """Decode a whole read. Never raises on bad input: problems become ``Request.error``.
 
     The fields are checked entry by entry; the states are joined into one buffer
-    and checked together (size, finiteness), the way the model consumes them."""
+    and checked together (size, finiteness), the way the model consumes them.
+    ``contract`` is the serving model's contract id: an entry that names another
+    is answered ``contract_mismatch``."""
     reqs: list[Request] = []
     blobs: list[bytes] = []
     where: list[int] = []
     for entry_id, fields in entries:
-        req, blob = _decode(entry_id, fields, state_dim, now_ms, limits)
+        req, blob = _decode(entry_id, fields, state_dim, now_ms, limits, contract)
         if blob is not None:
             blobs.append(blob)
             where.append(len(reqs))
@@ -124,9 +131,10 @@ def decode_entry(
     state_dim: int | None,
     now_ms: float,
     limits: Limits,
+    contract: str | None = None,
 ) -> Request:
     """Decode one entry (``decode_batch`` of one), with its state in ``Request.row``."""
-    req, blob = _decode(entry_id, fields, state_dim, now_ms, limits)
+    req, blob = _decode(entry_id, fields, state_dim, now_ms, limits, contract)
     if blob is not None:
         row = np.frombuffer(blob, dtype="<f4")
         if _finite(req, row):
@@ -148,6 +156,7 @@ def _decode(
     state_dim: int | None,
     now_ms: float,
     limits: Limits,
+    contract: str | None = None,
 ) -> tuple[Request, bytes | None]:
     """Everything but the finiteness of the state: the request, and its state as
     little-endian float32 bytes of the right size (None when the entry failed)."""
@@ -181,6 +190,8 @@ def _decode(
         raw = fields.get(b"pair")
         if raw is not None:
             req.pair = _text(raw, "pair", MAX_PAIR_CHARS)
+        raw = fields.get(b"contract")
+        built_for = None if raw is None else _text(raw, "contract", MAX_CONTRACT_CHARS)
         raw = fields.get(b"ttl_ms")
         ttl = limits.default_ttl_ms
         if raw is not None:
@@ -198,6 +209,12 @@ def _decode(
         age = now_ms - entry_time_ms(eid)
         if age > ttl:
             return req.fail("expired", f"state is {age:.0f} ms old, its ttl_ms is {ttl}"), None
+    if built_for is not None and contract is not None and built_for != contract:
+        return req.fail(
+            "contract_mismatch",
+            f"the state was built for contract {built_for} but this worker serves contract {contract}: "
+            "fetch the contract again and rebuild the features",
+        ), None
     js, f32 = fields.get(b"state"), fields.get(b"state_f32")
     if (js is None) == (f32 is None):
         return req.fail(
@@ -344,6 +361,7 @@ class Result(BaseModel):
     model_sha256: str | None = None
     backend: Literal["eager", "jit"] | None = None
     jit_compiled: bool | None = None
+    contract: str | None = None  # the answering model's contract id
     error: ErrorCode | None = None
     detail: str | None = None
     queue_ms: float | None = None

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from worker.connection import redis_client
 from worker.control import Control
-from worker.heartbeat import heartbeat, heartbeat_key
+from worker.heartbeat import beat, heartbeat, heartbeat_key
 from worker.loop import Worker
 from worker.metrics import Metrics, serve_http
 from worker.model import ModelManager
@@ -104,10 +104,16 @@ class Server:
         # Control first: commands sent while the model loads are answered, not missed.
         self._spawn("control", Control(state).run)
         state.models.on_change.append(settle_heap)
+        state.models.on_change.append(self._advertise)
         await state.models.check()
         settle_heap()
         self._spawn("model-watch", lambda: state.models.watch(s.watch_interval_s, state.stop))
         self._spawn("heartbeat", lambda: heartbeat(state, self.metrics))
+
+    def _advertise(self, _models: ModelManager) -> None:
+        """After a swap, publish the new model (heartbeat, contract) now, not at the next beat."""
+        task = asyncio.ensure_future(beat(self.state, self.metrics))
+        task.add_done_callback(_quiet)
 
     def _install_signals(self) -> None:
         loop, stop, models = asyncio.get_running_loop(), self.state.stop, self.state.models
@@ -210,6 +216,12 @@ class Server:
                 await redis.xgroup_delconsumer(s.states_stream, s.group, s.consumer)
         except (RedisError, OSError) as exc:
             logger.info("left the group as it was (%s)", exc)
+
+
+def _quiet(task: asyncio.Future[None]) -> None:
+    """A one-off beat that failed: the periodic heartbeat publishes it again soon."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("publishing the new model failed: %s", task.exception())
 
 
 async def serve(

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     control_stream: str = Field("statpair:control", description="Control commands, read by every worker.")
     control_replies: str = Field("statpair:control:replies", description="Answers to control commands.")
     heartbeat_prefix: str = Field("statpair:workers:", description="Per-worker heartbeat hash key prefix.")
+    contracts_key: str = Field(
+        "statpair:contracts",
+        description="Hash where workers publish the pair contract they serve (field '*': every pair); "
+        "clients read it.",
+    )
     results_maxlen: int = Field(100_000, ge=1, description="Approximate MAXLEN of each result stream.")
     dead_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of the dead-letter stream.")
     read_count: int = Field(128, ge=1, le=10_000, description="Most entries read (and inferred) per batch.")

@@ -65,10 +65,13 @@ def make_model(folder: Path, hidden: tuple[int, ...] | None) -> tuple[Path, str]
 
     from agent.actor import SACActor
     from agent.checkpoint import save_checkpoint
+    from agent.env import PairConfig
 
     torch.manual_seed(0)
     actor = SACActor() if hidden is None else SACActor(hidden=hidden)
-    return save_checkpoint(actor, folder / "bench.pt"), ",".join(map(str, actor.hidden))
+    return save_checkpoint(actor, folder / "bench.pt", contract=PairConfig().contract()), ",".join(
+        map(str, actor.hidden)
+    )
 
 
 def main(args: argparse.Namespace) -> int:
