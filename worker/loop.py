@@ -56,13 +56,19 @@ class Worker:
         self._backoff = Backoff()
         self._peer_checked = -PEER_CHECK_S
         self._peer_has_model = False
+        self._last_seen: bytes | None = None  # the newest entry id this worker read
 
     # -- set-up --------------------------------------------------------------------------
 
     async def ensure_group(self) -> None:
+        """Create the group if it is missing: from the start of the stream the first
+        time; after the group vanished under a running worker (XGROUP DESTROY), from
+        the last entry this worker read, so what was answered is not answered again
+        (the group hands entries out in order: none before it was left unread)."""
+        start = self._last_seen or "0"
         try:
-            await self.state.redis.xgroup_create(self.streams.states, self.s.group, id="0", mkstream=True)
-            logger.info("created consumer group %s on %s", self.s.group, self.streams.states)
+            await self.state.redis.xgroup_create(self.streams.states, self.s.group, id=start, mkstream=True)
+            logger.info("created group %s on %s from id %s", self.s.group, self.streams.states, start)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -97,11 +103,13 @@ class Worker:
             return False
         history = self._history_from is not None
         try:
+            # Without a model, beside a live worker that has one: leave it everything,
+            # new states and entries to reclaim alike.
+            if not self._ahead and await self._defer_to_peers():
+                return True
             if time.monotonic() >= self._next_claim:
                 await self._reclaim()
                 self._next_claim = time.monotonic() + self.s.claim_interval_s
-            if not history and not self._ahead and await self._defer_to_peers():
-                return True
             entries, self._ahead = self._ahead or await self._read(self._room()), []
             if entries:
                 if self.s.idle_spin_ms:
@@ -114,6 +122,7 @@ class Worker:
                 busy = 2 * len(entries) >= self.s.read_count
                 more = self._room(len(entries)) if busy and not history and not self.stop.is_set() else 0
                 self._ahead = await self.handle(entries, counts, read_more=more)
+                self._saw(self._ahead)
         except ResponseError as exc:
             if not str(exc).startswith(GROUP_GONE):
                 raise
@@ -123,6 +132,10 @@ class Worker:
             return True
         self.state.redis_up = True
         return bool(entries) or not self.burst or history
+
+    def _saw(self, entries: Entries) -> None:
+        if entries and (self._last_seen is None or _newer(entries[-1][0], self._last_seen)):
+            self._last_seen = entries[-1][0]
 
     def _lost(self, exc: BaseException) -> None:
         self.state.redis_failed(exc)
@@ -165,6 +178,7 @@ class Worker:
         )
         resp = await self._waiting(read, block)
         entries: Entries = resp[0][1] if resp else []
+        self._saw(entries)
         if self._history_from is not None:
             # Step past what we got, so an entry left pending is not re-read in a loop
             # (the reclaim pass takes care of it); deleted payloads come back as None.
@@ -190,6 +204,7 @@ class Worker:
     async def _reclaim(self) -> None:
         async for entries in self.recovery.claim():
             await self.handle(entries, await self.recovery.delivery_counts(entries))
+        await self.recovery.forget_departed()
 
     async def handle(
         self, entries: Entries, counts: dict[bytes, int] | None = None, read_more: int = 0
@@ -242,6 +257,13 @@ class Worker:
         out = Outcome(entries, dec.reqs, now_ms, t_read, valid=dec.valid)
         infer(out, model, dec.rows)
         return await self.answerer.answer(out, read_more)
+
+
+def _newer(a: bytes, b: bytes) -> bool:
+    """Whether stream id ``a`` comes after ``b``."""
+    ams, _, aseq = a.partition(b"-")
+    bms, _, bseq = b.partition(b"-")
+    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
 def infer(out: Outcome, model: ServedModel | None, rows: np.ndarray | None) -> None:

@@ -12,7 +12,6 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import torch
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -206,14 +205,10 @@ class Server:
         """Remove the heartbeat, and this consumer from the group when it holds no
         pending entries (else they would be lost: a worker that left work behind
         stays listed until another claims it). Best effort: Redis may be gone."""
-        s, redis = self.settings, self.state.redis
+        redis = self.state.redis
         try:
             await redis.delete(heartbeat_key(self.state))
-            pending: list[Any] = await redis.xpending_range(
-                s.states_stream, s.group, min="-", max="+", count=1, consumername=s.consumer
-            )
-            if not pending:
-                await redis.xgroup_delconsumer(s.states_stream, s.group, s.consumer)
+            await self.worker.recovery.forget(self.settings.consumer)
         except (RedisError, OSError) as exc:
             logger.info("left the group as it was (%s)", exc)
 
