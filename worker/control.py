@@ -26,13 +26,19 @@ MAX_CONTROL_FIELD = 1024
 
 
 def status(state: ServerState) -> dict[str, Any]:
-    """What ``cmd=status`` answers: model, backend, counters, last reload error."""
+    """What ``cmd=status`` answers: the model and where it came from (source, name,
+    version, run id), the source's own state (the registry's: up, resolved version,
+    failed versions), backend, counters, last reload error."""
     m, st, models = state.models.current, state.stats, state.models
     return {
         "worker": state.consumer,
         "model": None
         if m is None
         else {
+            "source": m.provenance.get("source", "folder"),
+            "name": m.provenance.get("name"),
+            "version": m.version,
+            "run_id": m.run_id,
             "path": m.path,
             "sha256": m.sha256,
             "mtime_utc": m.mtime_utc,
@@ -43,6 +49,7 @@ def status(state: ServerState) -> dict[str, Any]:
             "jit_error": m.jit_error,
             "metadata": m.metadata,
         },
+        "source": models.source.status(),
         "jit_requested": models.jit,
         "reloads": models.reloads,
         "reload_failures": models.reload_failures,

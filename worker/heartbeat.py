@@ -42,6 +42,7 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
             "pid": str(os.getpid()),
             "model_path": m.path if m else "",
             "model_sha256": m.sha256 if m else "",
+            "model_version": (m.version or "") if m else "",
             "backend": m.backend if m else "",
             "contract": m.contract_id if m else "",
             "processed": str(state.stats.processed),

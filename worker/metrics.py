@@ -94,6 +94,8 @@ class Metrics:
         )
         self.model = Info("statpair_model", "The model being served", registry=r)
         self.model_loaded = Gauge("statpair_model_loaded", "1 when a model is loaded", registry=r)
+        # Only a worker whose model source is the registry has it (created on first sync).
+        self.registry_up: Gauge | None = None
         self.lag = Gauge("statpair_group_lag", "Entries in the stream not yet read by the group", registry=r)
         self.pending = Gauge(
             "statpair_group_pending", "Entries read by the group but not acknowledged", registry=r
@@ -130,6 +132,10 @@ class Metrics:
                     "backend": m.backend,
                     "mtime_utc": m.mtime_utc,
                     "state_dim": str(m.state_dim),
+                    "source": m.provenance.get("source", "folder"),
+                    "name": m.provenance.get("name", ""),
+                    "version": m.version or "",
+                    "run_id": m.run_id or "",
                 }
             )
 
@@ -140,6 +146,17 @@ class Metrics:
         self._inc(self.dead_lettered, "dead", st.dead_lettered)
         self._inc(self.redis_errors, "redis_errors", st.redis_errors)
         self.redis_up.set(1 if state.redis_up else 0)
+        source = state.models.source
+        if source.kind == "registry":
+            up = source.status().get("registry_up")
+            with self._lock:
+                if self.registry_up is None:
+                    self.registry_up = Gauge(
+                        "statpair_registry_up",
+                        "1 when the model registry answered the last call (MODEL_URI)",
+                        registry=self.registry,
+                    )
+            self.registry_up.set(1 if up else 0)
 
     def _inc(self, counter: Counter, key: str, total: int) -> None:
         with self._lock:

@@ -1,14 +1,16 @@
-"""Model lifecycle: find the checkpoint, load and validate it, compile and warm
-it up off the event loop, and swap in one immutable ``ServedModel`` so every
-batch sees one consistent model. A bad file never replaces a good one."""
+"""Model lifecycle: ask the model source what to serve (a folder by default, or
+the MLflow registry: worker/registry_source.py), load and validate it, compile
+and warm it up off the event loop, and swap in one immutable ``ServedModel`` so
+every batch sees one consistent model. A bad file never replaces a good one."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +19,10 @@ from agent.checkpoint import CheckpointError, load_checkpoint
 from agent.compile import Infer, compile_actor
 from agent.contract import PairContract
 from worker.retry import pause
+from worker.sources import Candidate, FolderSource, ModelSource, SourceError
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,20 @@ class ServedModel:
     metadata: dict[str, object]
     jit_error: str | None = None  # why scripting fell back to eager, when asked for jit
     fields: dict[str, str] = field(default_factory=dict)  # provenance, ready to publish
+    # Where it came from: source (folder, registry), and for the registry its
+    # uri, name, version and MLflow run id (status and metrics show these).
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str | None:
+        """The registry version, when the model came from the registry."""
+        return self.provenance.get("version")
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run that trained it: the registry's word, else the checkpoint's."""
+        run = self.provenance.get("run_id") or self.metadata.get("run_id")
+        return str(run) if run else None
 
     def infer(self, rows: np.ndarray) -> np.ndarray:
         """One forward pass over a (batch, state_dim) float32 array → (batch,) actions."""
@@ -46,45 +66,19 @@ class ServedModel:
         return out.numpy()[:, 0]
 
 
-@dataclass(frozen=True)
-class FileSig:
-    path: str
-    mtime_ns: int
-    size: int
-    inode: int
-
-
-def _signature(path: Path) -> FileSig | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return FileSig(str(path), st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def discover(model_path: Path | None, model_dir: Path) -> Path | None:
-    """MODEL_PATH if given, else the newest ``*.pt`` in MODEL_DIR (hidden files skipped)."""
-    if model_path is not None:
-        return model_path
-    try:
-        candidates = [p for p in model_dir.glob("*.pt") if not p.name.startswith(".") and p.is_file()]
-    except OSError:
-        return None
-    best: tuple[int, str] | None = None
-    chosen = None
-    for p in candidates:
-        sig = _signature(p)
-        if sig is None:
-            continue
-        key = (sig.mtime_ns, p.name)
-        if best is None or key > best:
-            best, chosen = key, p
-    return chosen
-
-
-def prepare(path: Path, jit: bool, state_dim: int | None = None) -> ServedModel:
-    """Load, validate, compile (with an eager cross-check) and warm up. Blocking."""
+def prepare(
+    path: Path,
+    jit: bool,
+    state_dim: int | None = None,
+    *,
+    sha256: str | None = None,
+    provenance: dict[str, str] | None = None,
+) -> ServedModel:
+    """Load, validate (against ``sha256`` too, when the source knows it), compile
+    (with an eager cross-check) and warm up. Blocking."""
     ck = load_checkpoint(path, state_dim=state_dim)
+    if sha256 is not None and ck.sha256 != sha256:
+        raise CheckpointError(path, f"sha256 {ck.sha256[:12]}… is not the {sha256[:12]}… its source recorded")
     gen = torch.Generator().manual_seed(0)
     probe = torch.randn(8, ck.state_dim, generator=gen)
     compiled = compile_actor(ck.actor, jit=jit, check_states=probe)
@@ -104,6 +98,9 @@ def prepare(path: Path, jit: bool, state_dim: int | None = None) -> ServedModel:
         "jit_compiled": "true" if compiled.jit_compiled else "false",
         "contract": ck.contract.id,
     }
+    provenance = dict(provenance or {"source": "folder"})
+    if provenance.get("version"):
+        fields["model_version"] = provenance["version"]
     return ServedModel(
         fn=compiled.fn,
         backend=compiled.backend,
@@ -116,78 +113,119 @@ def prepare(path: Path, jit: bool, state_dim: int | None = None) -> ServedModel:
         metadata=ck.metadata,
         jit_error=compiled.error,
         fields=fields,
+        provenance=provenance,
     )
 
 
 class ModelManager:
-    """Watches the model file and keeps ``current`` pointing at a good model."""
+    """Asks its source what to serve and keeps ``current`` pointing at a good model."""
 
-    def __init__(self, model_path: Path | None, model_dir: Path, jit: bool) -> None:
-        self.model_path = model_path
-        self.model_dir = model_dir
+    def __init__(
+        self, model_path: Path | None, model_dir: Path, jit: bool, *, source: ModelSource | None = None
+    ) -> None:
+        self.source: ModelSource = source or FolderSource(model_path, model_dir)
         self.jit = jit
         self.current: ServedModel | None = None
         self.reloads = 0
         self.reload_failures = 0
         self.last_error: str | None = None
-        self._attempted: FileSig | None = None
+        self._attempted: Hashable | None = None
         self._lock = asyncio.Lock()
         self._warned_missing = False
         self.on_change: list[Callable[[ModelManager], None]] = []  # after each attempt (metrics)
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> ModelManager:
+        """The folder source, or the registry's with MODEL_URI (imported only then)."""
+        if s.model_uri:
+            from worker.registry_source import RegistrySource
+
+            return cls(s.model_path, s.model_dir, s.jit, source=RegistrySource.from_settings(s))
+        return cls(s.model_path, s.model_dir, s.jit)
+
     async def check(self, force: bool = False) -> bool:
-        """Load the model if its file changed (or ``force``). True when a new model was swapped in."""
+        """Load what the source offers if it changed (or ``force``). True when a new model was swapped in."""
         async with self._lock:
-            path = discover(self.model_path, self.model_dir)
-            sig = _signature(path) if path is not None else None
-            if sig is None:
+            try:
+                candidate = await self.source.poll(force)
+            except SourceError as exc:
+                self._failed(str(exc))
+                logger.error("model update failed: %s%s", exc, self._kept())
+                return False
+            if candidate is None:
                 if not self._warned_missing and self.current is None:
-                    where = self.model_path or f"{self.model_dir}/*.pt"
-                    logger.warning("no model at %s: answering model_unavailable until one appears", where)
+                    logger.warning(
+                        "no model at %s: answering model_unavailable until one appears",
+                        self.source.describe(),
+                    )
                     self._warned_missing = True
                 return False
-            if not force and sig == self._attempted:
+            if not force and candidate.key == self._attempted:
                 return False
-            self._attempted = sig
+            self._attempted = candidate.key
             state_dim = self.current.state_dim if self.current is not None else None
             try:
-                model = await asyncio.to_thread(prepare, Path(sig.path), self.jit, state_dim)
+                model = await asyncio.to_thread(
+                    prepare,
+                    candidate.path,
+                    self.jit,
+                    state_dim,
+                    sha256=candidate.sha256,
+                    provenance=candidate.provenance,
+                )
             except CheckpointError as exc:
-                self.reload_failures += 1
-                self.last_error = str(exc)
-                kept = f"; still serving {self.current.path}" if self.current else ""
-                logger.error("model load failed: %s%s", exc, kept)
-                self._notify()
+                self._failed(str(exc), candidate)
+                logger.error("model load failed: %s%s", exc, self._kept())
                 return False
             except Exception as exc:
-                self.reload_failures += 1
-                self.last_error = f"{sig.path}: {type(exc).__name__}: {exc}"
-                logger.exception("model load failed unexpectedly: %s", sig.path)
-                self._notify()
+                self._failed(f"{candidate.path}: {type(exc).__name__}: {exc}", candidate)
+                logger.exception("model load failed unexpectedly: %s", candidate.path)
                 return False
             previous = self.current
             self.current = model  # one atomic reference swap
             self.reloads += 1
             self.last_error = None
             self._warned_missing = False
+            self.source.accepted(candidate)
+            version = f" version {model.version}" if model.version else ""
             logger.info(
-                "%s model %s (sha %s, state_dim %d, backend %s)%s",
+                "%s model %s%s (sha %s, state_dim %d, backend %s)%s",
                 "loaded" if previous is None else "reloaded",
                 model.path,
+                version,
                 model.sha256,
                 model.state_dim,
                 model.backend,
-                f", replacing {previous.sha256}" if previous else "",
+                f", replacing {_name(previous)}" if previous else "",
             )
             self._notify()
             return True
+
+    def _failed(self, error: str, candidate: Candidate | None = None) -> None:
+        self.reload_failures += 1
+        self.last_error = error
+        if candidate is not None:
+            self.source.rejected(candidate, error)
+        self._notify()
+
+    def _kept(self) -> str:
+        return f"; still serving {_name(self.current)}" if self.current else ""
 
     def _notify(self) -> None:
         for callback in self.on_change:
             callback(self)
 
     async def watch(self, interval_s: float, stop: asyncio.Event) -> None:
-        """Stat the file every ``interval_s`` until ``stop`` is set."""
+        """Ask the source every ``interval_s`` until ``stop`` is set (a registry
+        source talks to the registry only every REGISTRY_POLL_S of these)."""
         while not stop.is_set():
             await self.check()
             await pause(stop, interval_s)
+
+
+def _name(model: ServedModel | None) -> str:
+    if model is None:
+        return "nothing"
+    if model.version:
+        return f"version {model.version} (sha {model.sha256})"
+    return f"{model.path} (sha {model.sha256})"

@@ -359,6 +359,7 @@ class Result(BaseModel):
     model_path: str | None = None
     model_mtime_utc: str | None = None
     model_sha256: str | None = None
+    model_version: str | None = None  # the registry version, when the model came from the registry
     backend: Literal["eager", "jit"] | None = None
     jit_compiled: bool | None = None
     contract: str | None = None  # the answering model's contract id

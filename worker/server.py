@@ -56,7 +56,7 @@ class Server:
             redis = redis_client(
                 settings.redis_url, decode_responses=False, client_name=f"statpair-worker:{settings.consumer}"
             )
-        models = ModelManager(settings.model_path, settings.model_dir, settings.jit)
+        models = ModelManager.from_settings(settings)
         self.state = ServerState(settings, redis, models, stop=stop or asyncio.Event())
         self.worker = Worker(self.state, max_messages=max_messages, burst=burst)
         self.metrics: Metrics | None = None

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # redis-py 8 closes a socket idle for 5 s (its default socket_timeout); a
@@ -84,6 +84,39 @@ class Settings(BaseSettings):
     model_dir: Path = Field(
         Path("models"), description="Serve the newest *.pt here when MODEL_PATH is unset."
     )
+    model_uri: str | None = Field(
+        None,
+        description="Serve from MLflow's model registry: models:/<name>@<alias> follows the alias, "
+        "models:/<name>/<version> pins a version (wins over MODEL_PATH and MODEL_DIR).",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        validate_default=True,  # so that MODEL_URI without it is an error
+        description="The MLflow server holding the registry (needed with MODEL_URI).",
+    )
+    model_cache_dir: Path = Field(
+        Path("~/.cache/statpair/models"),
+        description="Registry versions are downloaded here, one folder per <name>/<version>; "
+        "a cold start with the registry down serves the newest one.",
+    )
+    registry_poll_s: float = Field(
+        10.0, gt=0, description="How often the alias is resolved (one small request) with MODEL_URI."
+    )
+    registry_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Hard bound on one registry call (MLflow's HTTP timeout too, with at most 2 retries).",
+    )
+    registry_download_timeout_s: float = Field(
+        120.0, gt=0, description="Hard bound on downloading one version's checkpoint."
+    )
+    registry_retry_failed_s: float = Field(
+        600.0,
+        gt=0,
+        description="A version that failed to download, verify or load is tried again only when "
+        "the alias moves, or after this long.",
+    )
     jit: bool = Field(
         False,
         validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
@@ -116,10 +149,32 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}")
         return value
 
-    @field_validator("model_path", "metrics_port", mode="before")
+    @field_validator("model_path", "metrics_port", "model_uri", "mlflow_tracking_uri", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_uri")
+    @classmethod
+    def _model_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Only a registry URI brings tracking/ in (never mlflow itself: that comes at the first poll).
+        from tracking.registry.refs import parse_uri
+
+        return str(parse_uri(value))
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("model_uri") and not value:
+            raise ValueError("must name the MLflow server that holds the registry when MODEL_URI is set")
+        return value
+
+    @field_validator("model_cache_dir")
+    @classmethod
+    def _cache_dir(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @field_validator("redis_url")
     @classmethod
@@ -159,6 +214,10 @@ class Settings(BaseSettings):
     def redis_url_masked(self) -> str:
         return mask_url(self.redis_url)
 
+    @property
+    def mlflow_tracking_uri_masked(self) -> str:
+        return mask_url(self.mlflow_tracking_uri or "")
+
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (for logs and status)."""
@@ -186,7 +245,7 @@ def describe(exc: ValidationError) -> str:
         value = err.get("input")
         shown = ""
         if isinstance(value, str | int | float) and not isinstance(value, bool):
-            text = mask_url(str(value)) if name == "redis_url" else str(value)
+            text = mask_url(str(value)) if name in ("redis_url", "mlflow_tracking_uri") else str(value)
             shown = f"={text[:80]!r}" if isinstance(value, str) else f"={text}"
         msg = str(err["msg"]).removeprefix("Value error, ").rstrip(".")
         lines.append(f"invalid configuration: {var}{shown} {msg[0].lower() + msg[1:]}.")
