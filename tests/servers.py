@@ -3,9 +3,11 @@ when they are missing, and start throwaway servers on free loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -154,7 +156,7 @@ class Postgres:
 class MlflowServer:
     """A real ``mlflow server`` process (--serve-artifacts) on a free loopback port."""
 
-    def __init__(self, backend_uri: str, artifacts: Path, log: Path) -> None:
+    def __init__(self, backend_uri: str, artifacts: Path, log: Path, port: int | None = None) -> None:
         import subprocess
         import sys
 
@@ -163,9 +165,9 @@ class MlflowServer:
             if REQUIRE:
                 pytest.fail("the mlflow extra is not installed and STATPAIR_REQUIRE_SERVERS=1")
             pytest.skip("mlflow is not installed (pip install 'statpair[mlflow]')")
-        self.port = free_port()
+        self.port = port or free_port()  # a port given: a restart where the last one ran
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log.open("wb")
+        self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [
                 str(mlflow),
@@ -218,6 +220,113 @@ class MlflowServer:
             except ProcessLookupError:
                 pass
         self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers: a crash, not a shutdown."""
+        import signal
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "statpair"):
+    """An empty database URI for MLflow (postgresql+psycopg2://): on STATPAIR_TEST_PG_DSN's
+    server if set, else on a throwaway cluster; dropped (or the cluster removed) after."""
+    import uuid
+
+    pytest.importorskip("psycopg2")
+    dsn = os.environ.get("STATPAIR_TEST_PG_DSN", "").strip()
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    if dsn:
+        import psycopg2
+
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1) + f"/{name}"
+        finally:
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.close()
+        return
+    pg = Postgres()
+    try:
+        yield pg.create_database(name).replace("postgresql://", "postgresql+psycopg2://", 1)
+    finally:
+        pg.stop()
+
+
+class TcpProxy:
+    """A loopback TCP port forwarding to ``target_port`` while open; closed, it refuses
+    connections (and drops those it carried), as a server that went down does."""
+
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.target_port = target_port
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._listener is not None
+
+    def open(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class BlackHole:

@@ -149,8 +149,8 @@ class ModelManager:
             try:
                 candidate = await self.source.poll(force)
             except SourceError as exc:
-                self._failed(str(exc))
                 logger.error("model update failed: %s%s", exc, self._kept())
+                self._failed(str(exc))
                 return False
             if candidate is None:
                 if not self._warned_missing and self.current is None:
@@ -174,12 +174,12 @@ class ModelManager:
                     provenance=candidate.provenance,
                 )
             except CheckpointError as exc:
-                self._failed(str(exc), candidate)
                 logger.error("model load failed: %s%s", exc, self._kept())
+                self._failed(str(exc), candidate)
                 return False
             except Exception as exc:
-                self._failed(f"{candidate.path}: {type(exc).__name__}: {exc}", candidate)
                 logger.exception("model load failed unexpectedly: %s", candidate.path)
+                self._failed(f"{candidate.path}: {type(exc).__name__}: {exc}", candidate)
                 return False
             previous = self.current
             self.current = model  # one atomic reference swap

@@ -72,6 +72,7 @@ class RegistrySource:
         self.up: bool | None = None  # None: not asked yet
         self.down_since: float | None = None  # wall clock, for status
         self.outages = 0
+        self.polls = 0  # times the registry was asked
         self.last_error: str | None = None
         self.resolved: int | None = None  # what the registry last said to serve
         self.serving_cached = False  # offered from the cache because the registry did not answer
@@ -112,6 +113,7 @@ class RegistrySource:
         if not force and now < self._next_poll:
             return self._offer
         self._next_poll = now + self.poll_s
+        self.polls += 1
         if force:
             self._bad.clear()
         try:
@@ -126,10 +128,11 @@ class RegistrySource:
             self.last_error = str(exc)
             return self._offer
         self._answered()
+        moved = info.version != self.resolved  # a promotion (or a rollback) is a new attempt
         self.resolved = v = info.version
         if v in self._bad:
             retry_at, why = self._bad[v]
-            if time.monotonic() < retry_at:
+            if not moved and time.monotonic() < retry_at:
                 return self._offer
             del self._bad[v]
             self._attempts[v] = self._attempts.get(v, 0) + 1
@@ -285,6 +288,7 @@ class RegistrySource:
             "registry_up": self.up,
             "down_since_utc": _utc(self.down_since),
             "outages": self.outages,
+            "polls": self.polls,
             "last_registry_error": self.last_error,
             "resolved_version": self.resolved,
             "serving_cached": self.serving_cached,

@@ -1,0 +1,381 @@
+"""The release flow against a real ``mlflow server`` (PostgreSQL, --serve-artifacts)
+and a real Redis: train a tiny policy, register it, promote it, and watch two
+workers with their own caches (two hosts) swap; a broken version, a rollback, the
+registry killed while serving, cold starts with the registry down, and the
+promotion guard. One mlflow server for the module (it takes seconds to start)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from agent.checkpoint import load_checkpoint
+from tests.conftest import make_settings, unique, wait_for
+from tests.servers import MlflowServer, TcpProxy, postgres_database
+from tracking.registry import Registry, install, parse_uri, register
+from tracking.registry.__main__ import main as registry_cli
+from worker.protocol import parse_result
+from worker.server import Server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = [0.05 * i for i in range(28)]
+POLL_S = 1.0
+GOOD = {"test_sharpe": 1.2, "test_zscore_sharpe": 0.8, "val_sharpe": 1.0, "val_zscore_sharpe": 0.7}
+
+
+@dataclass
+class Registry_:
+    """The module's mlflow server, restartable on the same port."""
+
+    backend: str
+    base: Path
+    server: MlflowServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def restart(self) -> None:
+        self.server = MlflowServer(
+            self.backend, self.base / "artifacts", self.base / "mlflow.log", port=self.server.port
+        )
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry_]:
+    pytest.importorskip("mlflow")
+    with postgres_database("statpair_registry") as backend:
+        base = tmp_path_factory.mktemp("registry")
+        holder = Registry_(backend, base, MlflowServer(backend, base / "artifacts", base / "mlflow.log"))
+        try:
+            yield holder
+        finally:
+            holder.server.stop()
+
+
+@dataclass(frozen=True)
+class Trained:
+    run_id: str
+    best: Path
+    final: Path
+
+
+@pytest.fixture(scope="module")
+def trained(registry: Registry_, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A tiny training run, tracked on the server: its best and final checkpoints."""
+    base = tmp_path_factory.mktemp("train")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MODEL_"))}
+    env.update({"MLFLOW_TRACKING_URI": registry.url, "MLFLOW_EXPERIMENT_NAME": "registry-tests"})
+    tiny = "--episodes 2 --episode-length 64 --learning-starts 32 --batch-size 16 --buffer-size 1000 "
+    tiny += "--eval-every 1 --eval-episodes 2 --eval-length 64 --quiet"
+    paths = ["--out", str(base / "policy.pt"), "--run-dir", str(base / "runs")]
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.train", *tiny.split(), *paths],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = (base / "runs").iterdir()
+    run_id = load_checkpoint(run / "best.pt").metadata["run_id"]
+    assert run_id, out.stderr[-3000:]
+    return Trained(run_id, run / "best.pt", run / "final.pt")
+
+
+def _settings(tmp_path: Path, redis_url: str, name: str, i: int, tracking_uri: str, **kw):
+    return make_settings(
+        tmp_path,
+        redis_url=redis_url,
+        consumer=f"w{i}",
+        model_uri=f"models:/{name}@champion",
+        mlflow_tracking_uri=tracking_uri,
+        model_cache_dir=tmp_path / f"host{i}-cache",
+        registry_poll_s=POLL_S,
+        registry_timeout_s=2.0,
+        **kw,
+    )
+
+
+class Swaps:
+    """When each worker started serving which version (from its model manager's hook)."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.log: list[list[tuple[float, str | None]]] = [[] for _ in servers]
+        for i, srv in enumerate(servers):
+            srv.state.models.on_change.append(lambda m, i=i: self._seen(i, m))
+
+    def _seen(self, i: int, models) -> None:
+        version = models.current.version if models.current else None
+        if not self.log[i] or self.log[i][-1][1] != version:
+            self.log[i].append((time.monotonic(), version))
+
+    def rounded(self, t0: float, version: str) -> list[float]:
+        """Seconds from ``t0`` until each worker served ``version``."""
+        return [round(next(t for t, v in log if v == version and t >= t0) - t0, 2) for log in self.log]
+
+
+@contextlib.asynccontextmanager
+async def workers(settings: list) -> AsyncIterator[list[Server]]:
+    stop = asyncio.Event()
+    servers = [Server(s, stop=stop) for s in settings]
+    tasks = [asyncio.create_task(srv.serve()) for srv in servers]
+    try:
+        yield servers
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+
+
+def versions(servers: list[Server]) -> list[str | None]:
+    return [s.state.models.current.version if s.state.models.current else None for s in servers]
+
+
+async def serving(servers: list[Server], version: str, timeout: float = 4 * POLL_S + 30) -> None:
+    await wait_for(lambda: versions(servers) == [version] * len(servers), timeout=timeout, what=f"v{version}")
+
+
+async def ask(redis: Redis, n: int = 8) -> list:
+    """n states through the group; their n results."""
+    ids = [unique("r") for _ in range(n)]
+    for cid in ids:
+        await redis.xadd("statpair:states", {"state": json.dumps(STATE), "id": cid})
+    found: dict[str, object] = {}
+
+    async def answered() -> bool:
+        for _, fields in await redis.xrevrange("statpair:actions", count=n + 100):
+            r = parse_result(fields)
+            if r.id in ids:
+                found[r.id] = r
+        return len(found) == n
+
+    await wait_for(answered, timeout=30, what=f"{n} results")
+    return [found[cid] for cid in ids]
+
+
+async def cli(monkeypatch: pytest.MonkeyPatch, url: str, *args: str) -> int:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    return await asyncio.to_thread(registry_cli, list(args))
+
+
+async def test_release_flow(
+    registry: Registry_,
+    trained: Trained,
+    real_redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = unique("pol")
+    v1 = register(name, trained.best, trained.run_id, GOOD, tracking_uri=registry.url).version
+    v2 = register(name, trained.final, trained.run_id, GOOD, tracking_uri=registry.url).version
+    assert (v1.version, v2.version) == (1, 2) and v1.run_id == trained.run_id
+    assert await cli(monkeypatch, registry.url, "promote", name, "1", "--alias", "champion") == 0
+    assert (
+        f"{name}@champion: unset → version 1 (held-out Sharpe 1.20, z-score rule 0.80)"
+        in capsys.readouterr().out
+    )
+
+    settings = [_settings(tmp_path, redis_url, name, i, registry.url) for i in (1, 2)]
+    async with workers(settings) as servers:
+        swaps = Swaps(servers)
+        await serving(servers, "1")
+        results = await ask(real_redis)
+        assert {(r.status, r.model_version) for r in results} == {("ok", "1")}
+        st = servers[0].state
+        assert st.models.current.run_id == trained.run_id and st.models.current.provenance["name"] == name
+
+        # promote: both hosts swap, each downloading into its own cache
+        t0 = time.monotonic()
+        assert await cli(monkeypatch, registry.url, "promote", name, "2") == 0
+        assert f"{name}@champion: version 1 → version 2" in capsys.readouterr().out
+        await serving(servers, "2")
+        timings = [f"promote → v2: swapped after {swaps.rounded(t0, '2')} s (REGISTRY_POLL_S {POLL_S:g})"]
+        assert {(r.status, r.model_version) for r in await ask(real_redis)} == {("ok", "2")}
+        for i in (1, 2):
+            assert sorted(p.name for p in (tmp_path / f"host{i}-cache" / name).iterdir()) == ["1", "2"]
+
+        # rollback: back to the version before
+        t0 = time.monotonic()
+        assert await cli(monkeypatch, registry.url, "rollback", name) == 0
+        assert f"{name}@champion: version 2 → version 1" in capsys.readouterr().out
+        await serving(servers, "1")
+        timings.append(f"rollback → v1: swapped after {swaps.rounded(t0, '1')} s")
+
+        # a broken version: both keep v1, say so once, and do not retry it every poll
+        garbage = tmp_path / "broken.pt"
+        garbage.write_bytes(os.urandom(2048))
+        v3 = register(name, garbage, trained.run_id, GOOD, tracking_uri=registry.url).version
+        assert await cli(monkeypatch, registry.url, "promote", name, str(v3.version)) == 0
+        sources = [s.state.models.source for s in servers]
+        await wait_for(
+            lambda: all(s.state.models.reload_failures == 1 for s in servers),
+            timeout=30,
+            what="both to fail v3",
+        )
+        polls = [s.polls for s in sources]
+        await wait_for(
+            lambda: all(s.polls >= p + 3 for s, p in zip(sources, polls, strict=True)),
+            timeout=10 * POLL_S + 30,
+            what="three more polls",
+        )
+        assert versions(servers) == ["1", "1"]
+        assert [s.state.models.reload_failures for s in servers] == [1, 1]  # no retry at each poll
+        for srv in servers:
+            assert "not a readable checkpoint" in srv.state.models.last_error
+            assert list(srv.state.models.source.status()["failed_versions"]) == ["3"]
+        assert caplog.text.count("model load failed") == 2  # once per worker
+        assert {(r.status, r.model_version) for r in await ask(real_redis)} == {("ok", "1")}
+
+        # the registry killed while serving: serving goes on, at its usual latency
+        registry.server.kill()
+        await wait_for(
+            lambda: all(s.status()["registry_up"] is False for s in sources),
+            timeout=4 * POLL_S + 30,
+            what="both workers to notice the outage",
+        )
+        latencies = []
+        for _ in range(5):
+            rs = await ask(real_redis, n=16)
+            assert {(r.status, r.model_version) for r in rs} == {("ok", "1")}
+            latencies += [r.latency_ms for r in rs]
+        timings.append(f"registry down: batch latency {min(latencies):.3f}-{max(latencies):.3f} ms")
+        assert caplog.text.count("does not answer") == 2  # once per worker
+        registry.restart()
+        await wait_for(
+            lambda: all(s.status()["registry_up"] for s in sources), timeout=4 * POLL_S + 60, what="recovery"
+        )
+        t0 = time.monotonic()
+        assert await cli(monkeypatch, registry.url, "promote", name, "2") == 0
+        await serving(servers, "2")
+        print(
+            f"after the outage, promote → v2: swapped after {[round(t, 2) for t in swaps.since(t0, '2')]} s"
+        )
+
+
+async def test_cold_start_with_the_registry_down(
+    registry: Registry_,
+    trained: Trained,
+    real_redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = unique("pol")
+    info = register(name, trained.best, trained.run_id, GOOD, tracking_uri=registry.url).version
+    client = Registry(registry.url)
+    client.promote(name, info.version, "champion")
+    proxy = TcpProxy(registry.server.port)  # the registry as a host sees it; closed: down
+    cache = tmp_path / "host1-cache"
+    install(cache, client.resolve(parse_uri(f"models:/{name}@champion")), lambda d: client.download(info, d))
+    try:
+        async with workers([_settings(tmp_path, redis_url, name, 1, proxy.url)]) as servers:
+            await serving(servers, "1")
+            source = servers[0].state.models.source
+            assert source.status()["serving_cached"] is True and source.status()["registry_up"] is False
+            assert f"serving version 1 of {name}, the newest in the cache" in caplog.text
+            assert {(r.status, r.model_version) for r in await ask(real_redis)} == {("ok", "1")}
+            proxy.open()
+            await wait_for(lambda: source.status()["registry_up"] is True, timeout=4 * POLL_S + 30, what="up")
+            assert source.status()["serving_cached"] is False and servers[0].state.models.reloads == 1
+    finally:
+        proxy.close()
+
+
+async def test_cold_start_without_a_cache_waits_for_the_registry(
+    registry: Registry_, trained: Trained, real_redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    name = unique("pol")
+    info = register(name, trained.best, trained.run_id, GOOD, tracking_uri=registry.url).version
+    Registry(registry.url).promote(name, info.version, "champion")
+    proxy = TcpProxy(registry.server.port)
+    try:
+        async with workers([_settings(tmp_path, redis_url, name, 1, proxy.url)]) as servers:
+            assert {(r.status, r.error) for r in await ask(real_redis, n=3)} == {
+                ("error", "model_unavailable")
+            }
+            proxy.open()
+            await serving(servers, "1")
+            assert {(r.status, r.model_version) for r in await ask(real_redis)} == {("ok", "1")}
+    finally:
+        proxy.close()
+
+
+def test_promotion_guard(registry: Registry_, trained: Trained, tmp_path: Path) -> None:
+    name = unique("pol")
+    good = register(name, trained.best, trained.run_id, GOOD, tracking_uri=registry.url).version
+    poor = {**GOOD, "test_sharpe": 0.3}
+    bad = register(name, trained.final, trained.run_id, poor, tracking_uri=registry.url).version
+    unscored = register(name, trained.best, trained.run_id, {}, tracking_uri=registry.url).version
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        "MLFLOW_TRACKING_URI": registry.url,
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tracking.registry", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert run("promote", name, str(good.version)).returncode == 0
+    refused = run("promote", name, str(bad.version))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: version {bad.version} of {name} scores held-out Sharpe 0.30, below the z-score rule's 0.80 "
+        "on the same paths: refusing (--force promotes it anyway)"
+    )
+    assert "no held-out scores" in run("promote", name, str(unscored.version)).stderr
+    client = Registry(registry.url)
+    assert client.aliases(name) == {"champion": good.version}  # nothing moved
+    forced = run("promote", name, str(bad.version), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.strip() == (
+        f"{name}@champion: version {good.version} → version {bad.version} (held-out Sharpe 0.30, "
+        "z-score rule 0.80) [--force: the promotion rule would refuse it]"
+    )
+    listed = run("list", name)
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[:6] == ["version", "aliases", "status", "held-out", "z-score", "val"]
+    row = next(line.split() for line in lines[2:] if line.split()[0] == str(bad.version))
+    assert row[1:5] == ["champion", "READY", "0.30", "0.80"] and trained.run_id in row
+    assert lines[-1] == f"champion history: {good.version} → {bad.version}"
+
+
+def test_rollback_follows_the_history_even_past_a_hand_move(registry: Registry_, trained: Trained) -> None:
+    name = unique("pol")
+    vs = [register(name, trained.best, trained.run_id, GOOD, tracking_uri=registry.url).version.version]
+    vs += [register(name, trained.final, trained.run_id, GOOD, tracking_uri=registry.url).version.version]
+    client = Registry(registry.url)
+    client.promote(name, vs[0], "champion")
+    client.promote(name, vs[1], "champion")
+    # someone moves the alias in the MLflow UI: the next rollback still returns to where it was
+    from mlflow import MlflowClient
+
+    MlflowClient(registry.url).set_registered_model_alias(name, "champion", str(vs[0]))
+    move = client.rollback(name, "champion")
+    assert (move.before, move.after) == (vs[0], vs[1])
+    assert client.rollback(name, "champion").after == vs[0]
+    with pytest.raises(Exception, match="no earlier version"):
+        client.rollback(name, "champion")
