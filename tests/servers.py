@@ -295,10 +295,17 @@ def _free_ports(count: int, taken: set[int]) -> list[int]:
     return ports
 
 
+def _command(client: redis.Redis, *args: str) -> Any:
+    """A raw command on a synchronous client (redis-py leaves execute_command untyped)."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 class RedisProcess:
     """One ``redis-server`` child in its own folder on a free loopback port, ended by PID.
 
-    With ``tls`` the server listens only on a TLS port (``--port 0``). ``username``
+    With ``tls`` the server listens only on a TLS port (``--port 0``). With
+    ``cluster`` it runs in cluster mode, its bus on a second free port
+    (``--cluster-port``, so port + 10000 need not be free or valid). ``username``
     and ``password`` are what this helper's own admin connection uses (e.g. when an
     ACL file gives the default user a password); they are never logged.
     """
@@ -320,7 +327,7 @@ class RedisProcess:
         self.tls = tls
         self.username = username
         self.password = password
-        self._admin: Any = None
+        self._admin: redis.Redis | None = None
         folder.mkdir(parents=True, exist_ok=True)
         self.log_path = folder / "redis.log"
         taken = taken_ports if taken_ports is not None else set()
@@ -337,6 +344,9 @@ class RedisProcess:
             except _BindError:
                 if attempt == 2:
                     raise RuntimeError(f"redis-server could not bind a port:\n{self.log_tail()}") from None
+            except BaseException:  # a timeout, a skip: leave no server behind
+                self.kill()
+                raise
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         command = [self.binary, "--bind", "127.0.0.1", "--dir", str(self.folder), "--daemonize", "no"]
@@ -400,6 +410,9 @@ class RedisProcess:
     def admin(self) -> redis.Redis:
         """A synchronous client (decoded responses) for set-up and inspection."""
         if self._admin is None:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
             self._admin = redis.Redis(
                 **self.client_kwargs(),
                 username=self.username,
@@ -407,6 +420,7 @@ class RedisProcess:
                 decode_responses=True,
                 socket_timeout=5,
                 socket_connect_timeout=2,
+                retry=Retry(NoBackoff(), 0),  # callers poll with a deadline; no hidden backoff
             )
         return self._admin
 
@@ -429,6 +443,12 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._close_admin()
+
+    def __enter__(self) -> RedisProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _close_admin(self) -> None:
         if self._admin is not None:
@@ -460,7 +480,7 @@ def acl_setuser_args(rule: str) -> list[str]:
 def apply_acl(client: redis.Redis, rules: Sequence[str]) -> None:
     """``ACL SETUSER`` each rule (``"name rule rule …"``; no spaces inside a rule) on one server."""
     for rule in rules:
-        client.execute_command("ACL", "SETUSER", *acl_setuser_args(rule))
+        _command(client, "ACL", "SETUSER", *acl_setuser_args(rule))
 
 
 def write_acl_file(path: Path, rules: Sequence[str]) -> Path:
@@ -617,7 +637,7 @@ class LocalRedisCluster:
     def slot_map(self, via: RedisProcess | None = None) -> SlotMap:
         """Slot ranges and their primary's port, as one node (default: the first live one) sees them."""
         node = via or self.live_nodes[0]
-        table = _parse_cluster_nodes(node.admin().execute_command("CLUSTER", "NODES"))
+        table = _parse_cluster_nodes(_command(node.admin(), "CLUSTER", "NODES"))
         return tuple(
             sorted(
                 (first, last, entry["port"])
@@ -639,7 +659,7 @@ class LocalRedisCluster:
         return [self.node(port) for port in sorted({port for _, _, port in self.slot_map()})]
 
     def replicas_of(self, primary: RedisProcess) -> list[RedisProcess]:
-        table = _parse_cluster_nodes(self.live_nodes[0].admin().execute_command("CLUSTER", "NODES"))
+        table = _parse_cluster_nodes(_command(self.live_nodes[0].admin(), "CLUSTER", "NODES"))
         ids = {entry["port"]: entry["id"] for entry in table}
         return [
             self.node(entry["port"])
@@ -656,7 +676,7 @@ class LocalRedisCluster:
 
     def _roles(self, via: RedisProcess) -> tuple[tuple[int, int], ...]:
         """(port, its primary's port or 0) of every node not marked failed, as ``via`` sees them."""
-        table = _parse_cluster_nodes(via.admin().execute_command("CLUSTER", "NODES"))
+        table = _parse_cluster_nodes(_command(via.admin(), "CLUSTER", "NODES"))
         ports = {entry["id"]: entry["port"] for entry in table}
         return tuple(
             sorted(
@@ -671,7 +691,7 @@ class LocalRedisCluster:
         try:
             views = set()
             for node in self.live_nodes:
-                info = node.admin().execute_command("CLUSTER", "INFO")
+                info = _command(node.admin(), "CLUSTER", "INFO")
                 if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
                     return False
                 # Gossip spreads a replica's new role late: all views must agree on it too.
@@ -720,6 +740,12 @@ class LocalRedisCluster:
         wait_until(moved, timeout, f"a replica to replace the primary on port {old.port}", 0.05)
         self.last_failover_s = time.monotonic() - killed
         return self.primary_for(key_or_slot)
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         """End every server this cluster started, by PID (SIGTERM all, then reap)."""

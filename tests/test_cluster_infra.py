@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
+from redis.exceptions import ClusterDownError, RedisClusterException
 
 from tests.servers import (
     LocalRedisCluster,
@@ -109,7 +109,7 @@ async def test_client_follows_a_failover_after_a_primary_is_killed(tmp_path: Pat
             try:
                 after = await client.xadd(stream, {"n": "after"})
                 break
-            except (redis.ConnectionError, redis.TimeoutError, redis.ClusterDownError):
+            except (redis.ConnectionError, redis.TimeoutError, ClusterDownError):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05)
