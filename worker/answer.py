@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from worker.connection import Client
 from worker.model import ServedModel
 from worker.protocol import (
     OK_FIELDS,
@@ -36,7 +36,8 @@ from worker.protocol import (
     error_fields,
     ok_values,
 )
-from worker.state import ServerState, Streams
+from worker.shards import Streams
+from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class Batch:
             *ids,
         ]
 
-    async def run(self, redis: Redis, script: AsyncScript, ids: list[str]) -> list[int]:
+    async def run(self, redis: Client, script: AsyncScript, ids: list[str]) -> list[int]:
         """Execute; the ops that failed, as ``ok``/``xadd`` returned them. ``ids``
         are the entries to acknowledge besides those of the ok results."""
         _, failed = await script(keys=self.keys, args=self.argv(ids), client=redis)

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from worker.protocol import GONE, Limits, Request, decode_entry
-from worker.state import ServerState, Streams
+from worker.shards import Streams
+from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
