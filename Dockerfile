@@ -1,4 +1,4 @@
-# Images for compose.yaml. `worker` (also the trainer) and `mlflow`.
+# Images for compose.yaml. `worker` (also the trainer and the registry command) and `mlflow`.
 
 FROM python:3.11-slim AS worker
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -10,10 +10,16 @@ COPY agent ./agent
 COPY worker ./worker
 COPY tracking ./tracking
 COPY bench ./bench
-RUN pip install '.[worker,train,mlflow]' && useradd --create-home --uid 10001 statpair \
-    && mkdir -p /models && chown statpair /models
+# mlflow-skinny: MLflow's client (tracking and the model registry) without the
+# server's dependencies (pandas, scikit-learn, SQLAlchemy, Flask...).
+# Everything a service writes is under /models (the folder source), /var/cache/statpair
+# (registry downloads) or /var/lib/statpair (the trainer's runs): created here, owned
+# by the non-root user, so the named volumes mounted there are writable. /app is not.
+RUN pip install '.[worker,train]' mlflow-skinny==3.17.2 && useradd --create-home --uid 10001 statpair \
+    && mkdir -p /models /var/cache/statpair /var/lib/statpair \
+    && chown statpair /models /var/cache/statpair /var/lib/statpair
 USER statpair
-ENV MODEL_DIR=/models
+ENV MODEL_DIR=/models MODEL_CACHE_DIR=/var/cache/statpair
 EXPOSE 9100
 CMD ["python", "-m", "worker"]
 
