@@ -261,6 +261,7 @@ async def test_release_flow(
             latencies += [r.latency_ms for r in rs]
         timings.append(f"registry down: batch latency {min(latencies):.3f}-{max(latencies):.3f} ms")
         assert caplog.text.count("does not answer") == 2  # once per worker
+        assert "Retrying" not in caplog.text  # nor urllib3's line per retry
         registry.restart()
         await wait_for(
             lambda: all(s.status()["registry_up"] for s in sources), timeout=4 * POLL_S + 60, what="recovery"

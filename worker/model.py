@@ -187,12 +187,16 @@ class ModelManager:
             self.last_error = None
             self._warned_missing = False
             self.source.accepted(candidate)
-            version = f" version {model.version}" if model.version else ""
+            origin = ""
+            if model.version:
+                p = model.provenance
+                run = p.get("run_id") or "?"
+                origin = f" ({p.get('name')} version {model.version} of {p.get('uri')}, run {run})"
             logger.info(
                 "%s model %s%s (sha %s, state_dim %d, backend %s)%s",
                 "loaded" if previous is None else "reloaded",
                 model.path,
-                version,
+                origin,
                 model.sha256,
                 model.state_dim,
                 model.backend,

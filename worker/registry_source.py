@@ -89,6 +89,9 @@ class RegistrySource:
     def from_settings(cls, s: Settings) -> RegistrySource:
         if importlib.util.find_spec("mlflow") is None:
             raise ConfigError("MODEL_URI needs MLflow's client: pip install mlflow-skinny (or mlflow)")
+        # MLflow's HTTP client (urllib3) warns at every retry: during an outage that is
+        # a line per poll, where the worker says it once (see _down).
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         assert s.model_uri is not None and s.mlflow_tracking_uri is not None  # the settings check both
         return cls(
             parse_uri(s.model_uri),
