@@ -123,7 +123,8 @@ def test_worker_environment_reads_back_as_the_settings_meant(
     assert (s.states_stream, s.results_stream, s.group) == (keys.states, keys.actions, keys.group)
     assert s.reply_prefix == f"{keys.actions}:" and s.heartbeat_prefix == keys.heartbeat_prefix
     assert s.dead_stream.startswith("bench:abc:") and s.control_stream.startswith("bench:abc:")
-    assert s.control_replies.startswith("bench:abc:")
+    assert s.control_replies.startswith("bench:abc:") and s.contracts_key == keys.contracts
+    assert keys.contracts.startswith("bench:abc:")
     assert s.consumer == "w1" and s.results_maxlen == 4_000_000
     assert s.idle_spin_ms == 2.0 and s.log_level == "WARNING"
     assert env["PATH"] == os.environ["PATH"]
