@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=None,
-        help="rounds the calls are split in, each running every mode in turn, the order rotating "
+        help="rounds the calls are split in, each running every mode in a shuffled order "
         "(default: as many as calls, so the modes alternate call by call)",
     )
     p.add_argument("--warmup", type=int, default=200, help="untimed calls per mode first (default 200)")

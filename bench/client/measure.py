@@ -1,10 +1,12 @@
-"""The run: every mode on one event loop, its calls split in rounds whose order
-rotates, so that host noise hits all modes alike; then each mode's figures and
-the ratios the targets are set on."""
+"""The run: every mode on one event loop, its calls split in rounds, each round
+running every mode in a shuffled order, so that host noise hits all modes alike
+and no mode always follows the same one (a call runs slower after one that
+churned the caches); then each mode's figures and the ratios the targets are set on."""
 
 from __future__ import annotations
 
 import gc
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -85,14 +87,16 @@ async def _rounds(modes: list[Mode], plan: Plan) -> tuple[dict[str, dict[str, An
     clock, cpu = time.perf_counter_ns, time.process_time_ns
     deadline = time.monotonic() + plan.max_seconds
     cut_short = False
+    shuffler = random.Random(plan.seed)
+    order = list(modes)
     gc.collect()
     gc.freeze()  # the set-up's objects: a full collection would not walk them mid-run
-    for r, n in enumerate(plan.per_round()):
+    for n in plan.per_round():
         if time.monotonic() > deadline:
             cut_short = True
             break
-        k = r % len(modes)
-        for mode in modes[k:] + modes[:k]:
+        shuffler.shuffle(order)
+        for mode in order:
             outs, times = [], ns[mode.name]
             c0 = cpu()
             for _ in range(n):
