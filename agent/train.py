@@ -24,6 +24,7 @@ import torch
 from agent.actor import DEFAULT_HIDDEN, SACActor
 from agent.baselines import zscore_rule
 from agent.checkpoint import CheckpointError, Metadata, load_checkpoint, save_checkpoint
+from agent.contract import PairContract
 from agent.env import PairConfig, PairData, PairTradingEnv, PathSource
 from agent.evaluate import Scores, actor_policy, compare
 from agent.replay import ReplayBuffer

@@ -48,5 +48,5 @@ async def test_the_readme_strategy_runs_as_written(tmp_path: Path, real_redis: R
     assert proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
     assert len(lines) == 502 - 140  # one action per tick after the warm-up
-    action, discrete, _, held = lines[0].split()
+    action, discrete, held = lines[0].split()
     assert -1 <= float(action) <= 1 and discrete in ("-1", "+0", "+1") and float(held) == float(action)

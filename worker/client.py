@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from redis.asyncio.cluster import RedisCluster
@@ -57,6 +57,26 @@ class ActionError(Exception):
         self.code = result.error or "internal"
         self.detail = result.detail or ""
         super().__init__(f"{self.code}: {self.detail}")
+
+
+class _Waiter:
+    """The answers one call waits for (one for ``act``, n for ``act_many``): the
+    reply reader fills them in and resolves one future when the last arrives
+    (n futures and a gather cost ~0.3 ms of client CPU for 16 states)."""
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, n: int) -> None:
+        self.results: list[Result | None] = [None] * n
+        self.left = n
+        self.future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+
+    def answer(self, index: int, result: Result) -> None:
+        if self.results[index] is None:
+            self.results[index] = result
+            self.left -= 1
+            if self.left == 0 and not self.future.done():
+                self.future.set_result(cast(list[Result], self.results))  # all filled now
 
 
 @dataclass
@@ -112,7 +132,7 @@ class ActionClient:
         self.wait_ms = wait_ms
         self.resent = 0  # durable mode: states sent again (no replica had them in time, or a failover)
         self._ids = itertools.count()
-        self._waiting: dict[bytes, asyncio.Future[Result]] = {}
+        self._waiting: dict[bytes, tuple[_Waiter, int]] = {}  # request id → its call, its index
         self._closed = asyncio.Event()
         self._discovered = not self.cluster
 
@@ -160,14 +180,13 @@ class ActionClient:
             fields["ttl_ms"] = str(self.ttl_ms)
         return fields
 
-    def _register(self, shard: int) -> tuple[str, asyncio.Future[Result]]:
+    def _register(self, shard: int, waiter: _Waiter, index: int) -> str:
         cid = f"{self.token}-{next(self._ids)}"
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting[cid.encode()] = fut
+        self._waiting[cid.encode()] = (waiter, index)
         reply = self._reply(shard)
         if reply.reader is None or reply.reader.done():
             reply.reader = asyncio.create_task(self._read_replies(reply), name=f"replies-{reply.stream}")
-        return cid, fut
+        return cid
 
     async def act(
         self, state: Sequence[float] | np.ndarray, pair: str | None = None, contract: str | None = None
@@ -177,7 +196,8 @@ class ActionClient:
         serving another contract answers ``contract_mismatch`` instead of acting."""
         await self._discover()
         shard = shard_of(pair, self.shards)
-        cid, fut = self._register(shard)
+        waiter = _Waiter(1)
+        cid = self._register(shard, waiter, 0)
         try:
             fields = self._fields(state, pair, cid, contract, self._reply(shard))
             async with asyncio.timeout(self.timeout):
@@ -185,7 +205,7 @@ class ActionClient:
                     await self._send_durably(shard, [fields])
                 else:
                     await self.redis.xadd(self._streams[shard].states, fields)
-                result = await fut
+                (result,) = await waiter.future
         finally:
             self._waiting.pop(cid.encode(), None)
         if result.status != "ok":
@@ -209,9 +229,10 @@ class ActionClient:
         pairs = list(pairs) if pairs is not None else [None] * len(states)
         contracts = list(contracts) if contracts is not None else [None] * len(states)
         shards = [shard_of(p, self.shards) for p in pairs]
-        registered = [self._register(shard) for shard in shards]
+        waiter = _Waiter(len(shards))
+        registered = [self._register(shard, waiter, i) for i, shard in enumerate(shards)]
         by_shard: dict[int, list[dict[FieldT, EncodableT]]] = {}
-        for (cid, _), state, pair, contract, shard in zip(
+        for cid, state, pair, contract, shard in zip(
             registered, states, pairs, contracts, shards, strict=True
         ):
             by_shard.setdefault(shard, []).append(
@@ -220,9 +241,9 @@ class ActionClient:
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.gather(*(self._send_many(shard, f) for shard, f in by_shard.items()))
-                results = await asyncio.gather(*(f for _, f in registered))
+                results = await waiter.future if registered else []
         finally:
-            for cid, _ in registered:
+            for cid in registered:
                 self._waiting.pop(cid.encode(), None)
         return [r if r.status == "ok" else ActionError(r) for r in results]
 
@@ -281,9 +302,9 @@ class ActionClient:
             )
             for eid, fields in resp[0][1] if resp else []:
                 reply.last = eid
-                fut = self._waiting.get(fields.get(b"id", b""))
-                if fut is not None and not fut.done():
-                    fut.set_result(parse_result(fields))
+                waiting = self._waiting.pop(fields.get(b"id", b""), None)
+                if waiting is not None:  # else: late, or a second answer to a state sent twice
+                    waiting[0].answer(waiting[1], parse_result(fields))
                 reply.since_trim += 1
             if reply.since_trim >= 1000:  # keep our reply stream short
                 reply.since_trim = 0

@@ -8,16 +8,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 from redis.exceptions import ResponseError
 
-from worker.answer import Answerer, Entries, Outcome
+from worker.answer import Answerer, Entries, Outcome, Served
 from worker.connection import xreadgroup
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
-from worker.protocol import GONE, decode_batch
+from worker.protocol import GONE, Decoded, decode_batch, route_to
 from worker.recovery import Recovery, poison_requests, split_poison
 from worker.retry import TRANSIENT, Backoff, pause, retrying
 from worker.shards import Streams
@@ -254,12 +253,9 @@ class Worker:
         t_read = time.perf_counter()
         now_ms = time.time() * 1000.0
         model = self.state.models.current  # one model for the whole batch
-        if model is None:
-            dec = decode_batch(entries, None, now_ms, self.limits)
-        else:
-            dec = decode_batch(entries, model.state_dim, now_ms, self.limits, model.contract_id)
-        out = Outcome(entries, dec.reqs, now_ms, t_read, valid=dec.valid)
-        infer(out, model, dec.rows)
+        dec = decode_batch(entries, now_ms, self.limits, route_to(model))
+        out = Outcome(entries, dec.reqs, now_ms, t_read)
+        infer(out, dec)
         return await self.answerer.answer(out, read_more)
 
 
@@ -270,26 +266,19 @@ def _newer(a: bytes, b: bytes) -> bool:
     return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
-def infer(out: Outcome, model: ServedModel | None, rows: np.ndarray | None) -> None:
-    """Run ``model`` over the valid rows of ``out`` in one forward pass and record the
-    actions; without a model, or when the pass fails, the valid entries get an error."""
-    if not out.valid:
-        return
-    if model is None or rows is None:
-        for i in out.valid:
-            out.reqs[i].fail(
-                "model_unavailable", "no model is loaded; the worker is waiting for a checkpoint"
-            )
-        out.valid = []
-        return
+def infer(out: Outcome, dec: Decoded) -> None:
+    """Run each model over its group's rows in one forward pass and record the
+    actions; a valid entry no model takes, or whose pass fails, gets an error."""
+    for i in dec.unrouted:
+        out.reqs[i].fail("model_unavailable", "no model is loaded; the worker is waiting for a checkpoint")
     t0 = time.perf_counter()
-    try:
-        # tolist() of the float32 output: the same values, as Python floats
-        out.actions = model.infer(rows).tolist()
-        out.model = model
-    except Exception as exc:
-        logger.exception("inference failed for a batch of %d", len(out.valid))
-        for i in out.valid:
-            out.reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
-        out.valid = []
+    for group in dec.groups:
+        model = cast(ServedModel, group.target)
+        try:
+            # tolist() of the float32 output: the same values, as Python floats
+            out.served.append(Served(model, group.where, model.infer(group.rows).tolist()))
+        except Exception as exc:
+            logger.exception("inference failed for a batch of %d", len(group.where))
+            for i in group.where:
+                out.reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
     out.infer_s = time.perf_counter() - t0
