@@ -30,11 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     lst = sub.add_parser("list", help="versions, aliases, scores, sha256 and run of a registered model")
-    lst.add_argument("name", type=_name)
+    lst.add_argument("name", type=_name, help="the registered model, e.g. statpair-policy")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pro = sub.add_parser("promote", help="point an alias at a version (workers polling it swap to it)")
-    pro.add_argument("name", type=_name)
-    pro.add_argument("version", type=int)
+    pro.add_argument("name", type=_name, help="the registered model, e.g. statpair-policy")
+    pro.add_argument("version", type=int, help="the version to point the alias at")
     pro.add_argument("--alias", type=_alias, default="champion", help="default: champion")
     pro.add_argument(
         "--force",
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         help="promote even when its held-out Sharpe is below the z-score rule's (or unknown)",
     )
     rb = sub.add_parser("rollback", help="point an alias back at the version it pointed to before")
-    rb.add_argument("name", type=_name)
+    rb.add_argument("name", type=_name, help="the registered model, e.g. statpair-policy")
     rb.add_argument("--alias", type=_alias, default="champion", help="default: champion")
     return p
 
