@@ -370,7 +370,7 @@ async def test_alias_not_set_is_said_once(
     models = ModelManager(None, tmp_path, False, source=source)
     for _ in range(3):
         assert not await models.check()
-    assert caplog.text.count("alias champion not found; answering model_unavailable until it is set") == 1
+    assert caplog.text.count("alias champion not found; answering model_unavailable meanwhile") == 1
     assert source.status()["registry_up"] is True
 
 

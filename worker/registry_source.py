@@ -195,7 +195,7 @@ class RegistrySource:
 
     def _keeping(self) -> str:
         if self._serving is None:
-            return "answering model_unavailable until it is set"
+            return "answering model_unavailable meanwhile"
         return f"keeping version {self._serving}"
 
     async def _from_cache(self) -> Candidate | None:
@@ -237,7 +237,12 @@ class RegistrySource:
             raise RegistryError(f"the cache {self.cache_dir} cannot hold it: {exc}") from exc
 
     def _connect(self) -> Registry:
-        return Registry(self.tracking_uri, timeout_s=self.timeout_s, max_retries=MAX_RETRIES)
+        try:
+            return Registry(self.tracking_uri, timeout_s=self.timeout_s, max_retries=MAX_RETRIES)
+        except RegistryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a URI MLflow cannot use: said once by poll
+            raise RegistryError(f"MLflow cannot use {self.shown_uri}: {type(exc).__name__}: {exc}") from None
 
     async def _bounded(self, fn: Callable[[], T], timeout_s: float) -> T:
         """``fn()`` on the registry's thread, awaited at most ``timeout_s``; the first
