@@ -240,6 +240,7 @@ def test_held_out_refuses_too_little_history(tmp_path: Path) -> None:
     early = tmp_path / "early.csv"  # starts a few days before the training window ends
     early.write_text("\n".join([_rows()[0], *_rows()[340:]]) + "\n")
     with pytest.raises(
-        DataError, match=r"early\.csv: the held-out part starts on line 14, after 12 rows: 140 rows of history"
+        DataError,
+        match=r"early\.csv: the held-out part starts on line 14, after 12 rows: 140 rows of history",
     ):
         held_out(model, contract, early, allow_other_data=True)
