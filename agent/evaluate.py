@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--train-fraction",
         type=float,
         default=None,
-        help="a synthetic model on a price file: the share of rows its spread is fitted on (default 0.7)",
+        help="a synthetic model on a price file: walk the rows after this share of them (default 0.7)",
     )
     syn = p.add_argument_group("synthetic paths (for a model trained on them)")
     syn.add_argument(

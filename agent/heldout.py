@@ -1,6 +1,7 @@
 """The held-out part of a price file for a model: the file its contract names (or the
 one given, checked against the contract's sha256), with the contract's spread and
-training window, ready for one walk forward (``agent.scoring.walk_forward``)."""
+training window, ready for one walk forward (``agent.scoring.walk_forward``). The
+spread is always the contract's: what a served model computes from the same prices."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from agent.contract import CsvData, PairContract
 from agent.data import PriceTable, load_prices, parse_date
 from agent.env import PairData
 from agent.features import WARMUP
 
-DEFAULT_TRAIN_FRACTION = 0.7  # a synthetic model's spread fitted on a file, as training would
+DEFAULT_TRAIN_FRACTION = (
+    0.7  # a synthetic model on a file: walk the rows after this share, as training splits
+)
 
 
 class DataError(ValueError):
@@ -34,7 +37,7 @@ class HeldOut:
     data: PairData
     table: PriceTable
     matches: bool  # the file and columns are the ones the model was trained on
-    spread_from: Literal["contract", "fitted"]
+    synthetic: bool = False  # the model was trained on synthetic paths, not on a file
 
     @property
     def rows(self) -> tuple[int, int]:
@@ -49,17 +52,14 @@ class HeldOut:
 
     def describe(self) -> list[str]:
         t, d = self.table, self.data
-        if self.spread_from == "fitted":
-            check = "the model's contract is synthetic: no file to check"
+        if self.synthetic:
+            check = "the model was trained on synthetic paths: no file to check"
+            how = "the synthetic generator's, from the model's contract, as a served model computes it"
         elif self.matches:
-            check = "sha256 matches the model's contract"
+            check, how = "sha256 matches the model's contract", "from the model's contract"
         else:
             check = f"sha256 {t.sha256[:12]}…: NOT the data the model was trained on (--allow-other-data)"
-        how = (
-            "from the model's contract"
-            if self.spread_from == "contract"
-            else f"fitted on the first {d.n_train} rows, as training would"
-        )
+            how = "from the model's contract"
         a, b = t.columns
         return [
             f"data: {t.path} ({check})",
@@ -85,8 +85,13 @@ class HeldOut:
             "spread": {
                 "hedge_ratio": self.data.hedge_ratio,
                 "intercept": self.data.intercept,
-                "from": self.spread_from,
+                "from": "contract",
             },
+            "model_trained_on": "synthetic paths"
+            if self.synthetic
+            else "this file"
+            if self.matches
+            else "another file",
         }
 
 
@@ -101,15 +106,17 @@ def held_out(
     """The data ``model`` is evaluated on. A model trained on a file: that file (found in
     the current directory unless ``csv`` says where), refused if its sha256 or columns
     differ from the contract's unless ``allow_other_data``; its spread and split are the
-    contract's. A synthetic model on ``csv``: a spread fitted on its first rows."""
+    contract's. A synthetic model on ``csv``: the rows after its first ``train_fraction``."""
     names = columns_flag(columns)
     d = contract.data
     if not isinstance(d, CsvData):
         if csv is None:
             raise DataError(f"{model} was trained on synthetic paths: name a price file with --csv FILE")
-        data = PairData.from_csv(csv, names, train_fraction or DEFAULT_TRAIN_FRACTION)
-        assert data.table is not None
-        return HeldOut(data, data.table, matches=False, spread_from="fitted")
+        fraction = DEFAULT_TRAIN_FRACTION if train_fraction is None else train_fraction
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"--train-fraction must be between 0 and 1, got {fraction}")
+        table = load_prices(csv, names)
+        return _held_out(csv, contract, table, int(len(table) * fraction), False, fraction, synthetic=True)
     path = Path(d.file) if csv is None else csv
     if csv is None and not path.exists():
         raise DataError(
@@ -136,6 +143,18 @@ def held_out(
         start = d.train_rows[1]
     else:
         start = _first_after_training(path, table, d)
+    return _held_out(path, contract, table, start, matches, d.train_fraction)
+
+
+def _held_out(
+    path: Path,
+    contract: PairContract,
+    table: PriceTable,
+    start: int,
+    matches: bool,
+    train_fraction: float,
+    synthetic: bool = False,
+) -> HeldOut:
     if start < WARMUP:
         raise DataError(
             f"{path}: the held-out part starts on line {table.lines[start]}, after {start} rows: "
@@ -150,11 +169,11 @@ def held_out(
         hedge_ratio=contract.spread.hedge_ratio,
         intercept=contract.spread.intercept,
         n_train=start,
-        train_fraction=d.train_fraction,
+        train_fraction=train_fraction,
         dates=table.dates,
         table=table,
     )
-    return HeldOut(data, table, matches=matches, spread_from="contract")
+    return HeldOut(data, table, matches=matches, synthetic=synthetic)
 
 
 def _first_after_training(path: Path, table: PriceTable, d: CsvData) -> int:

@@ -191,14 +191,22 @@ def test_a_synthetic_model_is_judged_on_paths_from_its_contract(
     assert "(half-life 9, sigma 0.02, regime prob 0.004); cost 0 per" in capsys.readouterr().out
 
 
-def test_a_synthetic_model_on_a_price_file_fits_the_spread_as_training_would(
+def test_a_synthetic_model_on_a_price_file_uses_its_contract_s_spread(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = _model(tmp_path / "s.pt", PairConfig().contract())
+    """As a served model would: the generator's hedge ratio, not one fitted on the file."""
+    model = _model(tmp_path / "s.pt", PairConfig(hedge_ratio=1.5).contract())
     assert main([str(model), "--csv", str(REAL)]) == 0
     out = capsys.readouterr().out
-    assert "the model's contract is synthetic" in out and "fitted on the first 351 rows" in out
-    assert "one walk forward of 150 steps" in out
+    assert "the model was trained on synthetic paths: no file to check" in out
+    assert "spread: log SP500 − 1.5·log NASDAQ − 3.91202 (the synthetic generator's" in out
+    assert "held out: 151 rows, 2018-05-25 … 2018-12-31" in out and "walk forward of 150 steps" in out
+    assert main([str(model), "--csv", str(REAL), "--train-fraction", "0.5"]) == 0
+    assert "held out: 251 rows" in capsys.readouterr().out
+    assert main([str(model), "--csv", str(REAL), "--train-fraction", "0.1"]) == 2
+    assert (
+        "the held-out part starts on line 52, after 50 rows: 140 rows of history" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
