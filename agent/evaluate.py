@@ -71,15 +71,20 @@ def _parser() -> argparse.ArgumentParser:
         "--entry", type=float, default=2.0, help="z-score rule: enter beyond ±entry σ (default 2.0)"
     )
     p.add_argument("--exit", type=float, default=0.5, help="z-score rule: exit inside ±exit σ (default 0.5)")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write every figure to this file"
+    )
     csv = p.add_argument_group("a price file (the default for a model trained on one)")
     csv.add_argument(
         "--csv",
         type=Path,
         default=None,
+        metavar="FILE",
         help="the price file (default: the file named by the model's contract, in the current directory)",
     )
-    csv.add_argument("--columns", default=None, help="its two price columns, A,B (default: the contract's)")
+    csv.add_argument(
+        "--columns", default=None, metavar="A,B", help="its two price columns (default: the contract's)"
+    )
     csv.add_argument(
         "--allow-other-data",
         action="store_true",
@@ -89,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "--train-fraction",
         type=float,
         default=None,
+        metavar="F",
         help="a synthetic model on a price file: walk the rows after this share of them (default 0.7)",
     )
     syn = p.add_argument_group("synthetic paths (for a model trained on them)")

@@ -252,3 +252,12 @@ def test_held_out_refuses_too_little_history(tmp_path: Path) -> None:
         match=r"early\.csv: the held-out part starts on line 14, after 12 rows: 140 rows of history",
     ):
         held_out(model, contract, early, allow_other_data=True)
+
+
+def test_both_commands_spell_the_columns_flag_alike() -> None:
+    from agent.evaluate import _parser as evaluate_parser
+    from agent.train_config import _parser as train_parser
+
+    for parser in (evaluate_parser(), train_parser()):
+        text = parser.format_help()
+        assert "--columns A,B" in text and "--csv-columns" not in text
