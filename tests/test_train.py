@@ -238,6 +238,8 @@ def test_a_bad_price_file_is_one_line_from_both_commands(
     err = capsys.readouterr().err
     assert err.startswith("error: " + message.format(f=bad)) and err.count("\n") == 1, err
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "runs").exists()
+    if "too few" in message:
+        return  # a training need: the evaluator's own (history before the held-out rows) is tested there
     # The evaluator reads files with the same loader and says the same (a synthetic model on the file).
     from tests.conftest import write_model
 
