@@ -23,6 +23,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench e2e
+	$(BIN)/python -m bench client
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -194,9 +194,9 @@ def _contract(path: Path, payload: dict[str, Any], state_dim: int) -> PairContra
     except ContractError as exc:
         raise CheckpointError(path, str(exc)) from None
     if len(contract.features.names) != state_dim:
+        features = len(contract.features.names)
         raise CheckpointError(
-            path,
-            f"the actor takes {state_dim} values but its contract's feature set has {len(contract.features.names)}",
+            path, f"the actor takes {state_dim} values but its contract's feature set has {features}"
         )
     return contract
 

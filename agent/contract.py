@@ -154,6 +154,7 @@ class PairContract(_Model):
     cost: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]  # per unit of |position change|, as evaluated
 
     _canonical: str = PrivateAttr(default="")
+    _id: str = PrivateAttr(default="")
 
     @model_validator(mode="after")
     def _both_legs_or_neither(self) -> PairContract:
@@ -164,11 +165,13 @@ class PairContract(_Model):
     def model_post_init(self, context: Any, /) -> None:
         payload = self.model_dump(mode="json")
         self._canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        # Computed once: a strategy sends it with every state.
+        self._id = hashlib.sha256(self._canonical.encode()).hexdigest()[:12]
 
     @property
     def id(self) -> str:
         """A short stable id: the first 12 hex digits of the canonical JSON's sha256."""
-        return hashlib.sha256(self._canonical.encode()).hexdigest()[:12]
+        return self._id
 
     @property
     def pair(self) -> str | None:

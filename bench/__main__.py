@@ -1,4 +1,4 @@
-"""``python -m bench [actor|e2e] …``: ``actor`` is the default."""
+"""``python -m bench [actor|e2e|client|demo] …``: ``actor`` is the default."""
 
 from bench.cli import main
 

@@ -1,4 +1,5 @@
-"""Eager vs TorchScript latency of ``SACActor.deterministic`` per batch size.
+"""Eager vs TorchScript latency of ``SACActor.deterministic`` per batch size,
+and the streaming feature builder's cost per tick (``FeatureBuilder.update``).
 
 The two backends are measured interleaved (alternating rounds within each
 batch size) so that drift on a noisy machine hits both equally.
@@ -19,7 +20,12 @@ from agent.actor import SACActor
 from agent.compile import compile_actor
 from agent.features import STATE_DIM
 from bench.argtypes import positive_ints
+from bench.features import bench_features
 from bench.stats import summarize_us
+
+FEATURE_TARGET_US = 20.0  # issue 13: a streaming update costs at most this, on this machine
+FEATURE_GAP_S = 0.001  # the paced run: one tick a millisecond, idle in between
+PACED_TICKS = 1000  # at most, so that the paced run stays near a second
 
 
 def _time_calls(fn: Any, x: torch.Tensor, n: int, out: list[int]) -> None:
@@ -39,9 +45,14 @@ def run(
     rounds: int = 10,
     threads: int = 1,
     seed: int = 0,
+    feature_ticks: int = 0,
 ) -> dict[str, Any]:
     """Measure every cell and return a JSON-ready dict. ``hidden`` None times the
-    actor's default size: what training ships and the worker serves."""
+    actor's default size: what training ships and the worker serves. With
+    ``feature_ticks`` > 0 the streaming feature builder is timed too, after the
+    actor: over that many ticks back to back ("features"), and over at most
+    ``PACED_TICKS`` with an idle millisecond before each ("features_paced");
+    both None when skipped."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     actor = SACActor(state_dim=state_dim) if hidden is None else SACActor(state_dim=state_dim, hidden=hidden)
@@ -66,6 +77,13 @@ def run(
                     _time_calls(fn, x, n, samples[name])
             e, j = summarize_us(samples["eager"]), summarize_us(samples["jit"])
             cells.append({"batch_size": bs, "eager": e, "jit": j, "speedup_p50": e["p50"] / j["p50"]})
+    features = paced = None
+    if feature_ticks > 0:
+        features = bench_features(ticks=feature_ticks, seed=seed) | {"target_us": FEATURE_TARGET_US}
+        paced = bench_features(ticks=min(feature_ticks, PACED_TICKS), seed=seed, gap_s=FEATURE_GAP_S) | {
+            "target_us": FEATURE_TARGET_US,
+            "gap_s": FEATURE_GAP_S,
+        }
     return {
         "benchmark": "actor",
         "state_dim": state_dim,
@@ -82,6 +100,8 @@ def run(
         },
         "unit": "microseconds",
         "cells": cells,
+        "features": features,
+        "features_paced": paced,
     }
 
 
@@ -99,6 +119,18 @@ def format_table(result: dict[str, Any]) -> str:
             f"jit p50={j['p50']:7.1f}µs p95={j['p95']:7.1f} p99={j['p99']:7.1f} "
             f"mean={j['mean']:7.1f}  speedup ×{c['speedup_p50']:.2f}"
         )
+    for key, how in (("features", "back to back"), ("features_paced", "1 ms idle before each")):
+        f = result.get(key)
+        if f:
+            target = f["target_us"]
+            verdict = ", ".join(
+                f"{p} {'met' if f[f'{p}_us'] <= target else 'MISSED'}" for p in ("p50", "p99")
+            )
+            lines.append(
+                f"streaming features FeatureBuilder.update, {f['ticks']:.0f} ticks {how}: "
+                f"p50={f['p50_us']:.1f}µs p95={f['p95_us']:.1f} p99={f['p99_us']:.1f} "
+                f"mean={f['mean_us']:.1f}  target ≤ {target:g} µs per update: {verdict}"
+            )
     return "\n".join(lines)
 
 
@@ -121,6 +153,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=2000, help="timed calls per backend and cell")
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds the iters are split in")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument(
+        "--feature-ticks",
+        type=int,
+        default=20_000,
+        help="ticks the streaming feature builder is timed over (default 20000; 0 skips it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every figure to this file")
 
@@ -135,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         threads=args.threads,
         seed=args.seed,
+        feature_ticks=args.feature_ticks,
     )
     print(format_table(result), flush=True)
     if args.json:

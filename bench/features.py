@@ -1,5 +1,6 @@
 """Benchmark of the streaming feature builder: µs per tick, after warm-up, on a
-synthetic price path (pure Python, one core)."""
+synthetic price path (pure Python, one core); back to back, or paced with an
+idle gap before each tick, as a live strategy's ticks arrive."""
 
 from __future__ import annotations
 
@@ -12,13 +13,18 @@ from agent.contract import PairContract
 from agent.streaming import FeatureBuilder
 
 
-def bench_features(ticks: int = 20_000, warmup: int = 200, seed: int = 0) -> dict[str, float]:
+def bench_features(
+    ticks: int = 20_000, warmup: int = 200, seed: int = 0, gap_s: float = 0.0
+) -> dict[str, float]:
     """Time ``FeatureBuilder.update`` over ``ticks`` ticks after ``warmup`` untimed ones.
 
     Returns p50, p95, p99 and mean µs per update, and the tick count. The
-    position changes now and then, so the position book is exercised too."""
-    if ticks < 1 or warmup < 0:
-        raise ValueError("need ticks >= 1 and warmup >= 0")
+    position changes now and then, so the position book is exercised too.
+    ``gap_s`` > 0 sleeps that long before each timed tick: back to back, the
+    update runs with its code and data in the CPU's caches; after an idle gap
+    (a live feed, other processes on the core) it runs cold, and costs more."""
+    if ticks < 1 or warmup < 0 or gap_s < 0:
+        raise ValueError("need ticks >= 1, warmup >= 0 and gap_s >= 0")
     rng = np.random.default_rng(seed)
     n = warmup + ticks
     log_b = math.log(100.0) + np.cumsum(rng.normal(0.0, 0.012, n))
@@ -39,10 +45,12 @@ def bench_features(ticks: int = 20_000, warmup: int = 200, seed: int = 0) -> dic
     )
     builder = FeatureBuilder(contract)
     builder.warm(a[:warmup], b[:warmup], positions[:warmup])
-    update, clock = builder.update, time.perf_counter_ns
+    update, clock, sleep = builder.update, time.perf_counter_ns, time.sleep
     timings = np.empty(ticks)
     for k in range(ticks):
         i = warmup + k
+        if gap_s:
+            sleep(gap_s)
         t0 = clock()
         update(a[i], b[i], positions[i])
         timings[k] = clock() - t0

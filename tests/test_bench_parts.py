@@ -123,7 +123,8 @@ def test_worker_environment_reads_back_as_the_settings_meant(
     assert (s.states_stream, s.results_stream, s.group) == (keys.states, keys.actions, keys.group)
     assert s.reply_prefix == f"{keys.actions}:" and s.heartbeat_prefix == keys.heartbeat_prefix
     assert s.dead_stream.startswith("bench:abc:") and s.control_stream.startswith("bench:abc:")
-    assert s.control_replies.startswith("bench:abc:")
+    assert s.control_replies.startswith("bench:abc:") and s.contracts_key == keys.contracts
+    assert keys.contracts.startswith("bench:abc:")
     assert s.consumer == "w1" and s.results_maxlen == 4_000_000
     assert s.idle_spin_ms == 2.0 and s.log_level == "WARNING"
     assert env["PATH"] == os.environ["PATH"]
@@ -179,3 +180,43 @@ def test_actor_benchmark_times_the_actors_default_size(monkeypatch: pytest.Monke
     assert result["hidden"] == [8, 4]
     assert bench.actor.run([1], hidden=(16, 16), warmup=1, iters=2, rounds=1)["hidden"] == [16, 16]
     assert "hidden=[8, 4]" in bench.actor.format_table(result).splitlines()[0]
+
+
+def test_demo_feed_is_the_generators_spread_under_the_contract() -> None:
+    """The demo's synthetic prices, read back through the served model's contract,
+    give the generator's spread path, whatever hedge ratio and intercept it has."""
+    import numpy as np
+
+    from agent.env import PairConfig, ou_spread
+    from bench.demo import synthetic_feed
+
+    base = PairConfig().contract()
+    for contract in (
+        base,
+        base.model_copy(update={"spread": base.spread.model_copy(update={"hedge_ratio": 0.7})}),
+    ):
+        a, b = synthetic_feed(contract, seed=5, n=300)
+        assert len(a) == len(b) == 300 and min(a) > 0 and min(b) > 0
+        expected = ou_spread(PairConfig(), np.random.default_rng(5), 300)
+        assert np.allclose(contract.spread.path(a, b), expected, atol=1e-9)
+
+
+def test_demo_plot_gives_the_total_a_legend_entry() -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from bench.demo_report import Track, figure
+
+    tracks = {
+        p: Track(spread=[0.0, 0.1], position=[0.5, -0.5], pnl=[0.01, -0.02]) for p in ("SYN-A/SYN-B", "S2")
+    }
+    fig = figure(tracks)
+    try:
+        pnl_axes = fig.axes[2]
+        labels = [t.get_text() for t in pnl_axes.get_legend().get_texts()]
+        assert labels == ["SYN-A/SYN-B", "S2", "all pairs"]
+        total = pnl_axes.get_lines()[-1]
+        assert total.get_label() == "all pairs" and list(total.get_ydata()) == pytest.approx([0.02, -0.02])
+        assert "synthetic" in fig.get_suptitle()
+    finally:
+        plt.close(fig)

@@ -117,7 +117,9 @@ def test_readme_redis_cli_example(tmp_path: Path, redis_server) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_demo_against_a_real_redis(tmp_path: Path, redis_server) -> None:
-    write_model(tmp_path / "models" / "policy.pt")
+    from agent.contract import read_checkpoint_contract
+
+    model = write_model(tmp_path / "models" / "policy.pt")
     env = {
         **os.environ,
         "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
@@ -142,8 +144,21 @@ def test_demo_against_a_real_redis(tmp_path: Path, redis_server) -> None:
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "served 20 states (jit)" in proc.stdout and "Sharpe" in proc.stdout
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    # The live path: the strategy built its states from the contract the worker
+    # published for the model it serves, and every tick of every pair was answered.
+    assert f"contract {read_checkpoint_contract(model).id} (trained on the synthetic generator" in out
+    assert "served 20 ticks (4 synthetic pairs × 5, jit)" in out and "errors" not in out
+    assert "round trip of PriceClient.tick (features + XADD + worker + result read)" in out
+    assert "of which the worker (its read → result ready): p50" in out
+    # Synthetic is labelled synthetic, with no real tickers; a progress line a
+    # second (and the first and last tick), not a line per answer.
+    assert "synthetic pairs (generated prices, not market data)" in out
+    assert not re.search(r"\b(KO|PEP|XOM|CVX|GS|MS|MA)\b", out)
+    progress = [line.split()[1] for line in out.splitlines() if line.startswith("tick ")]
+    assert progress == ["1/5", "5/5"]
+    assert re.search(r"^all pairs +[+-]\d+\.\d{4} +-?\d+\.\d{2}$", out, re.MULTILINE)
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
 
@@ -186,7 +201,7 @@ def test_demo_embedded_redis_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     redis_pid = worker_pid = None
     try:
         deadline = time.monotonic() + 120
-        while not any(line.startswith("pair ") for line in lines):
+        while not any(line.startswith("tick ") for line in lines):  # the strategy is ticking
             line = proc.stdout.readline()
             assert line and time.monotonic() < deadline, "".join(lines)
             lines.append(line)

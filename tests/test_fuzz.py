@@ -20,7 +20,7 @@ from agent.checkpoint import load_checkpoint
 from tests.conftest import make_settings, write_model
 from worker.loop import Worker
 from worker.model import ModelManager
-from worker.protocol import GONE, Limits, decode_batch, decode_entry, parse_result
+from worker.protocol import GONE, Fixed, Limits, decode_batch, decode_entry, parse_result, route_to
 from worker.state import ServerState
 
 NAMES = [b"state", b"state_f32", b"id", b"pair", b"ttl_ms", b"reply_to", b"junk", "é".encode(), b"\xff"]
@@ -124,14 +124,17 @@ def test_batch_decode_equals_decoding_each_entry(
     )
     now = 1_700_000_000_500.0
     raw = [(f"1700000000000-{i}".encode(), e) for i, e in enumerate(entries)]
-    got = decode_batch(raw, state_dim, now, limits)
-    alone = [decode_entry(eid, e, state_dim, now, limits) for eid, e in raw]
+    target = None if state_dim is None else Fixed(state_dim)
+    got = decode_batch(raw, now, limits, route_to(target))
+    alone = [decode_entry(eid, e, target, now, limits) for eid, e in raw]
     assert [(r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in got.reqs] == [
         (r.entry_id, r.id, r.reply_to, r.pair, r.error, r.detail) for r in alone
     ]
     assert got.valid == [i for i, r in enumerate(alone) if r.error is None]
     if state_dim is None:
-        assert got.rows is None
+        assert got.groups == [] and got.unrouted == got.valid
     elif got.valid:
-        assert np.array_equal(got.rows, np.stack([alone[i].row for i in got.valid]))
-        assert got.rows.flags.writeable
+        (group,) = got.groups
+        assert group.where == got.valid and got.unrouted == []
+        assert np.array_equal(group.rows, np.stack([alone[i].row for i in got.valid]))
+        assert group.rows.flags.writeable

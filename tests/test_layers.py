@@ -128,7 +128,8 @@ def _run_without_extras(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_strategy_side_imports_without_torch() -> None:
     out = _run_without_extras(
-        "import worker.client, worker.prices, worker.protocol, agent.contract, agent.streaming, agent.features\n"
+        "import worker.client, worker.prices, worker.protocol, worker.shards\n"
+        "import agent.contract, agent.streaming, agent.features, agent.data\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pydantic_settings')))\n"
     )
     assert out.returncode == 0, out.stderr

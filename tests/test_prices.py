@@ -21,7 +21,7 @@ from agent.streaming import FeatureBuilder
 from tests.conftest import CONTRACT, make_settings, wait_for, write_model
 from worker.client import ActionClient, ActionError
 from worker.prices import ContractUnavailable, PriceClient
-from worker.protocol import Limits, decode_batch, parse_result
+from worker.protocol import Fixed, Limits, decode_batch, parse_result, route_to
 from worker.server import serve
 from worker.settings import Settings
 
@@ -36,8 +36,8 @@ def test_a_state_built_for_another_contract_is_refused() -> None:
         (b"1-1", {b"state_f32": STATE, b"contract": CONTRACT.id.encode()}),
         (b"1-2", {b"state_f32": STATE, b"contract": OTHER.id.encode()}),
     ]
-    dec = decode_batch(entries, 28, 0.0, LIMITS, CONTRACT.id)
-    assert dec.valid == [0, 1] and dec.rows is not None and dec.rows.shape == (2, 28)
+    dec = decode_batch(entries, 0.0, LIMITS, route_to(Fixed(28, CONTRACT.id)))
+    assert dec.valid == [0, 1] and dec.groups[0].rows.shape == (2, 28)
     bad = dec.reqs[2]
     assert bad.error == "contract_mismatch"
     assert bad.detail == (

@@ -9,6 +9,7 @@ import pytest
 
 from worker.answer import PUBLISH_LUA, Batch
 from worker.protocol import (
+    Fixed,
     Limits,
     batch_tail,
     dead_letter_fields,
@@ -32,7 +33,7 @@ STATE = [0.1 * i for i in range(28)]
 
 
 def dec(fields: dict[bytes, bytes], state_dim: int | None = 28, now: float = NOW, limits: Limits = LIMITS):
-    return decode_entry(EID, fields, state_dim, now, limits)
+    return decode_entry(EID, fields, None if state_dim is None else Fixed(state_dim), now, limits)
 
 
 def test_json_state() -> None:
@@ -146,7 +147,7 @@ async def test_result_round_trip_through_the_publish_script(fake_redis) -> None:
     }
     await fake_redis.xgroup_create("s", "g", id="0", mkstream=True)
     batch = Batch("s", "g", 1000)
-    batch.ok_tail = 1
+    batch.start_group(1)
     assert batch.ok("out", r.id, r.entry_id, r.pair, *ok_values(0.5, 0.1, 0.1)) == 0
     assert batch.ok("out", plain.id, "1700000000000-1", None, *ok_values(-0.05, 0.1, 0.0)) == 1
     assert batch.xadd("out", error_fields(bad, 0.2), 1000, 2) == -1

@@ -308,3 +308,46 @@ async def test_a_clean_exit_leaves_the_group_only_when_nothing_is_pending(
     await serve(make_settings(tmp_path, redis_url=redis_url, consumer="w2"), max_messages=0)
     consumers = await real_redis.xinfo_consumers("statpair:states", s.group)
     assert [(c["name"], c["pending"]) for c in consumers] == [(b"w2", 1)]
+
+
+async def test_departed_consumers_are_forgotten_but_not_those_holding_entries(
+    tmp_path: Path, fake_redis: Redis
+) -> None:
+    s = make_settings(tmp_path, claim_idle_ms=60_000)
+    w = Worker(ServerState(s, fake_redis, ModelManager(None, s.model_dir, False)))
+    await w.ensure_group()
+    await add(fake_redis, 2)
+    await fake_redis.xreadgroup(s.group, "holder", {"statpair:states": ">"}, count=1)
+    await fake_redis.xreadgroup(s.group, "departed", {"statpair:states": ">"}, count=1)
+    (eid,) = [e for e, _ in (await fake_redis.xrange("statpair:states"))[1:]]
+    await fake_redis.xack("statpair:states", s.group, eid)  # "departed" answered its entry, then died
+    await fake_redis.xreadgroup(s.group, "fresh", {"statpair:states": ">"}, count=1)  # reads nothing
+    assert await w.recovery.forget_departed() == []  # nobody idle long enough yet
+    # Two minutes later (XCLAIM with IDLE makes the holder's entry old; consumers' idle
+    # times are faked by patching what XINFO CONSUMERS reports).
+    real = fake_redis.xinfo_consumers
+
+    async def aged(*args: object, **kw: object) -> list[dict[str, object]]:
+        return [{**c, "idle": 120_000} for c in await real(*args, **kw)]
+
+    fake_redis.xinfo_consumers = aged  # type: ignore[method-assign]
+    assert sorted(await w.recovery.forget_departed()) == ["departed", "fresh"]
+    left = await real("statpair:states", s.group)
+    assert [(c["name"], c["pending"]) for c in left] == [(b"holder", 1)]
+
+
+@pytest.mark.integration
+async def test_a_destroyed_group_is_recreated_without_answering_again(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
+    s = make_settings(tmp_path, redis_url=redis_url, block_ms=2000)
+    write_model(s.model_dir / "a.pt")
+    async with running(s):
+        await add(real_redis, 3)
+        await wait_for(lambda: _count(real_redis, 3), what="three answers")
+        await wait_for(lambda: blocked_readers(real_redis), what="the worker to block on the stream")
+        await real_redis.xgroup_destroy("statpair:states", s.group)
+        await add(real_redis, 2)
+        await wait_for(lambda: _count(real_redis, 5), what="the two new answers")
+    ids = [r.entry_id for r in await results(real_redis)]
+    assert len(ids) == len(set(ids)) == 5  # the first three were not answered again

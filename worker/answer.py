@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from worker.connection import Client
 from worker.model import ServedModel
 from worker.protocol import (
     OK_FIELDS,
@@ -36,7 +36,8 @@ from worker.protocol import (
     error_fields,
     ok_values,
 )
-from worker.state import ServerState, Streams
+from worker.shards import Streams
+from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _fill(table: str, slots: list[int]) -> str:
     """Lua that points ``args`` at ``table`` and fills its key and value slots from ARGV."""
     targets = ", ".join(["args[2]"] + [f"args[{s}]" for s in slots])
     sources = ", ".join(["KEYS[k]"] + [f"ARGV[i + {j}]" for j in range(1, len(slots) + 1)])
-    return f"args = {table}\n    {targets} = {sources}\n    i = i + {len(slots) + 1}"
+    return f"args = {table}\n      {targets} = {sources}\n      i = i + {len(slots) + 1}"
 
 
 def _publish_lua() -> str:
@@ -87,29 +88,36 @@ for t = 1, ntails do
 end
 local failed = {{}}
 local ids = {{}}
-local nok = tonumber(ARGV[i])
-local tail = tails[tonumber(ARGV[i + 1])] or {{}}
-i = i + 2
--- One argument table per shape (without, with a pair), built once per batch with
--- the tail in place; each result only overwrites its own slots. (A fresh table
--- per result, tail copied in, was most of the script's time: 5.8 us a result.)
-local plain = {plain}
-local paired = {paired}
-local np, nq = #plain, #paired
-for j = 1, #tail do plain[np + j] = tail[j]; paired[nq + j] = tail[j] end
-for op = 1, nok do
-  local k = tonumber(ARGV[i])
-  local args
-  if k > 0 then
-    {_fill("plain", plain_slots)}
-    ids[op] = args[{entry_plain}]
-  else
-    k = -k
-    {_fill("paired", paired_slots)}
-    ids[op] = args[{entry_paired}]
+local ngroups = tonumber(ARGV[i])
+i = i + 1
+local op = 0
+for g = 1, ngroups do
+  -- A group: the ok results of one model, sharing its tail. One argument table per
+  -- shape (without, with a pair), built once per group with the tail in place; each
+  -- result only overwrites its own slots. (A fresh table per result, tail copied in,
+  -- was most of the script's time: 5.8 us a result.)
+  local tail = tails[tonumber(ARGV[i])] or {{}}
+  local nok = tonumber(ARGV[i + 1])
+  i = i + 2
+  local plain = {plain}
+  local paired = {paired}
+  local np, nq = #plain, #paired
+  for j = 1, #tail do plain[np + j] = tail[j]; paired[nq + j] = tail[j] end
+  for _ = 1, nok do
+    op = op + 1
+    local k = tonumber(ARGV[i])
+    local args
+    if k > 0 then
+      {_fill("plain", plain_slots)}
+      ids[op] = args[{entry_plain}]
+    else
+      k = -k
+      {_fill("paired", paired_slots)}
+      ids[op] = args[{entry_paired}]
+    end
+    local reply = redis.pcall(unpack(args))
+    if type(reply) == 'table' and reply.err then failed[#failed + 1] = op - 1 end
   end
-  local reply = redis.pcall(unpack(args))
-  if type(reply) == 'table' and reply.err then failed[#failed + 1] = op - 1 end
 end
 local nops = tonumber(ARGV[i])
 i = i + 1
@@ -141,12 +149,12 @@ return {{acked, failed}}
 
 # KEYS[1] = the states stream, KEYS[2..] = streams written to.
 # ARGV = group, results maxlen, n_tails, per tail: n_args, args...,
-#        n_ok, ok tail index, per ok result: key index (negative: a pair follows),
-#          the values of OK_FIELDS but status (pair only with a negative key index),
+#        n_groups, per group: its tail index, n_ok, per ok result: key index (negative:
+#          a pair follows), the values of OK_FIELDS but status (pair only with a negative key index),
 #        n_ops, per op: key index, maxlen, n_field_args, field args..., tail index (0 = none),
 #        n_ids, ids to acknowledge besides the ok results' entry_ids.
-# Returns {acked, failed}: failed lists ok results by index (0, 1, ...) and other
-# ops by -(their index + 1).
+# Returns {acked, failed}: failed lists ok results by index (0, 1, ... across groups)
+# and other ops by -(their index + 1).
 PUBLISH_LUA = _publish_lua()
 
 
@@ -155,19 +163,21 @@ class Batch:
     """Ops of one script call, flattened for the script as they are added.
 
     ``ok`` results take 6 or 7 arguments (the script adds the field names and the
-    batch's shared tail, and acknowledges their entries); anything else
-    (errors, dead letters) goes through ``xadd`` with its fields spelled out."""
+    tail of their group, one group per model, and acknowledges their entries);
+    anything else (errors, dead letters) goes through ``xadd`` with its fields
+    spelled out."""
 
     states_stream: str
     group: str
     results_maxlen: int
     keys: list[str] = field(default_factory=list)
     _index: dict[str, str] = field(default_factory=dict)
-    oks: list[str] = field(default_factory=list)
+    oks: list[Any] = field(default_factory=list)  # per group: tail index, n_ok, values...
     args: list[Any] = field(default_factory=list)
     tails: list[Any] = field(default_factory=list)
     n_ok: int = 0
-    ok_tail: int = 0
+    n_groups: int = 0
+    _count_at: int = -1  # where the current group's n_ok sits in ``oks``
     n_ops: int = 0
     n_tails: int = 0
 
@@ -199,14 +209,22 @@ class Batch:
         discrete: str,
         queue_ms: str,
     ) -> int:
-        """Queue an ok result (its entry is acknowledged with it); returns its index."""
+        """Queue an ok result in the current group (its entry is acknowledged with it);
+        returns its index among all ok results."""
         k = self._index.get(stream) or self._key(stream)
+        self.oks[self._count_at] += 1
         if pair is None:
             self.oks += (k, cid, entry_id, action, discrete, queue_ms)
         else:
             self.oks += ("-" + k, cid, entry_id, pair, action, discrete, queue_ms)
         self.n_ok += 1
         return self.n_ok - 1
+
+    def start_group(self, tail: int) -> None:
+        """The next ok results share the tail of index ``tail`` (registered later or now)."""
+        self.oks += (tail, 0)
+        self._count_at = len(self.oks) - 1
+        self.n_groups += 1
 
     def xadd(self, stream: str, fields: dict[Any, Any], maxlen: int, tail: int = 0) -> int:
         """Queue an XADD of ``fields`` (then the tail's, if any); returns -(its index + 1)."""
@@ -221,8 +239,7 @@ class Batch:
             self.results_maxlen,
             self.n_tails,
             *self.tails,
-            self.n_ok,
-            self.ok_tail,
+            self.n_groups,
             *self.oks,
             self.n_ops,
             *self.args,
@@ -230,7 +247,7 @@ class Batch:
             *ids,
         ]
 
-    async def run(self, redis: Redis, script: AsyncScript, ids: list[str]) -> list[int]:
+    async def run(self, redis: Client, script: AsyncScript, ids: list[str]) -> list[int]:
         """Execute; the ops that failed, as ``ok``/``xadd`` returned them. ``ids``
         are the entries to acknowledge besides those of the ok results."""
         _, failed = await script(keys=self.keys, args=self.argv(ids), client=redis)
@@ -246,19 +263,30 @@ class Batch:
 
 
 @dataclass
+class Served:
+    """Entries one model answered: their indexes and its action for each."""
+
+    model: ServedModel
+    where: list[int]
+    actions: list[float]
+
+
+@dataclass
 class Outcome:
     """One batch ready to answer: each entry's request (an error, or valid) and,
-    for the valid ones, the actions of the model that ran them."""
+    for the valid ones, the actions of the model that ran them (a group per model)."""
 
     entries: Entries  # as read: ids and raw fields (dead letters copy the fields)
     reqs: list[Request]
     now_ms: float  # wall clock when the batch was read
     t_read: float  # perf_counter when the batch was read
-    valid: list[int] = field(default_factory=list)  # indexes of the entries answered ok
-    actions: list[float] = field(default_factory=list)  # one per valid entry
-    model: ServedModel | None = None
-    infer_s: float = 0.0
+    served: list[Served] = field(default_factory=list)
+    infer_s: float = 0.0  # every forward pass of the batch
     deliveries: dict[bytes, int] | None = None  # delivery counts, copied into dead letters
+
+    @property
+    def answered(self) -> int:
+        return sum(len(g.where) for g in self.served)
 
 
 class Answerer:
@@ -278,17 +306,19 @@ class Answerer:
         """Publish every result and acknowledge every entry of ``out`` in one script
         call; with ``read_more``, read up to that many new entries in the same round
         trip and return them. Raises what Redis raised (nothing is acknowledged then)."""
-        s, reqs, valid = self.s, out.reqs, out.valid
+        s, reqs = self.s, out.reqs
         queue = [max(0.0, out.now_ms - entry_time_ms(r.entry_id)) for r in reqs]
         batch = self._batch()
         # Tails are registered after the entries are encoded (so latency_ms covers the
-        # encoding too); their indexes are fixed now: ok results 1, errors the next.
-        batch.ok_tail = 1 if valid else 0
-        err_tail = batch.ok_tail + 1 if len(valid) < len(reqs) else 0
+        # encoding too); their indexes are fixed now: a group's g + 1, errors the next.
+        ok = out.answered
+        err_tail = len(out.served) + 1 if ok < len(reqs) else 0
         band = s.dead_band
-        for i, a in zip(valid, out.actions, strict=True):
-            r = reqs[i]
-            batch.ok(r.reply_to, r.id, r.entry_id, r.pair, *ok_values(a, band, queue[i]))
+        for g, served in enumerate(out.served, start=1):
+            batch.start_group(g)
+            for i, a in zip(served.where, served.actions, strict=True):
+                r = reqs[i]
+                batch.ok(r.reply_to, r.id, r.entry_id, r.pair, *ok_values(a, band, queue[i]))
         errors: list[tuple[int, Request, float]] = []  # (op, entry, its queue_ms)
         dead = 0
         if err_tail:
@@ -310,18 +340,18 @@ class Answerer:
                     dead += 1
                 errors.append((batch.xadd(r.reply_to, error_fields(r, q), s.results_maxlen, err_tail), r, q))
         latency = time.perf_counter() - out.t_read
-        if valid:
-            assert out.model is not None
-            batch.tail(batch_tail(s.consumer, out.infer_s, latency, len(reqs), out.model.fields))
+        for served in out.served:
+            batch.tail(batch_tail(s.consumer, out.infer_s, latency, len(reqs), served.model.fields))
         if err_tail:
             batch.tail(batch_tail(s.consumer, out.infer_s, latency, len(reqs)))
         ids = [r.entry_id for _, r, _ in errors]  # the ok results' entries are acknowledged with them
         ahead, failed = await self._publish(batch, ids, read_more)
         outcome = Counter[str](r.error or "internal" for _, r, _ in errors)
-        if valid:
-            outcome["ok"] = len(valid)
+        if ok:
+            outcome["ok"] = ok
         if failed:
-            sent = [(j, reqs[i], queue[i]) for j, i in enumerate(valid)] + errors
+            in_order = [i for served in out.served for i in served.where]  # as the script numbered them
+            sent = [(j, reqs[i], queue[i]) for j, i in enumerate(in_order)] + errors
             await self._answer_elsewhere(failed, sent, outcome)
         self._count(outcome, dead, out.infer_s, latency, queue)
         return ahead

@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from worker.settings import ConfigError, Settings, describe, settings_help
 
@@ -55,4 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except RedisError as exc:  # an error reply no retry can cure (e.g. WRONGTYPE on the stream)
+        logging.getLogger("worker").error("stopped: Redis answered an error no retry can cure: %s", exc)
+        return 1
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from redis.typing import EncodableT, FieldT
 
+from worker.connection import xread
 from worker.heartbeat import live_workers
 from worker.model import ServedModel
 from worker.retry import TRANSIENT, Backoff, retrying
@@ -111,9 +112,7 @@ class Control:
         if self._last_id is None:
             last: Any = await self.redis.xrevrange(self.s.control_stream, count=1)
             self._last_id = last[0][0].decode() if last else "0-0"
-        resp: Any = await self.redis.xread(
-            {self.s.control_stream: self._last_id}, count=16, block=self.s.block_ms
-        )
+        resp: Any = await xread(self.redis, self.s.control_stream, self._last_id, 16, self.s.block_ms)
         return resp[0][1] if resp else []
 
     async def run(self) -> None:

@@ -49,20 +49,21 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
         },
     )
     pipe.expire(key, s.heartbeat_ttl_s)
-    if m is not None:
-        pipe.hset(s.contracts_key, ANY_PAIR, m.contract.to_json())
     await pipe.execute()
+    if m is not None:  # another key: on a cluster, maybe another node
+        await state.redis.hset(s.contracts_key, ANY_PAIR, m.contract.to_json())
     if metrics is None:
         return
-    try:
-        groups = await state.redis.xinfo_groups(state.streams.states)
-    except ResponseError as exc:  # no stream yet (a fresh or flushed Redis): nothing queued
-        logger.debug("group lag not sampled: %s", exc)
-        groups = []
     lag = pending = 0
-    for group in groups:
-        if group["name"].decode() == s.group:
-            lag, pending = group.get("lag") or 0, group["pending"]
+    for streams in state.served:
+        try:
+            groups = await state.redis.xinfo_groups(streams.states)
+        except ResponseError as exc:  # no stream yet (a fresh or flushed Redis): nothing queued
+            logger.debug("group lag not sampled: %s", exc)
+            continue
+        for group in groups:
+            if group["name"].decode() == s.group:
+                lag, pending = lag + (group.get("lag") or 0), pending + group["pending"]
     metrics.lag.set(lag)
     metrics.pending.set(pending)
     metrics.sync(state)

@@ -8,18 +8,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 from redis.exceptions import ResponseError
 
-from worker.answer import Answerer, Entries, Outcome
+from worker.answer import Answerer, Entries, Outcome, Served
+from worker.connection import xreadgroup
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
-from worker.protocol import GONE, decode_batch
+from worker.protocol import GONE, Decoded, decode_batch, route_to
 from worker.recovery import Recovery, poison_requests, split_poison
 from worker.retry import TRANSIENT, Backoff, pause, retrying
-from worker.state import ServerState, Streams
+from worker.shards import Streams
+from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Worker:
         self.state = state
         self.s = state.settings
         self.streams = streams or state.streams
+        self.limits = state.limits(self.streams)
         self.stop = state.stop
         self.max_messages = max_messages
         self.burst = burst
@@ -56,13 +58,19 @@ class Worker:
         self._backoff = Backoff()
         self._peer_checked = -PEER_CHECK_S
         self._peer_has_model = False
+        self._last_seen: bytes | None = None  # the newest entry id this worker read
 
     # -- set-up --------------------------------------------------------------------------
 
     async def ensure_group(self) -> None:
+        """Create the group if it is missing: from the start of the stream the first
+        time; after the group vanished under a running worker (XGROUP DESTROY), from
+        the last entry this worker read, so what was answered is not answered again
+        (the group hands entries out in order: none before it was left unread)."""
+        start = self._last_seen or "0"
         try:
-            await self.state.redis.xgroup_create(self.streams.states, self.s.group, id="0", mkstream=True)
-            logger.info("created consumer group %s on %s", self.s.group, self.streams.states)
+            await self.state.redis.xgroup_create(self.streams.states, self.s.group, id=start, mkstream=True)
+            logger.info("created group %s on %s from id %s", self.s.group, self.streams.states, start)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -97,11 +105,13 @@ class Worker:
             return False
         history = self._history_from is not None
         try:
+            # Without a model, beside a live worker that has one: leave it everything,
+            # new states and entries to reclaim alike.
+            if not self._ahead and await self._defer_to_peers():
+                return True
             if time.monotonic() >= self._next_claim:
                 await self._reclaim()
                 self._next_claim = time.monotonic() + self.s.claim_interval_s
-            if not history and not self._ahead and await self._defer_to_peers():
-                return True
             entries, self._ahead = self._ahead or await self._read(self._room()), []
             if entries:
                 if self.s.idle_spin_ms:
@@ -111,9 +121,11 @@ class Worker:
                 # same round trip as this one's publish. Not when idle-ish: there the
                 # extra read only competes for the CPU with the result's reader
                 # (p50 at 1000/s went 0.83 → 1.1 ms); nor for history, nor when stopping.
-                busy = 2 * len(entries) >= self.s.read_count
+                # (Not on a cluster either: a cluster pipeline cannot carry the script call.)
+                busy = 2 * len(entries) >= self.s.read_count and not self.s.redis_cluster
                 more = self._room(len(entries)) if busy and not history and not self.stop.is_set() else 0
                 self._ahead = await self.handle(entries, counts, read_more=more)
+                self._saw(self._ahead)
         except ResponseError as exc:
             if not str(exc).startswith(GROUP_GONE):
                 raise
@@ -123,6 +135,10 @@ class Worker:
             return True
         self.state.redis_up = True
         return bool(entries) or not self.burst or history
+
+    def _saw(self, entries: Entries) -> None:
+        if entries and (self._last_seen is None or _newer(entries[-1][0], self._last_seen)):
+            self._last_seen = entries[-1][0]
 
     def _lost(self, exc: BaseException) -> None:
         self.state.redis_failed(exc)
@@ -160,11 +176,12 @@ class Worker:
         start = self._history_from or ">"
         # No BLOCK for our own history, nor in burst mode; else a short one (below the socket timeout).
         block = None if (self._history_from is not None or self.burst) else self.s.block_ms
-        read = self.state.redis.xreadgroup(
-            self.s.group, self.s.consumer, {self.streams.states: start}, count=count, block=block
+        read = xreadgroup(
+            self.state.redis, self.s.group, self.s.consumer, self.streams.states, start, count, block
         )
         resp = await self._waiting(read, block)
         entries: Entries = resp[0][1] if resp else []
+        self._saw(entries)
         if self._history_from is not None:
             # Step past what we got, so an entry left pending is not re-read in a loop
             # (the reclaim pass takes care of it); deleted payloads come back as None.
@@ -190,6 +207,7 @@ class Worker:
     async def _reclaim(self) -> None:
         async for entries in self.recovery.claim():
             await self.handle(entries, await self.recovery.delivery_counts(entries))
+        await self.recovery.forget_departed()
 
     async def handle(
         self, entries: Entries, counts: dict[bytes, int] | None = None, read_more: int = 0
@@ -202,7 +220,7 @@ class Worker:
             poison, entries = split_poison(entries, counts, self.s.max_deliveries)
             if poison:
                 now_ms = time.time() * 1000.0
-                reqs = poison_requests(poison, counts, self.s.max_deliveries, now_ms, self.state.limits)
+                reqs = poison_requests(poison, counts, self.s.max_deliveries, now_ms, self.limits)
                 await self.answerer.answer(
                     Outcome(poison, reqs, now_ms, time.perf_counter(), deliveries=counts)
                 )
@@ -235,35 +253,32 @@ class Worker:
         t_read = time.perf_counter()
         now_ms = time.time() * 1000.0
         model = self.state.models.current  # one model for the whole batch
-        if model is None:
-            dec = decode_batch(entries, None, now_ms, self.state.limits)
-        else:
-            dec = decode_batch(entries, model.state_dim, now_ms, self.state.limits, model.contract_id)
-        out = Outcome(entries, dec.reqs, now_ms, t_read, valid=dec.valid)
-        infer(out, model, dec.rows)
+        dec = decode_batch(entries, now_ms, self.limits, route_to(model))
+        out = Outcome(entries, dec.reqs, now_ms, t_read)
+        infer(out, dec)
         return await self.answerer.answer(out, read_more)
 
 
-def infer(out: Outcome, model: ServedModel | None, rows: np.ndarray | None) -> None:
-    """Run ``model`` over the valid rows of ``out`` in one forward pass and record the
-    actions; without a model, or when the pass fails, the valid entries get an error."""
-    if not out.valid:
-        return
-    if model is None or rows is None:
-        for i in out.valid:
-            out.reqs[i].fail(
-                "model_unavailable", "no model is loaded; the worker is waiting for a checkpoint"
-            )
-        out.valid = []
-        return
+def _newer(a: bytes, b: bytes) -> bool:
+    """Whether stream id ``a`` comes after ``b``."""
+    ams, _, aseq = a.partition(b"-")
+    bms, _, bseq = b.partition(b"-")
+    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
+
+
+def infer(out: Outcome, dec: Decoded) -> None:
+    """Run each model over its group's rows in one forward pass and record the
+    actions; a valid entry no model takes, or whose pass fails, gets an error."""
+    for i in dec.unrouted:
+        out.reqs[i].fail("model_unavailable", "no model is loaded; the worker is waiting for a checkpoint")
     t0 = time.perf_counter()
-    try:
-        # tolist() of the float32 output: the same values, as Python floats
-        out.actions = model.infer(rows).tolist()
-        out.model = model
-    except Exception as exc:
-        logger.exception("inference failed for a batch of %d", len(out.valid))
-        for i in out.valid:
-            out.reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
-        out.valid = []
+    for group in dec.groups:
+        model = cast(ServedModel, group.target)
+        try:
+            # tolist() of the float32 output: the same values, as Python floats
+            out.served.append(Served(model, group.where, model.infer(group.rows).tolist()))
+        except Exception as exc:
+            logger.exception("inference failed for a batch of %d", len(group.where))
+            for i in group.where:
+                out.reqs[i].fail("internal", f"inference failed: {type(exc).__name__}")
     out.infer_s = time.perf_counter() - t0

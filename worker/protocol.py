@@ -10,9 +10,9 @@ microseconds, not a model validation each. Clients use the pydantic models.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -78,63 +78,110 @@ def _text(value: bytes, name: str, limit: int) -> str:
 GONE: dict[bytes, bytes] = {}
 
 
+class Target(Protocol):
+    """What a state is decoded for: the size of the state and the contract id of the
+    model that will run it (a ``worker.model.ServedModel``, or ``Fixed``)."""
+
+    @property
+    def state_dim(self) -> int: ...
+
+    @property
+    def contract_id(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """A target that is not a model: a state size and, optionally, a contract id."""
+
+    state_dim: int
+    contract_id: str | None = None
+
+
+Route = Callable[[str | None], Target | None]
+"""The target of an entry's ``pair`` (None: no model for it)."""
+
+
+def route_to(target: Target | None) -> Route:
+    """Every pair to one target (or to none)."""
+    return lambda _pair: target
+
+
+@dataclass(slots=True)
+class Group:
+    """The valid entries of one read that go to one target: their indexes and their
+    states as one (len(where), state_dim) float32 matrix."""
+
+    target: Target
+    where: list[int]
+    rows: np.ndarray
+
+
 @dataclass(slots=True)
 class Decoded:
-    """One read, decoded: a request per entry (in order), and for the valid ones
-    their indexes and, when the state size is known, their rows as one matrix."""
+    """One read, decoded: a request per entry (in order); the valid ones grouped by
+    target; and the valid ones no target takes (``unrouted``: their pair has no model)."""
 
     reqs: list[Request]
-    valid: list[int]
-    rows: np.ndarray | None  # (len(valid), state_dim) float32, or None
+    groups: list[Group]
+    unrouted: list[int]
+
+    @property
+    def valid(self) -> list[int]:
+        return sorted([i for g in self.groups for i in g.where] + self.unrouted)
 
 
 def decode_batch(
     entries: list[tuple[bytes, dict[bytes, bytes]]],
-    state_dim: int | None,
     now_ms: float,
     limits: Limits,
-    contract: str | None = None,
+    route: Route,
 ) -> Decoded:
     """Decode a whole read. Never raises on bad input: problems become ``Request.error``.
 
-    The fields are checked entry by entry; the states are joined into one buffer
-    and checked together (size, finiteness), the way the model consumes them.
-    ``contract`` is the serving model's contract id: an entry that names another
-    is answered ``contract_mismatch``."""
+    The fields are checked entry by entry; each entry goes to the target its
+    ``pair`` routes to (its state size and contract are checked against it), and
+    a target's states are joined into one buffer and checked together
+    (finiteness), the way its model consumes them."""
     reqs: list[Request] = []
-    blobs: list[bytes] = []
-    where: list[int] = []
+    by_target: dict[int, tuple[Target, list[bytes], list[int]]] = {}
+    unrouted: list[int] = []
     for entry_id, fields in entries:
-        req, blob = _decode(entry_id, fields, state_dim, now_ms, limits, contract)
+        req, blob, target = _decode(entry_id, fields, now_ms, limits, route)
         if blob is not None:
-            blobs.append(blob)
-            where.append(len(reqs))
+            if target is None:
+                if _finite(req, np.frombuffer(blob, dtype="<f4")):
+                    unrouted.append(len(reqs))
+            else:
+                slot = by_target.get(id(target))
+                if slot is None:
+                    slot = by_target[id(target)] = (target, [], [])
+                slot[1].append(blob)
+                slot[2].append(len(reqs))
         reqs.append(req)
-    if not blobs or state_dim is None:
-        for i, blob in zip(where, blobs, strict=True):  # no model: check what can be checked, per entry
-            _finite(reqs[i], np.frombuffer(blob, dtype="<f4"))
-        return Decoded(reqs, [i for i in where if reqs[i].error is None], None)
-    # A bytearray: torch wants a writable buffer (and the join copies once anyway).
-    rows = np.frombuffer(bytearray().join(blobs), dtype="<f4").reshape(len(blobs), state_dim)
-    finite = np.isfinite(rows).all(axis=1)
-    if not finite.all():
-        for j in np.flatnonzero(~finite).tolist():
-            _finite(reqs[where[j]], rows[j])
-        where = [i for i, ok in zip(where, finite.tolist(), strict=True) if ok]
-        rows = rows[finite]
-    return Decoded(reqs, where, rows)
+    groups = []
+    for target, blobs, where in by_target.values():
+        # A bytearray: torch wants a writable buffer (and the join copies once anyway).
+        rows = np.frombuffer(bytearray().join(blobs), dtype="<f4").reshape(len(blobs), target.state_dim)
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            for j in np.flatnonzero(~finite).tolist():
+                _finite(reqs[where[j]], rows[j])
+            where = [i for i, ok in zip(where, finite.tolist(), strict=True) if ok]
+            rows = rows[finite]
+        if where:
+            groups.append(Group(target, where, rows))
+    return Decoded(reqs, groups, unrouted)
 
 
 def decode_entry(
     entry_id: bytes | str,
     fields: dict[bytes, bytes],
-    state_dim: int | None,
+    target: Target | None,
     now_ms: float,
     limits: Limits,
-    contract: str | None = None,
 ) -> Request:
-    """Decode one entry (``decode_batch`` of one), with its state in ``Request.row``."""
-    req, blob = _decode(entry_id, fields, state_dim, now_ms, limits, contract)
+    """Decode one entry for ``target`` (``decode_batch`` of one), its state in ``Request.row``."""
+    req, blob, _ = _decode(entry_id, fields, now_ms, limits, route_to(target))
     if blob is not None:
         row = np.frombuffer(blob, dtype="<f4")
         if _finite(req, row):
@@ -153,20 +200,24 @@ def _finite(req: Request, row: np.ndarray) -> bool:
 def _decode(
     entry_id: bytes | str,
     fields: dict[bytes, bytes],
-    state_dim: int | None,
     now_ms: float,
     limits: Limits,
-    contract: str | None = None,
-) -> tuple[Request, bytes | None]:
-    """Everything but the finiteness of the state: the request, and its state as
-    little-endian float32 bytes of the right size (None when the entry failed)."""
+    route: Route,
+) -> tuple[Request, bytes | None, Target | None]:
+    """Everything but the finiteness of the state: the request, its state as
+    little-endian float32 bytes of the right size (None when the entry failed),
+    and the target its pair routes to."""
     eid = entry_id.decode("ascii") if isinstance(entry_id, bytes) else entry_id
     req = Request(entry_id=eid, id=eid, reply_to=limits.default_stream)
     if fields is GONE:
-        return req.fail("internal", "the entry was deleted from the stream before it could be answered"), None
+        return (
+            req.fail("internal", "the entry was deleted from the stream before it could be answered"),
+            None,
+            None,
+        )
     # Sizes first, before any parsing.
     if len(fields) > MAX_FIELDS:
-        return req.fail("too_large", f"entry has {len(fields)} fields, the limit is {MAX_FIELDS}"), None
+        return req.fail("too_large", f"entry has {len(fields)} fields, the limit is {MAX_FIELDS}"), None, None
     too_large = None
     for name, value in fields.items():
         if len(value) > limits.max_field_bytes or len(name) > 256:
@@ -202,59 +253,84 @@ def _decode(
             if ttl < 0:
                 raise ValueError(f"ttl_ms {ttl} is negative")
     except ValueError as exc:
-        return req.fail("too_large" if too_large else "invalid_state", too_large or str(exc)), None
+        return req.fail("too_large" if too_large else "invalid_state", too_large or str(exc)), None, None
     if too_large:
-        return req.fail("too_large", too_large), None
+        return req.fail("too_large", too_large), None, None
     if ttl > 0:
         age = now_ms - entry_time_ms(eid)
         if age > ttl:
-            return req.fail("expired", f"state is {age:.0f} ms old, its ttl_ms is {ttl}"), None
+            return req.fail("expired", f"state is {age:.0f} ms old, its ttl_ms is {ttl}"), None, None
+    target = route(req.pair)
+    contract = None if target is None else target.contract_id
     if built_for is not None and contract is not None and built_for != contract:
-        return req.fail(
-            "contract_mismatch",
-            f"the state was built for contract {built_for} but this worker serves contract {contract}: "
-            "fetch the contract again and rebuild the features",
-        ), None
+        return (
+            req.fail(
+                "contract_mismatch",
+                f"the state was built for contract {built_for} but this worker serves contract {contract}: "
+                "fetch the contract again and rebuild the features",
+            ),
+            None,
+            None,
+        )
     js, f32 = fields.get(b"state"), fields.get(b"state_f32")
     if (js is None) == (f32 is None):
-        return req.fail(
-            "invalid_state",
-            "entry has both 'state' and 'state_f32', send exactly one"
-            if js is not None
-            else "entry has no 'state' (JSON array) or 'state_f32' (little-endian float32 bytes)",
-        ), None
+        return (
+            req.fail(
+                "invalid_state",
+                "entry has both 'state' and 'state_f32', send exactly one"
+                if js is not None
+                else "entry has no 'state' (JSON array) or 'state_f32' (little-endian float32 bytes)",
+            ),
+            None,
+            None,
+        )
     if js is None:
         assert f32 is not None  # exactly one of the two, checked above
         if len(f32) % 4:
-            return req.fail(
-                "invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32"
-            ), None
+            return (
+                req.fail("invalid_state", f"state_f32 is {len(f32)} bytes, not a whole number of float32"),
+                None,
+                None,
+            )
         blob, size = f32, len(f32) // 4
     else:
         try:
             values = json.loads(js)
         except (ValueError, RecursionError):
-            return req.fail("invalid_state", "state is not valid JSON"), None
+            return req.fail("invalid_state", "state is not valid JSON"), None, None
         if not isinstance(values, list):
-            return req.fail(
-                "invalid_state", f"state is a JSON {type(values).__name__}, not an array of numbers"
-            ), None
+            return (
+                req.fail(
+                    "invalid_state", f"state is a JSON {type(values).__name__}, not an array of numbers"
+                ),
+                None,
+                None,
+            )
         for i, v in enumerate(values):
             if type(v) is not float and type(v) is not int:
-                return req.fail("invalid_state", f"state[{i}] is {json.dumps(v)[:40]}, not a number"), None
+                return (
+                    req.fail("invalid_state", f"state[{i}] is {json.dumps(v)[:40]}, not a number"),
+                    None,
+                    None,
+                )
         try:
             wide = np.asarray(values, dtype=np.float64)
         except OverflowError:
-            return req.fail("invalid_state", "state has an integer too large for a float"), None
+            return req.fail("invalid_state", "state has an integer too large for a float"), None, None
         with np.errstate(over="ignore"):
             row = wide.astype("<f4")
         if not np.isfinite(row).all() and np.isfinite(wide).all():
             bad = int(np.flatnonzero(~np.isfinite(row))[0])
-            return req.fail("invalid_state", f"state[{bad}] is {wide[bad]:g}, beyond float32 range"), None
+            return (
+                req.fail("invalid_state", f"state[{bad}] is {wide[bad]:g}, beyond float32 range"),
+                None,
+                None,
+            )
         blob, size = row.tobytes(), len(values)
-    if state_dim is not None and size != state_dim:
-        return req.fail("invalid_state", f"state has {size} values, the model expects {state_dim}"), None
-    return req, blob
+    if target is not None and size != target.state_dim:
+        detail = f"state has {size} values, the model expects {target.state_dim}"
+        return req.fail("invalid_state", detail), None, None
+    return req, blob, target
 
 
 def discrete(action: float, dead_band: float) -> int:

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 from worker.protocol import GONE, Limits, Request, decode_entry
-from worker.state import ServerState, Streams
+from worker.shards import Streams
+from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
 MAX_CLAIM_ROUNDS = 100  # per pass; a pass stops early when the PEL has been scanned
+
+# Remove a consumer from the group only if it holds no pending entry, atomically:
+# XGROUP DELCONSUMER drops the consumer's pending entries, which would lose them.
+FORGET_LUA = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -25,6 +35,29 @@ class Recovery:
         self.state = state
         self.s = state.settings
         self.streams = streams or state.streams
+        self._forget = state.redis.register_script(FORGET_LUA)
+
+    async def forget(self, consumer: str) -> bool:
+        """Remove ``consumer`` from the group if it holds nothing pending."""
+        removed = await self._forget(keys=[self.streams.states], args=[self.s.group, consumer])
+        return int(removed) >= 0
+
+    async def forget_departed(self) -> list[str]:
+        """Remove consumers that hold nothing and have not read for CLAIM_IDLE_MS: workers
+        that stopped without leaving (killed, or exited while holding entries that
+        were claimed since). A live worker reads every BLOCK_MS; were one removed
+        anyway, Redis would re-add it on its next read."""
+        redis, s = self.state.redis, self.s
+        consumers: list[dict[str, Any]] = await redis.xinfo_consumers(self.streams.states, s.group)
+        gone = []
+        for c in consumers:
+            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            idle = name != s.consumer and int(c["pending"]) == 0 and int(c["idle"]) > s.claim_idle_ms
+            if idle and await self.forget(name):
+                gone.append(name)
+        if gone:
+            logger.info("removed %d departed consumer(s) from the group: %s", len(gone), ", ".join(gone[:5]))
+        return gone
 
     async def delivery_counts(self, entries: Entries) -> dict[bytes, int]:
         """How often each of our pending entries has been delivered (XPENDING)."""

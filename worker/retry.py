@@ -11,12 +11,21 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    # Redis Cluster during a failover: a slot without a primary for a second or two.
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 """Errors that a retry can cure: the connection, not the command, failed."""
 
 T = TypeVar("T")

@@ -12,20 +12,19 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import torch
 from prometheus_client.exposition import ThreadingWSGIServer
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from worker.connection import redis_client
+from worker.connection import Client, redis_client
 from worker.control import Control
 from worker.heartbeat import beat, heartbeat, heartbeat_key
 from worker.loop import Worker
 from worker.metrics import Metrics, serve_http
 from worker.model import ModelManager
-from worker.retry import Backoff, pause
+from worker.retry import Backoff, pause, retrying
 from worker.settings import ConfigError, Settings
 from worker.state import ServerState
 
@@ -45,7 +44,7 @@ class Server:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis | None = None,
+        redis: Client | None = None,
         *,
         max_messages: int | None = None,
         burst: bool = False,
@@ -55,11 +54,19 @@ class Server:
         self._owns_redis = redis is None
         if redis is None:
             redis = redis_client(
-                settings.redis_url, decode_responses=False, client_name=f"statpair-worker:{settings.consumer}"
+                settings.redis_url,
+                cluster=settings.redis_cluster,
+                ca_file=settings.redis_ca_file,
+                decode_responses=False,
+                client_name=f"statpair-worker:{settings.consumer}",
             )
         models = ModelManager(settings.model_path, settings.model_dir, settings.jit)
         self.state = ServerState(settings, redis, models, stop=stop or asyncio.Event())
-        self.worker = Worker(self.state, max_messages=max_messages, burst=burst)
+        # One consume loop per shard served (unsharded: one), sharing the state.
+        self.workers = [
+            Worker(self.state, streams, max_messages=max_messages, burst=burst)
+            for streams in self.state.served
+        ]
         self.metrics: Metrics | None = None
         self._http: ThreadingWSGIServer | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -81,7 +88,8 @@ class Server:
         torch.set_num_threads(s.torch_threads)
         if s.metrics_port is not None:
             self.metrics = Metrics()
-            self.worker.answerer.observers.append(self.metrics.observe_batch)
+            for worker in self.workers:
+                worker.answerer.observers.append(self.metrics.observe_batch)
             state.models.on_change.append(self.metrics.on_model)
             try:
                 self._http = serve_http(s.metrics_host, s.metrics_port, self.metrics, state)
@@ -93,6 +101,10 @@ class Server:
                 )
                 raise ConfigError(f"METRICS_PORT {s.metrics_port} {why} on {s.metrics_host}") from None
         self._install_signals()
+        if isinstance(state.redis, RedisCluster):
+            # Before the first script call: concurrent first calls on an uninitialised
+            # cluster client can race (redis-py#3935). Retried like any Redis call.
+            await retrying(state.redis.initialize, state.stop, "discovering the cluster", backoff=Backoff())
         logger.info(
             "worker %s: %s stream %s group %s, jit=%s",
             s.consumer,
@@ -159,7 +171,7 @@ class Server:
     async def main_loop(self) -> None:
         """Consume until stopped; then let the batch in hand finish within SHUTDOWN_GRACE_S."""
         s, stop = self.settings, self.state.stop
-        consume = asyncio.create_task(self.worker.run(), name="consume")
+        consume = asyncio.create_task(self._consume(), name="consume")
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({consume, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -180,6 +192,16 @@ class Server:
             stopping.cancel()
             consume.cancel()
             await asyncio.gather(consume, stopping, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        """Every shard's consume loop; the first to fail takes the others down with it."""
+        loops = [asyncio.create_task(w.run(), name=f"consume-{w.streams.shard}") for w in self.workers]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -206,14 +228,11 @@ class Server:
         """Remove the heartbeat, and this consumer from the group when it holds no
         pending entries (else they would be lost: a worker that left work behind
         stays listed until another claims it). Best effort: Redis may be gone."""
-        s, redis = self.settings, self.state.redis
+        redis = self.state.redis
         try:
             await redis.delete(heartbeat_key(self.state))
-            pending: list[Any] = await redis.xpending_range(
-                s.states_stream, s.group, min="-", max="+", count=1, consumername=s.consumer
-            )
-            if not pending:
-                await redis.xgroup_delconsumer(s.states_stream, s.group, s.consumer)
+            for worker in self.workers:
+                await worker.recovery.forget(self.settings.consumer)
         except (RedisError, OSError) as exc:
             logger.info("left the group as it was (%s)", exc)
 
@@ -226,7 +245,7 @@ def _quiet(task: asyncio.Future[None]) -> None:
 
 async def serve(
     settings: Settings,
-    redis: Redis | None = None,
+    redis: Client | None = None,
     *,
     max_messages: int | None = None,
     burst: bool = False,

@@ -8,8 +8,10 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.shards import MAX_SHARDS
 
 # redis-py 8 closes a socket idle for 5 s (its default socket_timeout); a
 # blocking read must return well before that.
@@ -26,6 +28,25 @@ class ConfigError(Exception):
     """A setting the worker cannot run with: one sentence naming the variable."""
 
 
+def parse_shards(text: str, shards: int) -> list[int]:
+    """``all``, or shard numbers and ranges: ``0,2,5``, ``0-3``."""
+    if text.strip().lower() == "all":
+        return list(range(shards))
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise ValueError(
+                f"must be 'all' or shard numbers and ranges such as 0,2,5 or 0-3, got {text!r}"
+            ) from None
+        if not 0 <= first <= last < shards:
+            raise ValueError(f"shard {part.strip()!r} is outside 0..{shards - 1}")
+        out.update(range(first, last + 1))
+    return sorted(out)
+
+
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -39,7 +60,26 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis to serve from; redis://, rediss:// (TLS), may carry a password.",
+        description="Redis to serve from; redis://, rediss:// (TLS), may carry a user and password. "
+        "With REDIS_CLUSTER: any node of the cluster.",
+    )
+    redis_ca_file: Path | None = Field(
+        None, description="CA certificate(s) to verify a rediss:// server with (default: the system's)."
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="REDIS_URL names a node of a Redis Cluster: shard the streams over it (see SHARDS).",
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=MAX_SHARDS,
+        description="With REDIS_CLUSTER: how many shards the streams are split into (the same for every "
+        "worker and client); a pair's states always go to one shard.",
+    )
+    serve_shards: str = Field(
+        "all",
+        description="With REDIS_CLUSTER: the shards this worker serves, e.g. 0,2,5 or 0-3 (default all).",
     )
     states_stream: str = Field("statpair:states", description="Input stream strategies XADD states to.")
     group: str = Field("statpair-workers", description="Consumer group shared by all workers.")
@@ -116,7 +156,31 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}")
         return value
 
-    @field_validator("model_path", "metrics_port", mode="before")
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _cluster_boolean(cls, value: object) -> object:
+        return cls._boolean(value)
+
+    @field_validator("serve_shards")
+    @classmethod
+    def _shard_list(cls, value: str) -> str:
+        parse_shards(value, MAX_SHARDS)  # the syntax; the bound is checked against SHARDS below
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        try:
+            parse_shards(self.serve_shards, self.shards)
+        except ValueError as exc:
+            raise ValueError(f"SERVE_SHARDS={self.serve_shards!r}: {exc} (SHARDS={self.shards})") from None
+        return self
+
+    @property
+    def served_shards(self) -> list[int]:
+        """The shards this worker serves (unsharded: [0])."""
+        return parse_shards(self.serve_shards, self.shards) if self.redis_cluster else [0]
+
+    @field_validator("model_path", "redis_ca_file", "metrics_port", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -189,6 +253,9 @@ def describe(exc: ValidationError) -> str:
             text = mask_url(str(value)) if name == "redis_url" else str(value)
             shown = f"={text[:80]!r}" if isinstance(value, str) else f"={text}"
         msg = str(err["msg"]).removeprefix("Value error, ").rstrip(".")
+        if not err["loc"]:  # a rule across settings: its message names them
+            lines.append(f"invalid configuration: {msg}.")
+            continue
         lines.append(f"invalid configuration: {var}{shown} {msg[0].lower() + msg[1:]}.")
     return "\n".join(lines)
 

@@ -11,11 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from redis.asyncio import Redis
-
+from worker.connection import Client
 from worker.model import ModelManager
 from worker.protocol import Limits
 from worker.settings import Settings
+from worker.shards import Streams
 
 
 @dataclass
@@ -36,25 +36,17 @@ class Stats:
         return sum(self.results.values())
 
 
-@dataclass(frozen=True)
-class Streams:
-    """The keys one consume loop works on: its input stream, where results and
-    dead letters go, and the prefix a client's own reply stream must carry."""
-
-    states: str
-    results: str
-    dead: str
-    reply_prefix: str
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Streams:
-        return cls(s.states_stream, s.results_stream, s.dead_stream, s.reply_prefix)
+def streams_for(s: Settings, shard: int = 0) -> Streams:
+    """The streams of ``shard`` (with Redis Cluster: under its hash tag; else the names as set)."""
+    return Streams.of(
+        shard, s.shards, s.states_stream, s.results_stream, s.dead_stream, s.reply_prefix, s.redis_cluster
+    )
 
 
 @dataclass
 class ServerState:
     settings: Settings
-    redis: Redis
+    redis: Client
     models: ModelManager
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stats: Stats = field(default_factory=Stats)
@@ -66,15 +58,21 @@ class ServerState:
 
     @cached_property
     def streams(self) -> Streams:
-        return Streams.from_settings(self.settings)
+        """The first (unsharded: the only) shard's streams."""
+        return self.served[0]
 
     @cached_property
-    def limits(self) -> Limits:
+    def served(self) -> list[Streams]:
+        """The streams of every shard this worker serves (unsharded: one)."""
+        return [streams_for(self.settings, shard) for shard in self.settings.served_shards]
+
+    def limits(self, streams: Streams) -> Limits:
+        """What decoding an entry of ``streams`` needs."""
         s = self.settings
         return Limits(
             max_field_bytes=s.max_field_bytes,
-            default_stream=self.streams.results,
-            reply_prefix=self.streams.reply_prefix,
+            default_stream=streams.results,
+            reply_prefix=streams.reply_prefix,
             default_ttl_ms=s.state_ttl_ms,
         )
 

@@ -43,6 +43,10 @@ class Keys:
         return f"{self.prefix}:actions"
 
     @property
+    def contracts(self) -> str:
+        return f"{self.prefix}:contracts"
+
+    @property
     def group(self) -> str:
         return f"{self.prefix}-group"
 
@@ -79,6 +83,8 @@ class Workers:
             "control_stream": f"{k.prefix}:control",
             "control_replies": f"{k.prefix}:control:replies",
             "heartbeat_prefix": k.heartbeat_prefix,
+            # Under the prefix too: the default hash is what strategies on this Redis read.
+            "contracts_key": k.contracts,
             "group": k.group,
             "consumer": f"w{i}",
             "results_maxlen": max(1_000_000, 2 * self.sc.total),
