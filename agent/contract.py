@@ -5,6 +5,7 @@ torch: a checkpoint's contract is read with a restricted unpickler."""
 
 from __future__ import annotations
 
+import argparse
 import collections
 import hashlib
 import io
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -292,3 +294,30 @@ def read_checkpoint_contract(
     if not isinstance(text, str):
         raise ContractError(f"{path}: the checkpoint's contract is not a JSON string")
     return PairContract.from_json(text, source=str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.contract MODEL``: the checkpoint's contract as JSON, with its id."""
+    p = argparse.ArgumentParser(
+        prog="python -m agent.contract",
+        description='Print a checkpoint\'s pair contract as JSON ({"id": …, "contract": …}); needs no torch.',
+    )
+    p.add_argument("model", type=Path, help="a checkpoint written by python -m agent.train")
+    args = p.parse_args(argv)
+    try:
+        contract = read_checkpoint_contract(args.model)
+    except ContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # The id first, then the canonical JSON's content (sorted keys), indented.
+    doc = {"id": contract.id, "contract": json.loads(contract.to_json())}
+    try:
+        print(json.dumps(doc, indent=2, allow_nan=False), flush=True)
+    except BrokenPipeError:  # `| head`: the reader left; the recipe in Python's signal docs
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

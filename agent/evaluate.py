@@ -1,147 +1,255 @@
-"""Judge a policy on held-out paths against the z-score rule and flat.
+"""``python -m agent.evaluate MODEL``: judge a policy against the z-score rule and flat
+on data it never trained on, at the same cost.
 
-``python -m agent.evaluate MODEL`` prints annualised Sharpe, total return, max
-drawdown and turnover for each policy on the same held-out environment seeds.
+A model trained on a price file is judged on that file's held-out rows (its
+contract names the file, its sha256 and the split) by one contiguous walk
+forward; a model trained on synthetic paths, on held-out synthetic paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import logging
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from agent.actor import SACActor
 from agent.baselines import Policy, flat, zscore_rule
-from agent.env import PairConfig, PairData, PairTradingEnv, PathSource
+from agent.contract import ContractError, CsvData, PairContract, SyntheticData
+from agent.data import PriceDataError
+from agent.env import PairConfig
+from agent.heldout import DataError, held_out
+from agent.scoring import (
+    EVAL_SEED,
+    STEPS_PER_YEAR,
+    Scores,
+    Trace,
+    actor_policy,
+    as_policy,
+    compare,
+    compare_walk,
+    make_envs,
+    rollout,
+    scores,
+    walk_forward,
+)
 
-STEPS_PER_YEAR = 252
-EVAL_SEED = 10_000  # held-out seeds start here; training uses seeds below it
+if TYPE_CHECKING:
+    from agent.actor import SACActor
+
+__all__ = [
+    "EVAL_SEED",
+    "STEPS_PER_YEAR",
+    "Scores",
+    "Trace",
+    "actor_policy",
+    "as_policy",
+    "compare",
+    "compare_walk",
+    "main",
+    "make_envs",
+    "rollout",
+    "scores",
+    "walk_forward",
+]
+
+DESCRIPTION = (
+    "Judge a policy against the z-score rule and flat, at the same cost, on data it never trained on: "
+    "a price file's held-out part (one walk forward) or held-out synthetic paths."
+)
+DEFAULT_EPISODES, DEFAULT_LENGTH = 64, 1024
 
 
-@dataclass(frozen=True)
-class Scores:
-    sharpe: float  # annualised: mean/std of per-step PnL over all paths × √252
-    total_return: float  # a path's summed net PnL (log-return units), mean over paths
-    max_drawdown: float  # a path's largest fall of cumulative PnL from its peak, mean over paths
-    turnover: float  # mean |position change| per step
-    steps: int
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agent.evaluate", description=DESCRIPTION)
+    p.add_argument("model", type=Path, help="a checkpoint written by python -m agent.train")
+    p.add_argument(
+        "--cost", type=float, default=None, help="cost per unit of position change (default: the contract's)"
+    )
+    p.add_argument(
+        "--entry", type=float, default=2.0, help="z-score rule: enter beyond ±entry σ (default 2.0)"
+    )
+    p.add_argument("--exit", type=float, default=0.5, help="z-score rule: exit inside ±exit σ (default 0.5)")
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write every figure to this file"
+    )
+    csv = p.add_argument_group("a price file (the default for a model trained on one)")
+    csv.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the price file (default: the file named by the model's contract, in the current directory)",
+    )
+    csv.add_argument(
+        "--columns", default=None, metavar="A,B", help="its two price columns (default: the contract's)"
+    )
+    csv.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="evaluate on a file other than the one the model was trained on (its sha256 differs)",
+    )
+    csv.add_argument(
+        "--train-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="a synthetic model on a price file: walk the rows after this share of them (default 0.7)",
+    )
+    syn = p.add_argument_group("synthetic paths (for a model trained on them)")
+    syn.add_argument(
+        "--episodes", type=int, default=None, help=f"held-out paths (default {DEFAULT_EPISODES})"
+    )
+    syn.add_argument(
+        "--episode-length", type=int, default=None, help=f"steps per path (default {DEFAULT_LENGTH})"
+    )
+    syn.add_argument("--seed", type=int, default=None, help=f"first held-out seed (default {EVAL_SEED})")
+    for flag, what in (
+        ("half-life", "spread half-life"),
+        ("sigma", "spread innovation std"),
+        ("regime-prob", "regime-shift chance per step"),
+    ):
+        syn.add_argument(f"--{flag}", type=float, default=None, help=f"{what} (default: the contract's)")
+    return p
 
-    def row(self, name: str) -> str:
-        return (
-            f"{name:<8} sharpe={self.sharpe:6.2f}  return={self.total_return:7.4f}  "
-            f"max_dd={self.max_drawdown:6.4f}  turnover={self.turnover:6.3f}"
-        )
 
-
-def scores(pnl: np.ndarray, turnover: np.ndarray) -> Scores:
-    """Scores of per-step net PnL and turnover, each shaped (paths, steps)."""
-    pnl = np.atleast_2d(np.asarray(pnl, dtype=np.float64))
-    std = pnl.std()
-    sharpe = float(pnl.mean() / std * math.sqrt(STEPS_PER_YEAR)) if std > 0 else 0.0
-    cum = np.cumsum(pnl, axis=1)
-    peak = np.maximum.accumulate(np.concatenate([np.zeros((len(cum), 1)), cum], axis=1), axis=1)[:, 1:]
-    return Scores(
-        sharpe,
-        float(cum[:, -1].mean()),
-        float((peak - cum).max(axis=1).mean()),
-        float(np.mean(turnover)),
-        int(pnl.size),
+def _synthetic_config(contract: PairContract, args: argparse.Namespace, cost: float) -> PairConfig:
+    gen = contract.data
+    if not isinstance(gen, SyntheticData):
+        raise DataError(f"{args.model}: trained on a price file, not synthetic paths")
+    return PairConfig(
+        episode_length=DEFAULT_LENGTH if args.episode_length is None else args.episode_length,
+        half_life=gen.half_life if args.half_life is None else args.half_life,
+        sigma=gen.sigma if args.sigma is None else args.sigma,
+        regime_prob=gen.regime_prob if args.regime_prob is None else args.regime_prob,
+        regime_mean_jump=gen.regime_mean_jump,
+        market_sigma=gen.market_sigma,
+        hedge_ratio=contract.spread.hedge_ratio,
+        cost=cost,
+        # cost_vol reports the contract's cost, as a served model sees it, whatever cost is charged.
+        feature_cost=contract.cost,
     )
 
 
-def rollout(policy: Policy, envs: list[PairTradingEnv], seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``policy`` on every env in lockstep (one batched call a step).
+def _check_flags(args: argparse.Namespace, on_file: bool, contract: PairContract) -> None:
+    def given(*flags: str) -> list[str]:
+        values = [(f, getattr(args, f.replace("-", "_"))) for f in flags]
+        return [f for f, v in values if v is not None and v is not False]
 
-    Returns per-step net PnL and turnover, each shaped (paths, steps)."""
-    states = np.stack([env.reset(seed) for env, seed in zip(envs, seeds, strict=True)])
-    pnl, turnover = [], []
-    done = False
-    while not done:
-        actions = np.asarray(policy(states), dtype=np.float64).reshape(len(envs))
-        out = [env.step(a) for env, a in zip(envs, actions, strict=True)]
-        states = np.stack([o[0] for o in out])
-        pnl.append([o[1] for o in out])
-        turnover.append([o[3]["turnover"] for o in out])
-        done = any(o[2] for o in out)
-    return np.asarray(pnl).T, np.asarray(turnover).T
-
-
-def actor_policy(actor: SACActor) -> Policy:
-    def policy(states: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            actions: np.ndarray = actor.deterministic(torch.as_tensor(states, dtype=torch.float32)).numpy()
-        return actions[:, 0]
-
-    return policy
-
-
-def make_envs(n: int, config: PairConfig, source: PathSource | None = None) -> list[PairTradingEnv]:
-    return [PairTradingEnv(config, source=source) for _ in range(n)]
+    if on_file:
+        wrong = given("episodes", "episode-length", "seed", "half-life", "sigma", "regime-prob")
+        if wrong:
+            raise DataError(
+                f"--{wrong[0]} applies to synthetic paths; a price file is evaluated by one walk "
+                "forward over its held-out part"
+            )
+        if isinstance(contract.data, CsvData) and args.train_fraction is not None:
+            raise DataError(
+                f"--train-fraction: {args.model}'s contract fixes its training window "
+                f"(rows {contract.data.train_rows[0]}–{contract.data.train_rows[1] - 1})"
+            )
+    else:
+        wrong = given("columns", "allow-other-data", "train-fraction")
+        if wrong:
+            raise DataError(
+                f"--{wrong[0]} applies to a price file: {args.model} was trained on synthetic paths"
+            )
 
 
-def compare(
-    policies: dict[str, Policy],
-    episodes: int,
-    config: PairConfig,
-    source: PathSource | None = None,
-    first_seed: int = EVAL_SEED,
-) -> dict[str, Scores]:
-    """Every policy on the same held-out paths."""
-    seeds = list(range(first_seed, first_seed + episodes))
-    out = {}
-    for name, policy in policies.items():
-        out[name] = scores(*rollout(policy, make_envs(episodes, config, source), seeds))
-    return out
+def _title(model: Path, contract: PairContract) -> str:
+    pair = f"{contract.pair} " if contract.pair else "synthetic pair, "
+    return f"{model}: {pair}contract {contract.id}"
+
+
+def _policies(actor: SACActor, args: argparse.Namespace) -> dict[str, Policy]:
+    try:
+        rule = zscore_rule(args.entry, args.exit)
+    except ValueError as exc:
+        raise DataError(f"--entry/--exit: {exc}") from None
+    return {"policy": actor_policy(actor), "zscore": rule, "flat": flat}
+
+
+def _run_file(
+    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float
+) -> dict[str, Any]:
+    h = held_out(args.model, contract, args.csv, args.columns, args.allow_other_data, args.train_fraction)
+    policies = _policies(actor, args)
+    print(_title(args.model, contract))
+    for line in h.describe():
+        print(line)
+    start, stop = h.data.held_out
+    print(
+        f"held out: {stop - start} rows, {h.span()}: one walk forward of {h.data.walk_forward_steps} steps, "
+        f"starting flat; cost {cost:g} per unit of position change"
+    )
+    traces = compare_walk(policies, h.data, cost, feature_cost=contract.cost)
+    for name, trace in traces.items():
+        print(trace.scores.row(name))
+    return {"data": h.as_dict(), "scores": {k: t.scores.as_dict() for k, t in traces.items()}}
+
+
+def _run_synthetic(
+    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float
+) -> dict[str, Any]:
+    config = _synthetic_config(contract, args, cost)
+    episodes = DEFAULT_EPISODES if args.episodes is None else args.episodes
+    if episodes < 1 or config.episode_length < 1:
+        raise DataError(
+            f"--episodes and --episode-length must be at least 1, got {episodes}, {config.episode_length}"
+        )
+    seed = EVAL_SEED if args.seed is None else args.seed
+    result = compare(_policies(actor, args), episodes, config, None, seed)
+    print(_title(args.model, contract))
+    print(
+        f"synthetic held-out paths: {episodes} × {config.episode_length} steps, "
+        f"seeds {seed}…{seed + episodes - 1} "
+        f"(half-life {config.half_life:g}, sigma {config.sigma:g}, regime prob {config.regime_prob:g}); "
+        f"cost {cost:g} per unit of position change"
+    )
+    for name, sc in result.items():
+        print(sc.row(name))
+    data = {
+        "kind": "synthetic",
+        "episodes": episodes,
+        "episode_length": config.episode_length,
+        "first_seed": seed,
+        "half_life": config.half_life,
+        "sigma": config.sigma,
+        "regime_prob": config.regime_prob,
+    }
+    return {"data": data, "scores": {k: v.as_dict() for k, v in result.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
     from agent.checkpoint import CheckpointError, load_checkpoint
 
-    p = argparse.ArgumentParser(prog="python -m agent.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("model", type=Path, help="a checkpoint written by python -m agent.train")
-    p.add_argument("--episodes", type=int, default=64, help="held-out paths (default 64)")
-    p.add_argument("--episode-length", type=int, default=1024, help="steps per path (default 1024)")
-    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first held-out seed (default {EVAL_SEED})")
-    p.add_argument("--entry", type=float, default=2.0, help="z-score rule: enter beyond ±entry σ")
-    p.add_argument("--exit", type=float, default=0.5, help="z-score rule: exit inside ±exit σ")
-    p.add_argument("--cost", type=float, default=PairConfig.cost, help="cost per unit position change")
-    p.add_argument("--half-life", type=float, default=PairConfig.half_life)
-    p.add_argument("--csv", type=Path, default=None, help="evaluate on the held-out part of this pair CSV")
-    p.add_argument("--columns", default=None, help="the CSV's two price columns, A,B")
-    p.add_argument("--train-fraction", type=float, default=0.7)
-    p.add_argument("--json", type=Path, default=None, help="also write the scores here")
-    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
     try:
         ck = load_checkpoint(args.model)
-    except CheckpointError as exc:
+        contract = ck.contract
+        cost = contract.cost if args.cost is None else args.cost
+        if cost < 0:
+            raise DataError(f"--cost must be at least 0, got {cost}")
+        on_file = isinstance(contract.data, CsvData) or args.csv is not None
+        _check_flags(args, on_file, contract)
+        run = _run_file if on_file else _run_synthetic
+        figures = run(ck.actor, contract, args, cost)
+    except (CheckpointError, ContractError, PriceDataError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = PairConfig(episode_length=args.episode_length, cost=args.cost, half_life=args.half_life)
-    source = None
-    if args.csv:
-        cols = tuple(args.columns.split(",")) if args.columns else None
-        source = PairData.from_csv(args.csv, cols, args.train_fraction).source(held_out=True)
-    result = compare(
-        {"policy": actor_policy(ck.actor), "zscore": zscore_rule(args.entry, args.exit), "flat": flat},
-        args.episodes,
-        config,
-        source,
-        args.seed,
-    )
-    print(
-        f"{args.model}: {args.episodes} held-out paths × {args.episode_length} steps, "
-        f"seeds {args.seed}…{args.seed + args.episodes - 1}, cost {args.cost}"
-    )
-    for name, sc in result.items():
-        print(sc.row(name))
     if args.json:
-        args.json.write_text(json.dumps({k: asdict(v) for k, v in result.items()}, indent=2))
+        doc = {
+            "model": str(args.model),
+            "contract_id": contract.id,
+            "cost": cost,
+            "feature_cost": contract.cost,
+            "zscore_rule": {"entry": args.entry, "exit": args.exit},
+            "steps_per_year": STEPS_PER_YEAR,
+            **figures,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

@@ -1,18 +1,16 @@
 """``python -m agent.train``: train the served ``SACActor`` with SAC on the pair
-environment, track the run through ``MlflowTracker`` (a no-op unless
-``MLFLOW_TRACKING_URI`` is set), and publish its best checkpoint where the worker
-watches, only if it scores at least as well as the model already served there."""
+environment (synthetic, or a user's price file), track the run through
+``MlflowTracker`` (a no-op unless ``MLFLOW_TRACKING_URI`` is set), and publish its
+best checkpoint where the worker watches, only if it scores at least as well as
+the model already served there."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
+import shlex
 import sys
 import time
-import typing
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,107 +19,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.actor import DEFAULT_HIDDEN, SACActor
 from agent.baselines import zscore_rule
 from agent.checkpoint import CheckpointError, Metadata, load_checkpoint, save_checkpoint
-from agent.contract import PairContract
-from agent.env import PairConfig, PairData, PairTradingEnv, PathSource
-from agent.evaluate import Scores, actor_policy, compare
+from agent.contract import ContractError
+from agent.data import PriceDataError
+from agent.env import PairTradingEnv
 from agent.replay import ReplayBuffer
-from agent.sac import SAC, SACHyper
+from agent.sac import SAC
+from agent.train_config import DEFAULT_OUT, DESCRIPTION, ConfigError, TrainConfig, config_from_args
+from agent.train_data import VALIDATION_SEED, Validator, plan
 from tracking import MlflowTracker
 
+__all__ = [
+    "DEFAULT_OUT",
+    "DESCRIPTION",
+    "VALIDATION_SEED",
+    "Gate",
+    "Result",
+    "TrainConfig",
+    "config_from_args",
+    "main",
+    "summary",
+    "train",
+]
+
 logger = logging.getLogger(__name__)
-
-DESCRIPTION = (
-    "Train the pair-trading policy with soft actor-critic and publish it to the checkpoint "
-    "the worker serves, unless the model already there scores better on the same validation paths."
-)
-VALIDATION_SEED = 20_000  # checkpoint selection; the held-out test seeds (agent.evaluate) are 10 000+
-DEFAULT_OUT = Path("models/policy.pt")  # without MODEL_DIR
-
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyper-parameter of a training run; each is a ``--flag`` of ``python -m agent.train``."""
-
-    episodes: int = _f(300, "training episodes")
-    episode_length: int = _f(256, "steps per training episode")
-    seed: int = _f(0, "seed of torch, the environments and the replay sampling")
-    out: Path = field(
-        default=DEFAULT_OUT,
-        metadata={
-            "help": "the checkpoint the worker serves: rewritten atomically by each new best of this "
-            "run that scores at least as well on the validation paths as the model already there"
-        },
-    )
-    force: bool = _f(False, "publish to --out even when the model already there scores better")
-    run_dir: Path = field(
-        default=Path("runs"),
-        metadata={"help": "folder for this run's best.pt and final.pt (in a timestamped subfolder)"},
-    )
-    hidden: tuple[int, ...] = _f(DEFAULT_HIDDEN, "actor hidden layer sizes")
-    critic_hidden: tuple[int, ...] = _f((128, 128), "critic hidden layer sizes")
-    actor_lr: float = _f(3e-4, "actor learning rate")
-    critic_lr: float = _f(3e-4, "critic learning rate")
-    alpha_lr: float = _f(3e-4, "entropy temperature learning rate")
-    gamma: float = _f(0.95, "discount factor")
-    tau: float = _f(0.005, "Polyak averaging factor of the target critics")
-    init_alpha: float = _f(0.1, "initial entropy temperature (tuned automatically)")
-    batch_size: int = _f(256, "minibatch size")
-    buffer_size: int = _f(200_000, "replay buffer capacity (transitions)")
-    learning_starts: int = _f(2_000, "random-action steps before learning")
-    updates_per_step: float = _f(1.0, "gradient updates per environment step (may be fractional)")
-    reward_scale: float = _f(100.0, "multiplier of the PnL reward for learning")
-    eval_every: int = _f(10, "validate every this many episodes")
-    eval_episodes: int = _f(16, "validation paths")
-    eval_length: int = _f(512, "steps per validation path")
-    threads: int = _f(1, "torch threads")
-    max_minutes: float = _f(0.0, "stop early after this many minutes (0 = no limit)")
-    half_life: float = _f(PairConfig.half_life, "spread half-life in steps (synthetic pair)")
-    sigma: float = _f(PairConfig.sigma, "spread innovation std per step (synthetic pair)")
-    regime_prob: float = _f(PairConfig.regime_prob, "chance of a regime shift per step (synthetic pair)")
-    cost: float = _f(PairConfig.cost, "cost per unit of position change")
-    train_cost_multiplier: float = _f(
-        3.0,
-        "the cost charged while learning, as a multiple of --cost "
-        "(above 1 discourages churn; validation uses --cost)",
-    )
-    csv: Path | None = field(
-        default=None,
-        metadata={"help": "train on this CSV of two price columns instead of the synthetic pair"},
-    )
-    csv_columns: str | None = _f(None, "the CSV's two price columns, as A,B (default: the first two numeric)")
-    train_fraction: float = _f(0.7, "CSV rows used for training; the rest is held out")
-    experiment: str = _f("statpair-sac", "MLflow experiment (MLFLOW_EXPERIMENT_NAME overrides)")
-    quiet: bool = _f(False, "no progress bar")
-
-    def pair(self, length: int, cost_multiplier: float = 1.0) -> PairConfig:
-        return PairConfig(
-            episode_length=length,
-            half_life=self.half_life,
-            sigma=self.sigma,
-            regime_prob=self.regime_prob,
-            cost=self.cost * cost_multiplier,
-            # cost_vol (feature 27) shows the evaluated cost, however much learning charges.
-            feature_cost=self.cost,
-        )
-
-    def hyper(self) -> SACHyper:
-        """The SAC hyper-parameters: every ``SACHyper`` field this config also has."""
-        ours = {f.name for f in dataclasses.fields(self)}
-        return SACHyper(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(SACHyper) if f.name in ours}
-        )
-
-    def planned_updates(self) -> int:
-        """Gradient updates a full run makes (CSV episodes may be shorter, so at most this)."""
-        steps = self.episodes * self.episode_length
-        return int(max(0, steps - self.learning_starts + 1) * self.updates_per_step)
 
 
 @dataclass
@@ -141,29 +63,9 @@ class Result:
     steps: int = 0  # environment steps
     updates: int = 0  # gradient updates
     warnings: list[str] = field(default_factory=list)
-
-
-def _two_columns(text: str | None) -> tuple[str, str] | None:
-    if not text:
-        return None
-    names = [c.strip() for c in text.split(",")]
-    if len(names) != 2 or not all(names):
-        raise ValueError(f"--csv-columns must name two columns as A,B, got {text!r}")
-    return names[0], names[1]
-
-
-def _sources(cfg: TrainConfig) -> tuple[PathSource | None, PathSource | None, PairContract]:
-    """Where training and validation paths come from, and the contract they make."""
-    if cfg.csv is None:
-        return None, None, cfg.pair(cfg.episode_length).contract()
-    data = PairData.from_csv(cfg.csv, _two_columns(cfg.csv_columns), cfg.train_fraction)
-    logger.info(
-        "pair from %s: hedge ratio %.4f estimated on %d training rows",
-        cfg.csv,
-        data.hedge_ratio,
-        data.n_train,
-    )
-    return data.source(held_out=False), data.source(held_out=True), data.contract(cfg.cost)
+    data_lines: list[str] = field(default_factory=list)  # what data the run used
+    evaluate_args: str = ""  # what ``python -m agent.evaluate MODEL`` needs after MODEL
+    held_out: str = "held-out synthetic paths"  # what agent.evaluate judges the model on
 
 
 @dataclass
@@ -177,7 +79,7 @@ class Gate:
     published: bool = False
 
     @classmethod
-    def at_start(cls, cfg: TrainConfig, state_dim: int, validate: Callable[[SACActor], Scores]) -> Gate:
+    def at_start(cls, cfg: TrainConfig, state_dim: int, validate: Validator) -> Gate:
         if not cfg.out.exists():
             logger.info("no model at %s yet: this run publishes its best validated model there", cfg.out)
             return cls(cfg.out, None, cfg.force)
@@ -219,18 +121,15 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     """Run SAC training; return where the checkpoints went and how good they are."""
     started = time.monotonic()
     torch.set_num_threads(cfg.threads)
-    train_source, val_source, contract = _sources(cfg)
-    env = PairTradingEnv(cfg.pair(cfg.episode_length, cfg.train_cost_multiplier), source=train_source)
-    val_config = cfg.pair(cfg.eval_length)
-
-    def validate(actor: SACActor) -> Scores:
-        return compare(
-            {"policy": actor_policy(actor)}, cfg.eval_episodes, val_config, val_source, VALIDATION_SEED
-        )["policy"]
-
+    cfg.check()
+    data = plan(cfg)
+    for line in data.lines:
+        logger.info("%s", line)
+    contract = data.contract
+    env = PairTradingEnv(cfg.pair(cfg.episode_length, cfg.train_cost_multiplier), source=data.train)
     # Scored before seeding: building the incumbent's actor draws from torch's
     # RNG, and a seed must give the same run whether or not a model is there.
-    gate = Gate.at_start(cfg, env.state_dim, validate)
+    gate = Gate.at_start(cfg, env.state_dim, data.validate)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     agent = SAC(env.state_dim, cfg.hyper())
@@ -238,21 +137,26 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = cfg.run_dir / f"sac-{stamp}-seed{cfg.seed}"
     best_path, final_path = run_dir / "best.pt", run_dir / "final.pt"
-    warnings: list[str] = []
-    if cfg.planned_updates() == 0:
+    warnings = list(data.warnings)
+    for w in warnings:
+        logger.warning("%s", w)
+    if cfg.planned_updates(data.episode_steps) == 0:
         warnings.append(
-            f"too short to learn: {cfg.episodes} episodes × {cfg.episode_length} steps with "
-            f"--learning-starts {cfg.learning_starts} and --updates-per-step {cfg.updates_per_step} "
+            f"too short to learn: {cfg.episodes} episodes × {data.episode_steps or cfg.episode_length} steps "
+            f"with --learning-starts {cfg.learning_starts} and --updates-per-step {cfg.updates_per_step} "
             "make not one gradient step, so the policy stays as initialised "
             "(raise --episodes or lower --learning-starts)"
         )
         logger.warning("%s", warnings[-1])
 
-    baseline = compare({"zscore": zscore_rule()}, cfg.eval_episodes, val_config, val_source, VALIDATION_SEED)[
-        "zscore"
-    ]
+    baseline = data.validate(zscore_rule())
     params = {k: (str(v) if isinstance(v, Path | tuple) or v is None else v) for k, v in asdict(cfg).items()}
-    tags = {"algo": "sac", "env_class": type(env).__name__, "data": "csv" if cfg.csv else "synthetic"}
+    tags = {
+        "algo": "sac",
+        "env_class": type(env).__name__,
+        "data": "csv" if cfg.csv else "synthetic",
+        "contract": contract.id,
+    }
     show = (not cfg.quiet and sys.stderr.isatty()) if progress is None else progress
     # tqdm ships no type hints, and types-tqdm is not in the dev extra.
     from tqdm import tqdm  # type: ignore[import-untyped]
@@ -293,7 +197,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
             metrics = {"train_reward": ep_reward, "train_turnover": ep_turnover / env.length, **last_losses}
             out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
             if episode % cfg.eval_every == 0 or episode == cfg.episodes or out_of_time:
-                val = validate(agent.actor)
+                val = data.validate(agent.actor)
                 metrics.update(
                     {
                         "eval_reward": val.total_return,
@@ -369,68 +273,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         steps=total_steps,
         updates=updates,
         warnings=warnings,
+        data_lines=data.lines,
+        evaluate_args=data.evaluate_args,
+        held_out=data.held_out,
     )
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 64,64, got {text!r}")
-    return sizes
-
-
-def _columns_flag(text: str) -> str:
-    try:
-        _two_columns(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected two column names as A,B, got {text!r}") from exc
-    return text
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m agent.train", description=DESCRIPTION)
-    hints, defaults = typing.get_type_hints(TrainConfig), TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind, text, default = hints[f.name], f.metadata["help"], getattr(defaults, f.name)
-        if kind is bool:
-            p.add_argument(flag, action="store_true", help=text)
-        elif f.name == "out":
-            # No argparse default: config_from_args tells "not given" (MODEL_DIR decides)
-            # from any spelling of the flag (--out X, --out=X, an abbreviation).
-            p.add_argument(
-                flag,
-                type=Path,
-                default=None,
-                metavar="PATH",
-                help=f"{text} (default: $MODEL_DIR/policy.pt, or {DEFAULT_OUT} when MODEL_DIR is unset)",
-            )
-        elif kind == tuple[int, ...]:
-            shown = ",".join(str(h) for h in default)
-            p.add_argument(
-                flag, type=_sizes, default=default, help=f"{text}, comma-separated (default: {shown})"
-            )
-        else:
-            parse: Callable[[str], Any]
-            if f.name == "csv_columns":
-                parse = _columns_flag
-            elif kind in (int, float, str, Path):
-                parse = kind
-            else:  # X | None
-                parse = next(a for a in typing.get_args(kind) if a is not type(None))
-            shown = "" if default is None else f" (default: {default})"
-            p.add_argument(flag, type=parse, default=default, help=text + shown)
-    return p
-
-
-def config_from_args(argv: list[str] | None = None, model_dir: str | None = None) -> TrainConfig:
-    values = vars(_parser().parse_args(argv))
-    if values["out"] is None:
-        values["out"] = Path(model_dir) / "policy.pt" if model_dir else DEFAULT_OUT
-    return TrainConfig(**values)
 
 
 def summary(result: Result) -> str:
@@ -438,20 +284,26 @@ def summary(result: Result) -> str:
     lines = [
         f"trained {result.episodes} episodes in {result.seconds:.0f} s ({result.steps} environment steps, "
         f"{result.updates} gradient updates); best validation Sharpe {result.best_sharpe:.2f} "
-        f"(z-score rule {result.baseline_sharpe:.2f} on the same paths)"
+        f"(z-score rule {result.baseline_sharpe:.2f} on the same validation data)",
+        *result.data_lines,
     ]
     lines += [f"warning: {w}" for w in result.warnings]
     lines.append(result.publish_note)
     lines.append(f"this run: best {result.best_path}, final {result.final_path}")
-    judged = result.out if result.published else result.best_path
-    lines.append(f"judge it on held-out paths: python -m agent.evaluate {judged}")
+    judged = shlex.quote(str(result.out if result.published else result.best_path))
+    lines.append(f"evaluate it on {result.held_out}: python -m agent.evaluate {judged}{result.evaluate_args}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(argv, model_dir=os.environ.get("MODEL_DIR"))
-    print(summary(train(cfg)))
+    try:
+        result = train(cfg)
+    except (ConfigError, PriceDataError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
     return 0
 
 

@@ -210,3 +210,50 @@ def test_contract_floats_round_trip_exactly() -> None:
     c = data.contract(cost=1 / 3)
     again = PairContract.from_json(c.to_json())
     assert again.spread.hedge_ratio == data.hedge_ratio and again.cost == 1 / 3 and math.isfinite(again.cost)
+
+
+# --- python -m agent.contract MODEL ---------------------------------------------------------------
+
+
+def _contract_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m agent.contract`` in a process where torch (and every extra) cannot be imported."""
+    from tests.test_layers import _WITHOUT_EXTRAS
+
+    code = _WITHOUT_EXTRAS + (
+        "import runpy\n"
+        f"sys.argv = ['agent.contract', *{list(argv)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('agent.contract', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n"
+        "    status = exc.code\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch imported'\n"
+        "sys.exit(status)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_contract_command_prints_json_and_its_id_without_torch(tmp_path: Path) -> None:
+    c = PairData.from_csv(REAL).contract(0.0005)
+    ck = _save(tmp_path / "policy.pt", {"state_dict": {"w": torch.ones(2)}, CHECKPOINT_KEY: c.to_json()})
+    out = _contract_cli(str(ck))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "" and out.stdout.startswith('{\n  "id": ')  # pretty, the id first
+    doc = json.loads(out.stdout)
+    assert list(doc) == ["id", "contract"] and doc["id"] == c.id
+    assert PairContract.from_dict(doc["contract"]) == c
+    assert doc["contract"]["data"]["sha256"] == hashlib.sha256(REAL.read_bytes()).hexdigest()
+
+
+def test_the_contract_command_refuses_a_bad_or_old_file_in_one_line(tmp_path: Path) -> None:
+    old = _save(tmp_path / "old.pt", {"format": "statpair.sac_actor", "version": 1, "state_dict": {}})
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    for path, reason in [
+        (old, "the checkpoint carries no pair contract (written before feature set 2): retrain it"),
+        (tmp_path / "text.pt", "cannot read the checkpoint (File is not a zip file)"),
+        (tmp_path / "missing.pt", "cannot read the checkpoint ([Errno 2] No such file or directory"),
+    ]:
+        out = _contract_cli(str(path))
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {path}: {reason}"), out.stderr

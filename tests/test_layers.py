@@ -16,7 +16,8 @@ def test_worker_imports_only_the_policy_core() -> None:
         "import worker.server, worker.cli, worker.client, worker.metrics\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tracking', 'bench')\n"
         "             or m in ('agent.env', 'agent.sac', 'agent.replay', 'agent.train', 'agent.evaluate',\n"
-        "                      'agent.baselines', 'agent.data'))\n"
+        "                      'agent.baselines', 'agent.data', 'agent.scoring', 'agent.heldout',\n"
+        "                      'agent.train_config', 'agent.train_data'))\n"
         "print(bad)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

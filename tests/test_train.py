@@ -108,7 +108,7 @@ def test_help_says_each_thing_once(tmp_path: Path) -> None:
     assert "--updates-per-step" in text and "gradient updates per environment step" in text
     assert text.count("$MODEL_DIR/policy.pt") == 1 and text.count("models/policy.pt") == 1
     assert "(default: 64,64)" in text and "(default: 128,128)" in text and "(64, 64)" not in text
-    assert "--force" in text
+    assert "--force" in text and "--columns A,B" in text and "--csv-columns" not in text
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
@@ -184,3 +184,168 @@ def test_tracker_wiring_against_sqlite(tmp_path: Path, monkeypatch: pytest.Monke
     assert names == {"policy.pt", "final.pt"}
     ck = load_checkpoint(result.out)
     assert ck.metadata["run_id"] == result.run_id
+
+
+# --- a user's price file, through the command line ---------------------------------------------
+
+REAL = ROOT / "tests" / "data" / "sp500_nasdaq_2017_2018.csv"
+HEADER, *ROWS = REAL.read_text().splitlines()
+
+
+def _file(path: Path, rows: list[str], header: str = HEADER) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def _tiny_argv(tmp_path: Path, csv: Path, *more: str) -> list[str]:
+    argv = ["--csv", str(csv), "--episodes", "1", "--learning-starts", "20", "--batch-size", "8"]
+    argv += ["--hidden", "8,8", "--critic-hidden", "8,8", "--quiet", "--run-dir", str(tmp_path / "runs")]
+    return [*argv, "--out", str(tmp_path / "m.pt"), *more]
+
+
+def _dup(rows: list[str]) -> list[str]:
+    return [*rows[:10], rows[9], *rows[10:]]
+
+
+def _bad_cell(rows: list[str], i: int, value: str) -> list[str]:
+    day, _, b = rows[i].split(",")
+    return [*rows[:i], f"{day},{value},{b}", *rows[i + 1 :]]
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "message"),
+    [
+        (ROWS[::-1], None, "{f}: the dates descend (line 2: 2018-12-31, last line 503: 2017-01-03): sort"),
+        (_dup(ROWS), None, "{f} lines 11 and 12: the date 2017-01-17 repeats"),
+        (ROWS, "SP500,DOW", "{f}: no column 'DOW' (the columns are: date, SP500, NASDAQ)"),
+        (ROWS, "SP500", "{f}: name exactly two price columns, got 1: ['SP500']"),
+        (ROWS, "date,SP500", "{f}: column 'date' holds dates, not prices"),
+        (_bad_cell(ROWS, 9, "abc"), None, "{f} line 11: SP500 'abc' is not a number"),
+        (_bad_cell(ROWS, 9, "-1"), None, "{f} line 11: SP500 -1 is not a positive price"),
+        (ROWS[:271], None, "{f}: 271 usable rows are too few: need at least 272 (warm-up 140"),
+    ],
+    ids=["descending", "duplicate", "wrong-column", "one-column", "date-column", "text", "negative", "short"],
+)
+def test_a_bad_price_file_is_one_line_from_both_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rows: list[str], columns: str | None, message: str
+) -> None:
+    from agent.evaluate import main as evaluate
+    from agent.train import main
+
+    bad = _file(tmp_path / "bad.csv", rows)
+    flags = ["--columns", columns] if columns else []
+    assert main(_tiny_argv(tmp_path, bad, *flags)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.format(f=bad)) and err.count("\n") == 1, err
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "runs").exists()
+    if "too few" in message:
+        return  # a training need: the evaluator's own (history before the held-out rows) is tested there
+    # The evaluator reads files with the same loader and says the same (a synthetic model on the file).
+    from tests.conftest import write_model
+
+    model = write_model(tmp_path / "s.pt")
+    assert evaluate([str(model), "--csv", str(bad), *flags]) == 2
+    assert capsys.readouterr().err == err
+
+
+def test_compact_dates_and_missing_values_train_and_evaluate_on_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.evaluate import main as evaluate
+    from agent.train import main
+
+    rows = [r.replace("-", "", 2) for r in ROWS]  # 2017-01-03 → 20170103, in a column not named "date"
+    rows = _bad_cell(rows, 20, "")  # a blank in the training window
+    rows = _bad_cell(rows, 450, "NA")  # and one in the held-out part: both dropped and counted
+    _file(tmp_path / "compact.csv", rows, header="when,SP500,NASDAQ")
+    monkeypatch.chdir(tmp_path)
+    assert main(_tiny_argv(tmp_path, Path("compact.csv"))) == 0
+    printed = capsys.readouterr().out
+    assert "data: compact.csv: A = SP500, B = NASDAQ, dates from column when; 500 rows used" in printed
+    assert "2 dropped for a missing value" in printed and "spread: log SP500 − 0.68" in printed
+    # 500 usable rows: the first 350 (file lines 2–352 less the blank) train, 150 are held out.
+    assert "training window: 2017-01-03 … 2018-05-24 (file lines 2–352)" in printed
+    assert "held out for agent.evaluate: 2018-05-25 … 2018-12-31 (file lines 353–503), 150 rows" in printed
+    hint = printed.strip().splitlines()[-1]
+    assert hint.endswith(f": python -m agent.evaluate {tmp_path / 'm.pt'}")  # the file is here: no --csv
+    contract = load_checkpoint(tmp_path / "m.pt").contract
+    assert contract.data.kind == "csv" and contract.data.date_column == "when"
+    assert contract.data.dropped_rows == 2 and contract.data.rows == 500
+    assert evaluate(hint.split("python -m agent.evaluate ")[1].split()) == 0
+    out = capsys.readouterr().out
+    assert "held out: 150 rows, 2018-05-25 … 2018-12-31" in out and "walk forward of 149 steps" in out
+
+
+def test_the_closing_hint_names_the_file_when_it_is_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.train import main
+
+    assert main(_tiny_argv(tmp_path, REAL)) == 0
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    assert hint == (
+        "evaluate it on the held-out rows of sp500_nasdaq_2017_2018.csv, 2018-05-25 … 2018-12-31 "
+        f"(file lines 353–503): python -m agent.evaluate {tmp_path / 'm.pt'} --csv {REAL}"
+    )
+
+
+def test_csv_training_keeps_validation_and_held_out_rows_out_of_its_episodes(tmp_path: Path) -> None:
+    import numpy as np
+
+    from agent.env import PairData
+    from agent.train_data import plan
+
+    p = plan(tiny(tmp_path, csv=REAL))
+    data = PairData.from_csv(REAL)
+    fit = 351 - 70  # the last 20 % of the 351 training rows choose the checkpoint
+    assert p.lines[2] == (
+        "training window: 2017-01-03 … 2018-05-24 (file lines 2–352); episodes from 2017-01-03 … "
+        "2018-02-13 (file lines 2–282); checkpoint chosen on validation 2018-02-14 … 2018-05-24 "
+        "(file lines 283–352)"
+    )
+    assert p.episode_steps == 100 and p.warnings == []  # tiny's --episode-length
+    assert plan(TrainConfig(csv=REAL)).episode_steps == fit - 140 - 1  # shorter than 256: all there is
+    for seed in range(5):
+        path = p.train is not None and p.train(np.random.default_rng(seed), 100 + 140 + 1)
+        assert isinstance(path, np.ndarray) and len(path) == 241
+        start = int(np.flatnonzero(data.spread == path[0])[0])
+        assert np.array_equal(data.spread[start : start + 241], path) and start + 241 <= fit
+    assert p.validate(lambda s: np.zeros(len(s))).steps == 70 - 1  # one walk over the validation rows
+    # A window too short to split validates in sample, and says so.
+    small = _file(tmp_path / "small.csv", ROWS[:272])
+    q = plan(tiny(tmp_path, csv=small))
+    assert "the checkpoint is chosen on the whole training window, in sample" in q.warnings[0]
+    assert q.validate(lambda s: np.zeros(len(s))).steps == 190 - 140 - 1
+
+
+def test_seeded_csv_training_is_reproducible(tmp_path: Path) -> None:
+    runs = [
+        train(tiny(tmp_path / name, csv=REAL, episodes=2, seed=seed), progress=False)
+        for name, seed in [("a", 0), ("b", 0), ("c", 1)]
+    ]
+    wa, wb, wc = (load_checkpoint(r.final_path).actor.state_dict() for r in runs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert runs[0].best_sharpe == runs[1].best_sharpe and runs[0].updates > 0
+
+
+def test_columns_is_one_spelling_and_needs_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.train import main
+
+    assert config_from_args(["--csv", "p.csv", "--columns", "KO,PEP"]).column_names() == ["KO", "PEP"]
+    with caplog.at_level("WARNING"):
+        assert config_from_args(["--csv", "p.csv", "--csv-columns", "KO,PEP"]).columns == "KO,PEP"
+    assert "--csv-columns is deprecated: use --columns" in caplog.text
+    assert main(["--columns", "KO,PEP", "--out", str(tmp_path / "m.pt")]) == 2
+    assert (
+        capsys.readouterr().err == "error: --columns names the price columns of --csv FILE: give --csv too\n"
+    )
+    assert main(["--csv", str(REAL), "--train-fraction", "1.5", "--out", str(tmp_path / "m.pt")]) == 2
+    assert "--train-fraction must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
+def test_a_price_file_s_short_episodes_count_in_the_too_short_warning() -> None:
+    cfg = TrainConfig(episodes=1, learning_starts=200)
+    assert cfg.planned_updates() > 0 and cfg.planned_updates(140) == 0
