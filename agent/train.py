@@ -24,6 +24,8 @@ from agent.checkpoint import CheckpointError, Metadata, load_checkpoint, save_ch
 from agent.contract import ContractError
 from agent.data import PriceDataError
 from agent.env import PairTradingEnv
+from agent.release import check as check_release
+from agent.release import register_best
 from agent.replay import ReplayBuffer
 from agent.sac import SAC
 from agent.train_config import DEFAULT_OUT, DESCRIPTION, ConfigError, TrainConfig, config_from_args
@@ -66,6 +68,7 @@ class Result:
     data_lines: list[str] = field(default_factory=list)  # what data the run used
     evaluate_args: str = ""  # what ``python -m agent.evaluate MODEL`` needs after MODEL
     held_out: str = "held-out synthetic paths"  # what agent.evaluate judges the model on
+    register_note: str = ""  # what --register did, and why
 
 
 @dataclass
@@ -122,6 +125,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     started = time.monotonic()
     torch.set_num_threads(cfg.threads)
     cfg.check()
+    check_release(cfg)
     data = plan(cfg)
     for line in data.lines:
         logger.info("%s", line)
@@ -257,6 +261,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         tracker.log_artifact(cfg.out if gate.published else best_path)
         tracker.log_artifact(final_path)
         run_id = tracker.run_id
+    # After the run has ended: a registration that waits on MLflow never holds the run open.
+    registered = register_best(cfg, best_path, run_id, best, baseline.sharpe) if cfg.register else ""
     return Result(
         best_path=best_path,
         final_path=final_path,
@@ -276,6 +282,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         data_lines=data.lines,
         evaluate_args=data.evaluate_args,
         held_out=data.held_out,
+        register_note=registered,
     )
 
 
@@ -289,6 +296,8 @@ def summary(result: Result) -> str:
     ]
     lines += [f"warning: {w}" for w in result.warnings]
     lines.append(result.publish_note)
+    if result.register_note:
+        lines.append(result.register_note)
     lines.append(f"this run: best {result.best_path}, final {result.final_path}")
     judged = shlex.quote(str(result.out if result.published else result.best_path))
     lines.append(f"evaluate it on {result.held_out}: python -m agent.evaluate {judged}{result.evaluate_args}")

@@ -97,6 +97,12 @@ class TrainConfig:
         "checkpoint on (0: choose on the whole training window, in sample)",
     )
     experiment: str = _f("statpair-sac", "MLflow experiment (MLFLOW_EXPERIMENT_NAME overrides)")
+    register: str | None = _f(
+        None,
+        "when the run ends, register its best checkpoint as a new version of this MLflow registered "
+        "model, with its held-out and the z-score rule's scores (needs MLFLOW_TRACKING_URI); "
+        "promote it with python -m tracking.registry",
+    )
     quiet: bool = _f(False, "no progress bar")
 
     def check(self) -> None:

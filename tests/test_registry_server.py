@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,6 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
-from agent.checkpoint import load_checkpoint
 from tests.conftest import make_settings, unique, wait_for
 from tests.servers import MlflowServer, TcpProxy, free_port, need_binary, postgres_database, start_redis
 from tracking.registry import Registry, install, parse_uri, register
@@ -93,13 +93,15 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(registry: Registry_, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A tiny training run, tracked on the server: its best and final checkpoints."""
+    """A tiny training run, tracked on the server and registered by --register: its best
+    and final checkpoints (the tests register them again under names of their own)."""
     base = tmp_path_factory.mktemp("train")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MODEL_"))}
     env.update({"MLFLOW_TRACKING_URI": registry.url, "MLFLOW_EXPERIMENT_NAME": "registry-tests"})
     tiny = "--episodes 2 --episode-length 64 --learning-starts 32 --batch-size 16 --buffer-size 1000 "
     tiny += "--eval-every 1 --eval-episodes 2 --eval-length 64 --quiet"
-    paths = ["--out", str(base / "policy.pt"), "--run-dir", str(base / "runs")]
+    name = unique("trained")
+    paths = ["--out", str(base / "policy.pt"), "--run-dir", str(base / "runs"), "--register", name]
     out = subprocess.run(
         [sys.executable, "-m", "agent.train", *tiny.split(), *paths],
         cwd=ROOT,
@@ -110,8 +112,19 @@ def trained(registry: Registry_, tmp_path_factory: pytest.TempPathFactory) -> Tr
     )
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = (base / "runs").iterdir()
-    run_id = load_checkpoint(run / "best.pt").metadata["run_id"]
-    assert run_id, out.stderr[-3000:]
+    assert f"registered best.pt as version 1 of {name} (sha256 " in out.stdout, (
+        out.stdout + out.stderr[-3000:]
+    )
+    (version,) = Registry(registry.url).versions(name)
+    # The run's id, from the registry: the checkpoint has it only if the run started within
+    # the tracker's 2 s wait, which a fresh server on a loaded machine can miss.
+    run_id = version.run_id
+    assert run_id is not None and version.aliases == ()
+    assert f"run {run_id})" in out.stdout
+    assert set(version.tags) >= {"sha256", "checkpoint", "contract_id", "val_sharpe", "val_zscore_sharpe"}
+    assert {"test_sharpe", "test_zscore_sharpe"} <= set(version.tags)
+    assert version.tags["test_data"] == "2 synthetic paths × 64 steps, seeds from 10000"
+    assert version.sha256 == hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
     return Trained(run_id, run / "best.pt", run / "final.pt")
 
 
@@ -486,13 +499,6 @@ class Compose:
         )
 
 
-def _supports_register() -> bool:
-    out = subprocess.run(
-        [sys.executable, "-m", "agent.train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    return "--register" in out.stdout
-
-
 async def test_compose_commands_from_an_unwritable_directory(registry: Registry_) -> None:
     base = Path(tempfile.mkdtemp(prefix="statpair-compose-"))  # reachable without capabilities
     redis_server = None
@@ -510,21 +516,16 @@ async def test_compose_commands_from_an_unwritable_directory(registry: Registry_
         tiny = "--episodes 2 --episode-length 64 --learning-starts 32 --batch-size 16 --buffer-size 1000 "
         tiny += "--eval-every 1 --eval-episodes 2 --eval-length 64"
         command = compose.command("trainer", *tiny.split())
-        wired = _supports_register()
-        if not wired:  # the flag is wired into agent.train separately: do what it will do, by hand
-            command = [a for a in command if not a.startswith("--register")]
+        assert f"--register={name}" in command
         trained = compose.run(command)
         assert trained.returncode == 0, trained.stderr[-3000:]
         data = compose.volumes["trainer-data"]
         (run,) = (data / "runs").iterdir()
         assert (run / "best.pt").exists() and (data / "models" / "policy.pt").exists()
         assert list(compose.cwd.iterdir()) == []
-        client = Registry(registry.url)
-        if not wired:
-            ck = load_checkpoint(run / "best.pt")
-            register(name, run / "best.pt", ck.metadata["run_id"], GOOD, tracking_uri=registry.url)
-        version = client.versions(name)[0]
-        assert version.run_id == load_checkpoint(run / "best.pt").metadata["run_id"]
+        assert f"as version 1 of {name}" in trained.stdout, trained.stdout
+        (version,) = Registry(registry.url).versions(name)
+        assert version.run_id is not None and f"run {version.run_id})" in trained.stdout
 
         # the one-off registry service promotes it
         promoted = compose.run(
@@ -546,8 +547,6 @@ async def test_compose_commands_from_an_unwritable_directory(registry: Registry_
         cached = compose.volumes["model-cache"] / name / str(version.version)
         assert (cached / "version.json").exists()
         assert list(compose.cwd.iterdir()) == []
-        if not wired:
-            pytest.xfail("agent.train has no --register yet: the trainer ran without it, registered by hand")
     finally:
         if redis_server is not None:
             redis_server.stop()
