@@ -15,7 +15,7 @@ COPY bench ./bench
 # Everything a service writes is under /models (the folder source), /var/cache/statpair
 # (registry downloads) or /var/lib/statpair (the trainer's runs): created here, owned
 # by the non-root user, so the named volumes mounted there are writable. /app is not.
-RUN pip install '.[worker,train]' mlflow-skinny==3.17.2 && useradd --create-home --uid 10001 statpair \
+RUN pip install '.[worker,train,registry]' mlflow-skinny==3.17.2 && useradd --create-home --uid 10001 statpair \
     && mkdir -p /models /var/cache/statpair /var/lib/statpair \
     && chown statpair /models /var/cache/statpair /var/lib/statpair
 USER statpair

@@ -33,6 +33,10 @@ def heartbeat_key(state: ServerState) -> str:
 async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
     """Write this worker's heartbeat hash once (and sample the group for metrics)."""
     s, m, key = state.settings, state.models.current, heartbeat_key(state)
+    # The contract first: whoever sees this worker's contract id in its heartbeat can
+    # then fetch the contract itself. (Another key: on a cluster, maybe another node.)
+    if m is not None:
+        await state.redis.hset(s.contracts_key, ANY_PAIR, m.contract.to_json())
     pipe = state.redis.pipeline(transaction=True)
     pipe.hset(
         key,
@@ -51,8 +55,6 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
     )
     pipe.expire(key, s.heartbeat_ttl_s)
     await pipe.execute()
-    if m is not None:  # another key: on a cluster, maybe another node
-        await state.redis.hset(s.contracts_key, ANY_PAIR, m.contract.to_json())
     if metrics is None:
         return
     lag = pending = 0

@@ -1,0 +1,260 @@
+"""Reading a user's price file: a date column (kept, in ascending order), two
+price columns, rows with a missing value dropped and counted (never
+interpolated), and every other problem one ``PriceDataError`` sentence naming
+the file and the line."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DATE_HEADERS = frozenset({"date", "datetime", "time", "timestamp", "day"})
+MISSING = frozenset({"", "na", "nan", "n/a", "null", "none", "-", "."})
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+_SLASH_DATE = re.compile(r"^\d{4}/\d{2}/\d{2}$")
+_COMPACT_DATE = re.compile(r"^\d{8}$")
+DATE_FORMATS = "YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD or YYYY-MM-DD HH:MM[:SS]"
+
+
+class PriceDataError(ValueError):
+    """A price file that cannot be used: one sentence naming the file and, where it applies, the line."""
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Two aligned price series read from a file, in ascending date (or file) order."""
+
+    path: Path
+    sha256: str  # of the file's bytes
+    columns: tuple[str, str]  # the price columns used (leg A, leg B), as spelled in the header
+    date_column: str | None
+    dates: tuple[str, ...] | None  # ISO 8601, one per kept row; None without a date column
+    a: np.ndarray
+    b: np.ndarray
+    lines: tuple[int, ...]  # the file line of each kept row (the header is line 1)
+    dropped: tuple[int, ...]  # lines dropped for a missing value
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def describe(self) -> str:
+        """One line saying what was used: ``prices.csv: A = KO, B = PEP, dates from column Date; …``."""
+        when = f"dates from column {self.date_column}" if self.date_column else "no date column (file order)"
+        span = f" ({self.dates[0]} … {self.dates[-1]})" if self.dates else ""
+        return (
+            f"{self.path.name}: A = {self.columns[0]}, B = {self.columns[1]}, {when}; "
+            f"{len(self)} rows used{span}, {len(self.dropped)} dropped for a missing value"
+        )
+
+
+def parse_date(text: str) -> date | datetime | None:
+    """A date or date-time in one of ``DATE_FORMATS``, or None."""
+    try:
+        if _ISO_DATE.match(text):
+            return date.fromisoformat(text)
+        if _SLASH_DATE.match(text):
+            return date.fromisoformat(text.replace("/", "-"))
+        if _COMPACT_DATE.match(text):
+            value = date(int(text[:4]), int(text[4:6]), int(text[6:]))
+            return value if 1800 <= value.year <= 2200 else None
+        if _ISO_TIME.match(text):
+            return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _read_rows(path: Path, raw: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PriceDataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=first.count)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue  # blank line
+            if header is None:
+                header = [f.strip() for f in fields]
+                continue
+            if len(fields) != len(header):
+                raise PriceDataError(
+                    f"{path} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}"
+                )
+            rows.append((reader.line_num, [f.strip() for f in fields]))
+    except csv.Error as exc:
+        raise PriceDataError(f"{path} line {reader.line_num}: not readable as CSV ({exc})") from None
+    if header is None:
+        raise PriceDataError(f"{path}: the file is empty")
+    seen: dict[str, str] = {}
+    for name in header:
+        key = name.casefold()
+        if not name:
+            raise PriceDataError(f"{path}: the header has a column without a name")
+        if key in seen:
+            raise PriceDataError(f"{path}: the header names column {name!r} twice")
+        seen[key] = name
+    if not rows:
+        raise PriceDataError(f"{path}: the file has a header but no rows")
+    return header, rows
+
+
+def _date_column(header: list[str], rows: list[tuple[int, list[str]]]) -> int | None:
+    for j, name in enumerate(header):
+        if name.casefold() in DATE_HEADERS:
+            return j
+    # No date-like header: a column of YYYYMMDD integers (or ISO dates) is still dates, not prices.
+    for j in range(len(header)):
+        values = [f[j] for _, f in rows if f[j].casefold() not in MISSING]
+        if values and all(parse_date(v) is not None for v in values):
+            return j
+    return None
+
+
+def _price_columns(
+    path: Path,
+    header: list[str],
+    rows: list[tuple[int, list[str]]],
+    date_j: int | None,
+    wanted: Sequence[str] | None,
+) -> tuple[int, int]:
+    listing = ", ".join(header)
+    if wanted is not None:
+        if len(wanted) != 2:
+            raise PriceDataError(f"{path}: name exactly two price columns, got {len(wanted)}: {list(wanted)}")
+        index = {name.casefold(): j for j, name in enumerate(header)}
+        picked = []
+        for name in wanted:
+            j = index.get(name.strip().casefold())
+            if j is None:
+                raise PriceDataError(f"{path}: no column {name!r} (the columns are: {listing})")
+            if j == date_j:
+                raise PriceDataError(f"{path}: column {header[j]!r} holds dates, not prices")
+            picked.append(j)
+        if picked[0] == picked[1]:
+            raise PriceDataError(
+                f"{path}: the two price columns must differ, got {header[picked[0]]!r} twice"
+            )
+        return picked[0], picked[1]
+    numeric = []
+    for j in range(len(header)):
+        if j == date_j:
+            continue
+        first = next((f[j] for _, f in rows if f[j].casefold() not in MISSING), None)
+        if first is not None and _number(first) is not None:
+            numeric.append(j)
+    names = ", ".join(header[j] for j in numeric)
+    if len(numeric) < 2:
+        raise PriceDataError(
+            f"{path}: need two numeric price columns, found {len(numeric)} (columns: {listing})"
+        )
+    if len(numeric) > 2:
+        raise PriceDataError(
+            f"{path}: {len(numeric)} numeric columns ({names}): name the two price columns (--columns A,B)"
+        )
+    return numeric[0], numeric[1]
+
+
+def load_prices(path: str | Path, columns: Sequence[str] | None = None) -> PriceTable:
+    """Read two price columns (``columns``, or the only two numeric ones) and the date column if any."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PriceDataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    header, rows = _read_rows(path, raw)
+    date_j = _date_column(header, rows)
+    ja, jb = _price_columns(path, header, rows, date_j, columns)
+    kept: list[tuple[int, date | datetime | None, float, float]] = []
+    dropped: list[int] = []
+    for line, fields in rows:
+        cells = [fields[ja], fields[jb]] + ([fields[date_j]] if date_j is not None else [])
+        if any(c.casefold() in MISSING for c in cells):
+            dropped.append(line)
+            continue
+        when = None
+        if date_j is not None:
+            when = parse_date(fields[date_j])
+            if when is None:
+                raise PriceDataError(
+                    f"{path} line {line}: {header[date_j]} {fields[date_j]!r} is not a date ({DATE_FORMATS})"
+                )
+        prices = []
+        for j in (ja, jb):
+            value = _number(fields[j])
+            if value is None:
+                raise PriceDataError(f"{path} line {line}: {header[j]} {fields[j]!r} is not a number")
+            if not (math.isfinite(value) and value > 0):
+                raise PriceDataError(f"{path} line {line}: {header[j]} {fields[j]} is not a positive price")
+            prices.append(value)
+        kept.append((line, when, prices[0], prices[1]))
+    if date_j is not None:
+        _check_order(path, [(line, when) for line, when, _, _ in kept])
+    dates = None if date_j is None else tuple(when.isoformat() for _, when, _, _ in kept if when is not None)
+    table = PriceTable(
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        columns=(header[ja], header[jb]),
+        date_column=None if date_j is None else header[date_j],
+        dates=dates,
+        a=np.array([k[2] for k in kept], dtype=np.float64),
+        b=np.array([k[3] for k in kept], dtype=np.float64),
+        lines=tuple(k[0] for k in kept),
+        dropped=tuple(dropped),
+    )
+    logger.info("%s", table.describe())
+    return table
+
+
+def _check_order(path: Path, dated: list[tuple[int, date | datetime | None]]) -> None:
+    # Dates and date-times compare as date-times (a date is its midnight); messages show them as written.
+    keyed = [(line, when, _key(when)) for line, when in dated]
+    for (prev_line, prev, prev_key), (line, when, key) in itertools.pairwise(keyed):
+        assert prev is not None and when is not None
+        if key == prev_key:
+            raise PriceDataError(f"{path} lines {prev_line} and {line}: the date {when.isoformat()} repeats")
+        if key < prev_key:
+            if len(keyed) > 2 and all(b[2] < a[2] for a, b in itertools.pairwise(keyed)):
+                first, last = keyed[0], keyed[-1]
+                raise PriceDataError(
+                    f"{path}: the dates descend (line {first[0]}: {_iso(first[1])}, last line "
+                    f"{last[0]}: {_iso(last[1])}): sort the file in ascending date order"
+                )
+            raise PriceDataError(
+                f"{path} line {line}: the date {when.isoformat()} comes before {prev.isoformat()} "
+                f"on line {prev_line}: dates must ascend"
+            )
+
+
+def _iso(when: date | datetime | None) -> str:
+    return "" if when is None else when.isoformat()
+
+
+def _key(when: date | datetime | None) -> datetime:
+    assert when is not None
+    return when if isinstance(when, datetime) else datetime(when.year, when.month, when.day)

@@ -1,0 +1,257 @@
+"""``python -m agent.evaluate MODEL``: judge a policy against the z-score rule and flat
+on data it never trained on, at the same cost.
+
+A model trained on a price file is judged on that file's held-out rows (its
+contract names the file, its sha256 and the split) by one contiguous walk
+forward; a model trained on synthetic paths, on held-out synthetic paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.baselines import Policy, flat, zscore_rule
+from agent.contract import ContractError, CsvData, PairContract, SyntheticData
+from agent.data import PriceDataError
+from agent.env import PairConfig
+from agent.heldout import DataError, held_out
+from agent.scoring import (
+    EVAL_SEED,
+    STEPS_PER_YEAR,
+    Scores,
+    Trace,
+    actor_policy,
+    as_policy,
+    compare,
+    compare_walk,
+    make_envs,
+    rollout,
+    scores,
+    walk_forward,
+)
+
+if TYPE_CHECKING:
+    from agent.actor import SACActor
+
+__all__ = [
+    "EVAL_SEED",
+    "STEPS_PER_YEAR",
+    "Scores",
+    "Trace",
+    "actor_policy",
+    "as_policy",
+    "compare",
+    "compare_walk",
+    "main",
+    "make_envs",
+    "rollout",
+    "scores",
+    "walk_forward",
+]
+
+DESCRIPTION = (
+    "Judge a policy against the z-score rule and flat, at the same cost, on data it never trained on: "
+    "a price file's held-out part (one walk forward) or held-out synthetic paths."
+)
+DEFAULT_EPISODES, DEFAULT_LENGTH = 64, 1024
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agent.evaluate", description=DESCRIPTION)
+    p.add_argument("model", type=Path, help="a checkpoint written by python -m agent.train")
+    p.add_argument(
+        "--cost", type=float, default=None, help="cost per unit of position change (default: the contract's)"
+    )
+    p.add_argument(
+        "--entry", type=float, default=2.0, help="z-score rule: enter beyond ±entry σ (default 2.0)"
+    )
+    p.add_argument("--exit", type=float, default=0.5, help="z-score rule: exit inside ±exit σ (default 0.5)")
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write every figure to this file"
+    )
+    csv = p.add_argument_group("a price file (the default for a model trained on one)")
+    csv.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the price file (default: the file named by the model's contract, in the current directory)",
+    )
+    csv.add_argument(
+        "--columns", default=None, metavar="A,B", help="its two price columns (default: the contract's)"
+    )
+    csv.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="evaluate on a file other than the one the model was trained on (its sha256 differs)",
+    )
+    csv.add_argument(
+        "--train-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="a synthetic model on a price file: walk the rows after this share of them (default 0.7)",
+    )
+    syn = p.add_argument_group("synthetic paths (for a model trained on them)")
+    syn.add_argument(
+        "--episodes", type=int, default=None, help=f"held-out paths (default {DEFAULT_EPISODES})"
+    )
+    syn.add_argument(
+        "--episode-length", type=int, default=None, help=f"steps per path (default {DEFAULT_LENGTH})"
+    )
+    syn.add_argument("--seed", type=int, default=None, help=f"first held-out seed (default {EVAL_SEED})")
+    for flag, what in (
+        ("half-life", "spread half-life"),
+        ("sigma", "spread innovation std"),
+        ("regime-prob", "regime-shift chance per step"),
+    ):
+        syn.add_argument(f"--{flag}", type=float, default=None, help=f"{what} (default: the contract's)")
+    return p
+
+
+def _synthetic_config(contract: PairContract, args: argparse.Namespace, cost: float) -> PairConfig:
+    gen = contract.data
+    if not isinstance(gen, SyntheticData):
+        raise DataError(f"{args.model}: trained on a price file, not synthetic paths")
+    return PairConfig(
+        episode_length=DEFAULT_LENGTH if args.episode_length is None else args.episode_length,
+        half_life=gen.half_life if args.half_life is None else args.half_life,
+        sigma=gen.sigma if args.sigma is None else args.sigma,
+        regime_prob=gen.regime_prob if args.regime_prob is None else args.regime_prob,
+        regime_mean_jump=gen.regime_mean_jump,
+        market_sigma=gen.market_sigma,
+        hedge_ratio=contract.spread.hedge_ratio,
+        cost=cost,
+        # cost_vol reports the contract's cost, as a served model sees it, whatever cost is charged.
+        feature_cost=contract.cost,
+    )
+
+
+def _check_flags(args: argparse.Namespace, on_file: bool, contract: PairContract) -> None:
+    def given(*flags: str) -> list[str]:
+        values = [(f, getattr(args, f.replace("-", "_"))) for f in flags]
+        return [f for f, v in values if v is not None and v is not False]
+
+    if on_file:
+        wrong = given("episodes", "episode-length", "seed", "half-life", "sigma", "regime-prob")
+        if wrong:
+            raise DataError(
+                f"--{wrong[0]} applies to synthetic paths; a price file is evaluated by one walk "
+                "forward over its held-out part"
+            )
+        if isinstance(contract.data, CsvData) and args.train_fraction is not None:
+            raise DataError(
+                f"--train-fraction: {args.model}'s contract fixes its training window "
+                f"(rows {contract.data.train_rows[0]}–{contract.data.train_rows[1] - 1})"
+            )
+    else:
+        wrong = given("columns", "allow-other-data", "train-fraction")
+        if wrong:
+            raise DataError(
+                f"--{wrong[0]} applies to a price file: {args.model} was trained on synthetic paths"
+            )
+
+
+def _title(model: Path, contract: PairContract) -> str:
+    pair = f"{contract.pair} " if contract.pair else "synthetic pair, "
+    return f"{model}: {pair}contract {contract.id}"
+
+
+def _policies(actor: SACActor, args: argparse.Namespace) -> dict[str, Policy]:
+    try:
+        rule = zscore_rule(args.entry, args.exit)
+    except ValueError as exc:
+        raise DataError(f"--entry/--exit: {exc}") from None
+    return {"policy": actor_policy(actor), "zscore": rule, "flat": flat}
+
+
+def _run_file(
+    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float
+) -> dict[str, Any]:
+    h = held_out(args.model, contract, args.csv, args.columns, args.allow_other_data, args.train_fraction)
+    policies = _policies(actor, args)
+    print(_title(args.model, contract))
+    for line in h.describe():
+        print(line)
+    start, stop = h.data.held_out
+    print(
+        f"held out: {stop - start} rows, {h.span()}: one walk forward of {h.data.walk_forward_steps} steps, "
+        f"starting flat; cost {cost:g} per unit of position change"
+    )
+    traces = compare_walk(policies, h.data, cost, feature_cost=contract.cost)
+    for name, trace in traces.items():
+        print(trace.scores.row(name))
+    return {"data": h.as_dict(), "scores": {k: t.scores.as_dict() for k, t in traces.items()}}
+
+
+def _run_synthetic(
+    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float
+) -> dict[str, Any]:
+    config = _synthetic_config(contract, args, cost)
+    episodes = DEFAULT_EPISODES if args.episodes is None else args.episodes
+    if episodes < 1 or config.episode_length < 1:
+        raise DataError(
+            f"--episodes and --episode-length must be at least 1, got {episodes}, {config.episode_length}"
+        )
+    seed = EVAL_SEED if args.seed is None else args.seed
+    result = compare(_policies(actor, args), episodes, config, None, seed)
+    print(_title(args.model, contract))
+    print(
+        f"synthetic held-out paths: {episodes} × {config.episode_length} steps, "
+        f"seeds {seed}…{seed + episodes - 1} "
+        f"(half-life {config.half_life:g}, sigma {config.sigma:g}, regime prob {config.regime_prob:g}); "
+        f"cost {cost:g} per unit of position change"
+    )
+    for name, sc in result.items():
+        print(sc.row(name))
+    data = {
+        "kind": "synthetic",
+        "episodes": episodes,
+        "episode_length": config.episode_length,
+        "first_seed": seed,
+        "half_life": config.half_life,
+        "sigma": config.sigma,
+        "regime_prob": config.regime_prob,
+    }
+    return {"data": data, "scores": {k: v.as_dict() for k, v in result.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agent.checkpoint import CheckpointError, load_checkpoint
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        ck = load_checkpoint(args.model)
+        contract = ck.contract
+        cost = contract.cost if args.cost is None else args.cost
+        if cost < 0:
+            raise DataError(f"--cost must be at least 0, got {cost}")
+        on_file = isinstance(contract.data, CsvData) or args.csv is not None
+        _check_flags(args, on_file, contract)
+        run = _run_file if on_file else _run_synthetic
+        figures = run(ck.actor, contract, args, cost)
+    except (CheckpointError, ContractError, PriceDataError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        doc = {
+            "model": str(args.model),
+            "contract_id": contract.id,
+            "cost": cost,
+            "feature_cost": contract.cost,
+            "zscore_rule": {"entry": args.entry, "exit": args.exit},
+            "steps_per_year": STEPS_PER_YEAR,
+            **figures,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,311 @@
+"""``python -m agent.train``: train the served ``SACActor`` with SAC on the pair
+environment (synthetic, or a user's price file), track the run through
+``MlflowTracker`` (a no-op unless ``MLFLOW_TRACKING_URI`` is set), and publish its
+best checkpoint where the worker watches, only if it scores at least as well as
+the model already served there."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent.baselines import zscore_rule
+from agent.checkpoint import CheckpointError, Metadata, load_checkpoint, save_checkpoint
+from agent.contract import ContractError
+from agent.data import PriceDataError
+from agent.env import PairTradingEnv
+from agent.replay import ReplayBuffer
+from agent.sac import SAC
+from agent.train_config import DEFAULT_OUT, DESCRIPTION, ConfigError, TrainConfig, config_from_args
+from agent.train_data import VALIDATION_SEED, Validator, plan
+from tracking import MlflowTracker
+
+__all__ = [
+    "DEFAULT_OUT",
+    "DESCRIPTION",
+    "VALIDATION_SEED",
+    "Gate",
+    "Result",
+    "TrainConfig",
+    "config_from_args",
+    "main",
+    "summary",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    best_path: Path
+    final_path: Path
+    out: Path  # the serving checkpoint, written only when ``published``
+    best_sharpe: float
+    baseline_sharpe: float
+    episodes: int
+    seconds: float
+    run_id: str | None
+    history: list[dict[str, float]]
+    published: bool = False
+    incumbent_sharpe: float | None = None  # the served model's score at the start, when it had one
+    publish_note: str = ""  # what happened to --out, and why
+    steps: int = 0  # environment steps
+    updates: int = 0  # gradient updates
+    warnings: list[str] = field(default_factory=list)
+    data_lines: list[str] = field(default_factory=list)  # what data the run used
+    evaluate_args: str = ""  # what ``python -m agent.evaluate MODEL`` needs after MODEL
+    held_out: str = "held-out synthetic paths"  # what agent.evaluate judges the model on
+
+
+@dataclass
+class Gate:
+    """Who may write the serving file: the score of the model found there at the start
+    (None: there was none, or it could not be loaded) and whether this run wrote it."""
+
+    out: Path
+    incumbent: float | None
+    force: bool = False
+    published: bool = False
+
+    @classmethod
+    def at_start(cls, cfg: TrainConfig, state_dim: int, validate: Validator) -> Gate:
+        if not cfg.out.exists():
+            logger.info("no model at %s yet: this run publishes its best validated model there", cfg.out)
+            return cls(cfg.out, None, cfg.force)
+        try:
+            incumbent = load_checkpoint(cfg.out, state_dim=state_dim)
+        except CheckpointError as exc:
+            logger.warning(
+                "the model at %s cannot be loaded (%s): treating it as absent", cfg.out, exc.reason
+            )
+            return cls(cfg.out, None, cfg.force)
+        sharpe = validate(incumbent.actor).sharpe
+        then = "--force replaces it anyway" if cfg.force else "only a model scoring at least that replaces it"
+        logger.info("the model at %s scores validation Sharpe %.2f: %s", cfg.out, sharpe, then)
+        return cls(cfg.out, sharpe, cfg.force)
+
+    def admits(self, sharpe: float) -> bool:
+        return self.force or self.incumbent is None or sharpe >= self.incumbent
+
+    def note(self, best: float) -> str:
+        """What happened to the serving file, and why."""
+        if not self.published:
+            if self.incumbent is None:
+                return f"not published to {self.out}: the run validated no model"
+            return (
+                f"not published to {self.out}: this run's best validation Sharpe {best:.2f} is below "
+                f"{self.incumbent:.2f}, the score of the model already there on the same paths; "
+                "its checkpoints stay in its run folder (--force publishes anyway)"
+            )
+        if self.incumbent is None:
+            return f"published to {self.out}"
+        how, than = ("", "at least") if best >= self.incumbent else (" with --force", "below")
+        return (
+            f"published to {self.out}{how}: validation Sharpe {best:.2f}, "
+            f"{than} the {self.incumbent:.2f} of the model it replaced"
+        )
+
+
+def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
+    """Run SAC training; return where the checkpoints went and how good they are."""
+    started = time.monotonic()
+    torch.set_num_threads(cfg.threads)
+    cfg.check()
+    data = plan(cfg)
+    for line in data.lines:
+        logger.info("%s", line)
+    contract = data.contract
+    env = PairTradingEnv(cfg.pair(cfg.episode_length, cfg.train_cost_multiplier), source=data.train)
+    # Scored before seeding: building the incumbent's actor draws from torch's
+    # RNG, and a seed must give the same run whether or not a model is there.
+    gate = Gate.at_start(cfg, env.state_dim, data.validate)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    agent = SAC(env.state_dim, cfg.hyper())
+    buffer = ReplayBuffer(cfg.buffer_size, env.state_dim)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = cfg.run_dir / f"sac-{stamp}-seed{cfg.seed}"
+    best_path, final_path = run_dir / "best.pt", run_dir / "final.pt"
+    warnings = list(data.warnings)
+    for w in warnings:
+        logger.warning("%s", w)
+    if cfg.planned_updates(data.episode_steps) == 0:
+        warnings.append(
+            f"too short to learn: {cfg.episodes} episodes × {data.episode_steps or cfg.episode_length} steps "
+            f"with --learning-starts {cfg.learning_starts} and --updates-per-step {cfg.updates_per_step} "
+            "make not one gradient step, so the policy stays as initialised "
+            "(raise --episodes or lower --learning-starts)"
+        )
+        logger.warning("%s", warnings[-1])
+
+    baseline = data.validate(zscore_rule())
+    params = {k: (str(v) if isinstance(v, Path | tuple) or v is None else v) for k, v in asdict(cfg).items()}
+    tags = {
+        "algo": "sac",
+        "env_class": type(env).__name__,
+        "data": "csv" if cfg.csv else "synthetic",
+        "contract": contract.id,
+    }
+    show = (not cfg.quiet and sys.stderr.isatty()) if progress is None else progress
+    # tqdm ships no type hints, and types-tqdm is not in the dev extra.
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    history: list[dict[str, float]] = []
+    best = -float("inf")
+    total_steps = updates = 0
+    update_credit = 0.0
+    last_losses: dict[str, float] = {}
+    with MlflowTracker(
+        cfg.experiment, run_name=run_dir.name, params={"config": params}, tags=tags
+    ) as tracker:
+        tracker.log_metrics({"baseline_zscore_sharpe": baseline.sharpe}, step=0)
+        if gate.incumbent is not None:
+            tracker.log_metrics({"incumbent_eval_sharpe": gate.incumbent}, step=0)
+        bar = tqdm(total=cfg.episodes, disable=not show, unit="ep", dynamic_ncols=True)
+        episode = 0
+        for episode in range(1, cfg.episodes + 1):
+            state = env.reset(int(rng.integers(0, 10_000)))
+            ep_reward, ep_turnover, done = 0.0, 0.0, False
+            while not done:
+                if total_steps < cfg.learning_starts:
+                    action = rng.uniform(-1.0, 1.0, size=1)
+                else:
+                    action = agent.act(state[None, :])[0]
+                next_state, reward, done, info = env.step(float(action[0]))
+                buffer.add(state, action, reward * cfg.reward_scale, next_state, False)
+                state = next_state
+                ep_reward += reward
+                ep_turnover += info["turnover"]
+                total_steps += 1
+                if total_steps >= cfg.learning_starts:
+                    update_credit += cfg.updates_per_step
+                    while update_credit >= 1.0:
+                        last_losses = agent.update(buffer.sample(rng, cfg.batch_size))
+                        update_credit -= 1.0
+                        updates += 1
+            metrics = {"train_reward": ep_reward, "train_turnover": ep_turnover / env.length, **last_losses}
+            out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
+            if episode % cfg.eval_every == 0 or episode == cfg.episodes or out_of_time:
+                val = data.validate(agent.actor)
+                metrics.update(
+                    {
+                        "eval_reward": val.total_return,
+                        "eval_sharpe": val.sharpe,
+                        "eval_turnover": val.turnover,
+                        "eval_max_drawdown": val.max_drawdown,
+                    }
+                )
+                if val.sharpe > best:
+                    best = val.sharpe
+                    extra: dict[str, Any] = {
+                        "eval_metric": "validation_sharpe",
+                        "seed": cfg.seed,
+                        "baseline_zscore_sharpe": baseline.sharpe,
+                    }
+                    if gate.incumbent is not None:
+                        extra["incumbent_eval_sharpe"] = gate.incumbent
+                    meta = Metadata(
+                        run_id=tracker.run_id, episodes=episode, eval_score=val.sharpe, extra=extra
+                    )
+                    save_checkpoint(agent.actor, best_path, meta, contract=contract)
+                    if gate.admits(val.sharpe):
+                        # the worker hot-reloads this
+                        save_checkpoint(agent.actor, cfg.out, meta, contract=contract)
+                        gate.published = True
+                bar.set_postfix(
+                    reward=f"{ep_reward:+.3f}",
+                    sharpe=f"{val.sharpe:.2f}",
+                    best=f"{best:.2f}",
+                    zscore=f"{baseline.sharpe:.2f}",
+                )
+            tracker.log_metrics(metrics, step=episode)
+            history.append({"episode": episode, **metrics})
+            bar.update(1)
+            if out_of_time:
+                logger.info(
+                    "stopping after %d episodes: --max-minutes %.1f reached", episode, cfg.max_minutes
+                )
+                break
+        bar.close()
+        save_checkpoint(
+            agent.actor,
+            final_path,
+            Metadata(run_id=tracker.run_id, episodes=episode, extra={"seed": cfg.seed}),
+            contract=contract,
+        )
+        if updates == 0:
+            warnings.append(
+                f"not one gradient step in {total_steps} environment steps "
+                f"(--learning-starts {cfg.learning_starts}): this model is untrained"
+            )
+            logger.warning("%s", warnings[-1])
+        note = gate.note(best)
+        logger.log(logging.INFO if gate.published else logging.WARNING, "%s", note)
+        tracker.log_metrics({"best_eval_sharpe": best}, step=episode)
+        tracker.set_tag("published", str(gate.published).lower())
+        tracker.log_artifact(cfg.out if gate.published else best_path)
+        tracker.log_artifact(final_path)
+        run_id = tracker.run_id
+    return Result(
+        best_path=best_path,
+        final_path=final_path,
+        out=cfg.out,
+        best_sharpe=best,
+        baseline_sharpe=baseline.sharpe,
+        episodes=episode,
+        seconds=time.monotonic() - started,
+        run_id=run_id,
+        history=history,
+        published=gate.published,
+        incumbent_sharpe=gate.incumbent,
+        publish_note=note,
+        steps=total_steps,
+        updates=updates,
+        warnings=warnings,
+        data_lines=data.lines,
+        evaluate_args=data.evaluate_args,
+        held_out=data.held_out,
+    )
+
+
+def summary(result: Result) -> str:
+    """The closing lines ``python -m agent.train`` prints."""
+    lines = [
+        f"trained {result.episodes} episodes in {result.seconds:.0f} s ({result.steps} environment steps, "
+        f"{result.updates} gradient updates); best validation Sharpe {result.best_sharpe:.2f} "
+        f"(z-score rule {result.baseline_sharpe:.2f} on the same validation data)",
+        *result.data_lines,
+    ]
+    lines += [f"warning: {w}" for w in result.warnings]
+    lines.append(result.publish_note)
+    lines.append(f"this run: best {result.best_path}, final {result.final_path}")
+    judged = shlex.quote(str(result.out if result.published else result.best_path))
+    lines.append(f"evaluate it on {result.held_out}: python -m agent.evaluate {judged}{result.evaluate_args}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(argv, model_dir=os.environ.get("MODEL_DIR"))
+    try:
+        result = train(cfg)
+    except (ConfigError, PriceDataError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""``python -m bench e2e``: its flags, the model the workers serve, and the run:
+the floor, every scenario, then the table, the JSON and the plot."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.argtypes import positive_floats, positive_ints
+from bench.e2e.floor import NO_FLOOR, floor
+from bench.e2e.measure import run_scenario
+from bench.e2e.report import document, plot, table
+from bench.e2e.scenarios import scenarios_from
+from bench.embedded import redis_for
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default scenarios: 1 and 2)")
+    p.add_argument("--backend", choices=["jit", "eager"], default="jit")
+    p.add_argument("--rate", type=float, default=None, help="offered states/s (open loop)")
+    p.add_argument(
+        "--rates", type=positive_floats, default=None, help="a sweep of offered rates, comma-separated"
+    )
+    p.add_argument("--count", type=int, default=None, help="states sent as fast as possible")
+    p.add_argument(
+        "--drain",
+        action="store_true",
+        help="queue --count states first, then time the workers emptying the queue",
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds at a fixed rate (default 10)")
+    p.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
+    p.add_argument(
+        "--idle-spin-ms",
+        type=float,
+        default=None,
+        help="the workers' IDLE_SPIN_MS (default: 0, and 2 in the default scenarios' spin row)",
+    )
+    p.add_argument("--warmup", type=int, default=5000, help="states sent before measuring (default 5000)")
+    p.add_argument(
+        "--hidden",
+        type=positive_ints,
+        default=None,
+        help="actor hidden sizes of the generated model, comma-separated "
+        "(default: the actor's default, what agent.train makes)",
+    )
+    p.add_argument("--model", type=Path, default=None, help="a checkpoint to serve instead")
+    p.add_argument("--no-floor", action="store_true", help="skip measuring the Redis floor")
+    p.add_argument(
+        "--floor-requests", type=int, default=200_000, help="redis-benchmark requests (default 200000)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="write every figure here")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of latency percentiles against offered rate")
+
+
+def make_model(folder: Path, hidden: tuple[int, ...] | None) -> tuple[Path, str]:
+    """A seeded actor's checkpoint in ``folder`` (``hidden`` None: the actor's
+    default size), and its hidden sizes as ``64,64``."""
+    import torch
+
+    from agent.actor import SACActor
+    from agent.checkpoint import save_checkpoint
+    from agent.env import PairConfig
+
+    torch.manual_seed(0)
+    actor = SACActor() if hidden is None else SACActor(hidden=hidden)
+    return save_checkpoint(actor, folder / "bench.pt", contract=PairConfig().contract()), ",".join(
+        map(str, actor.hidden)
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.model is not None and not args.model.is_file():
+        print(f"python -m bench e2e: error: --model {args.model}: no such file", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        try:
+            target = stack.enter_context(redis_for(os.environ.get("REDIS_URL"), allow_fake=False))
+        except RuntimeError as exc:
+            print(f"skipped: {exc}")
+            return 0
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="statpair-e2e-")))
+        if args.model is not None:
+            model, described = args.model, str(args.model)
+        else:
+            model, described = make_model(folder, args.hidden)
+        fl = NO_FLOOR if args.no_floor else floor(target.url, args.floor_requests)
+        results = []
+        for sc in scenarios_from(args):
+            results.append(run_scenario(target.url, model, sc, folder, args.warmup))
+            print(f"done: {sc.name}", flush=True)
+        print(
+            f"\nstatpair e2e through Redis ({target.kind}), {args.backend}, model {described}, "
+            f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+        )
+        print(table(results, fl))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(document(results, fl), indent=2))
+            print(f"wrote {args.json}")
+        if args.plot:
+            plot(results, args.plot)
+            print(f"plot: {args.plot}")
+    return 0

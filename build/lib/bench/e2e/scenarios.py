@@ -1,0 +1,79 @@
+"""What a run measures: saturation, drain, fixed-rate and idle-spin scenarios,
+the default set, and the scenarios the command-line flags ask for."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+MAX_SECONDS = 300  # hard cap on any one phase
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    workers: int = 1
+    backend: str = "jit"
+    rate: float | None = None  # states/s offered (open loop); None = as fast as possible
+    count: int = 100_000  # states when as fast as possible
+    duration: float = 10.0  # seconds when at a fixed rate
+    producers: int = 1
+    idle_spin_ms: float = 0.0  # the workers' IDLE_SPIN_MS
+    drain: bool = False  # queue ``count`` states first, then time the workers emptying the queue
+
+    @property
+    def total(self) -> int:
+        return int(self.rate * self.duration) if self.rate else self.count
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"total": self.total}
+
+
+DEFAULT_SCENARIOS = [
+    Scenario("saturation, 1 worker", workers=1, count=100_000),
+    Scenario("saturation, 2 workers", workers=2, count=100_000),
+    Scenario("drain, 1 worker", workers=1, count=100_000, drain=True),
+    Scenario("drain, 2 workers", workers=2, count=100_000, drain=True),
+    Scenario("1000/s, 1 worker", rate=1000, duration=10),
+    Scenario("1000/s, 1 worker, spin", rate=1000, duration=10, idle_spin_ms=2.0),
+    Scenario("10000/s, 1 worker", rate=10_000, duration=10),
+]
+
+
+def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios the flags ask for: a rate sweep, one rate, one saturation or
+    drain run, or (no scenario flag) the default set."""
+    workers = args.workers or 1
+    common: dict[str, Any] = {"backend": args.backend, "producers": args.producers}
+    if args.idle_spin_ms is not None:
+        common["idle_spin_ms"] = args.idle_spin_ms
+    rates = args.rates or ([args.rate] if args.rate else [])
+    if rates:
+        chosen = [
+            Scenario(
+                f"{rate:g}/s, {workers} worker(s)",
+                workers=workers,
+                rate=rate,
+                duration=args.duration,
+                **common,
+            )
+            for rate in rates
+        ]
+    elif args.count or args.workers or args.drain:
+        chosen = [
+            Scenario(
+                f"{'drain' if args.drain else 'saturation'}, {workers} worker(s)",
+                workers=workers,
+                count=args.count or 100_000,
+                drain=args.drain,
+                **common,
+            )
+        ]
+    else:
+        chosen = [replace(sc, **common) for sc in DEFAULT_SCENARIOS]
+    # A scenario whose workers spin says so in its name, wherever the spin came from.
+    return [
+        sc if not sc.idle_spin_ms or "spin" in sc.name else replace(sc, name=f"{sc.name}, spin")
+        for sc in chosen
+    ]

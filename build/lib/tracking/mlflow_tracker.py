@@ -1,0 +1,331 @@
+"""``MlflowTracker``: a context manager that training uses unconditionally and
+that does nothing unless ``MLFLOW_TRACKING_URI`` is set.
+
+It can never crash or stall training: every MLflow call runs on one background
+thread fed by a bounded queue, so a ``log_*`` call only enqueues; a failure is
+logged and swallowed, repeated failures switch the tracker off, and leaving the
+context waits for pending calls at most ``close_timeout_s`` seconds (entering
+it waits at most ``start_timeout_s`` for the run to start, so that ``run_id``
+is usually known). MLflow's own HTTP retries (minutes by default) are
+tightened unless the user set them.
+
+The tracker reads its two documented variables (``MLFLOW_TRACKING_URI``,
+``MLFLOW_EXPERIMENT_NAME``) itself: it is the tracking contract, and this
+package imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tracking.calls import Artifact, End, Metrics, Op, Params, Start, Stop, Tags
+
+logger = logging.getLogger(__name__)
+
+# MLflow's limits (mlflow.utils.validation), repeated so mlflow need not be imported.
+MAX_PARAM_VALUE_CHARS = 6000
+MAX_KEY_CHARS = 250
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+
+# Tighter than MLflow's defaults (7 retries, backoff factor 2, 120 s timeout),
+# which can hold one call for minutes. Applied with setdefault: a user's own
+# environment wins.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (the user name kept, even when empty)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # e.g. an unclosed IPv6 bracket: show nothing rather than the secret
+        return "<unparseable url>"
+    host = parts.netloc.rpartition("@")[2]  # host and port as written (IPv6 brackets kept)
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def is_finite(value: Any) -> bool:
+    """True for a real number that is not NaN or ±inf."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_VALUE_CHARS else text[: MAX_PARAM_VALUE_CHARS - 3] + "..."
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class MlflowTracker(AbstractContextManager["MlflowTracker"]):
+    """Log a training run to MLflow when configured; otherwise a no-op.
+
+    ``MLFLOW_EXPERIMENT_NAME`` overrides ``experiment``. Methods never raise.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        tracking_uri: str | None = None,
+        start_timeout_s: float = 2.0,
+        close_timeout_s: float = 5.0,
+        max_failures: int = 3,
+        queue_size: int = 10_000,
+    ) -> None:
+        self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or experiment
+        self.run_name = run_name
+        self.params = dict(params or {})
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        uri = tracking_uri if tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
+        self.tracking_uri = uri.strip()
+        self.start_timeout_s = start_timeout_s
+        self.close_timeout_s = close_timeout_s
+        self.max_failures = max_failures
+        self.run_id: str | None = None
+        self.dropped_metrics = 0  # non-finite or non-numeric values never sent
+        self.dropped_calls = 0  # calls lost to a full queue or a disabled tracker
+        self.errors = 0  # MLflow calls that failed, in all
+        self._in_a_row = 0
+        self.disabled_reason: str | None = None
+        self._enabled = bool(self.tracking_uri)
+        self._queue: queue.Queue[Op | Stop] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._abandoned = threading.Event()
+        self._start_done = threading.Event()
+        self._lock = threading.Lock()
+        if not self._enabled:
+            self.disabled_reason = "MLFLOW_TRACKING_URI is not set"
+            logger.debug("experiment tracking off: %s", self.disabled_reason)
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def _disable(self, reason: str) -> None:
+        with self._lock:
+            if not self._enabled:
+                return
+            self._enabled = False
+            self.disabled_reason = reason
+        logger.warning("experiment tracking disabled: %s", reason)
+
+    # -- context -------------------------------------------------------------------------
+
+    def __enter__(self) -> MlflowTracker:
+        if not self._enabled:
+            return self
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        try:
+            import mlflow  # noqa: F401 - optional dependency, imported only when configured
+        except ImportError:
+            self._disable(
+                "MLFLOW_TRACKING_URI is set but mlflow is not installed (pip install 'statpair[mlflow]')"
+            )
+            return self
+        self._thread = threading.Thread(target=self._run, name="mlflow-tracker", daemon=True)
+        self._thread.start()
+        self._put(Start())
+        if self.params:
+            self.log_params(self.params)
+        # Wait briefly so that run_id is known (checkpoints record it); a slow
+        # or dead server costs at most start_timeout_s here, once.
+        self._start_done.wait(self.start_timeout_s)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._thread is None:
+            return None
+        status = "FINISHED" if exc_type is None else "FAILED"
+        # A run that has not even started by now, on an HTTP server, is on a server
+        # that does not answer: give it no more than the start timeout again. A
+        # local store (sqlite, file, a database URI) may just be creating its
+        # tables on first use, which takes seconds: it gets the full close timeout.
+        remote = self.tracking_uri.lower().startswith(("http://", "https://"))
+        wait = self.close_timeout_s
+        if remote and not self._start_done.is_set():
+            wait = min(self.close_timeout_s, self.start_timeout_s)
+        try:
+            self._queue.put(End(status), timeout=wait)
+            self._queue.put(Stop(), timeout=wait)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=wait)
+        if self._thread.is_alive():
+            self._abandoned.set()
+            self._disable(
+                f"MLflow did not answer within {wait:.0f} s at the end "
+                "of the run; pending calls were abandoned"
+            )
+        return None  # never swallow the block's exception
+
+    # -- public API: enqueue only ------------------------------------------------------------
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        try:
+            flat = {str(k)[:MAX_KEY_CHARS]: _param_value(v) for k, v in flatten_params(params).items()}
+        except Exception as exc:  # noqa: BLE001 - never raise into training
+            logger.warning("tracker: bad params ignored: %s", exc)
+            return
+        for chunk in _chunks(sorted(flat.items()), MAX_PARAMS_PER_BATCH):
+            self._put(Params(tuple(chunk)))
+
+    def log_param(self, key: str, value: Any) -> None:
+        self.log_params({key: value})
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        try:
+            good = []
+            for key, value in metrics.items():
+                if isinstance(value, bool) or not is_finite(value):
+                    self.dropped_metrics += 1
+                    continue
+                good.append((str(key)[:MAX_KEY_CHARS], float(value)))
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("tracker: bad metrics ignored: %s", exc)
+            return
+        stamp = int(time.time() * 1000)
+        for chunk in _chunks(good, MAX_METRICS_PER_BATCH):
+            self._put(Metrics(tuple(chunk), stamp, int(step or 0)))
+
+    def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
+        self.log_metrics({key: value}, step=step)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self._put(Tags(((str(key)[:MAX_KEY_CHARS], str(value)[:MAX_PARAM_VALUE_CHARS]),)))
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self._put(Artifact(str(path), artifact_path))
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued call is done (True) or ``timeout_s`` passes (False)."""
+        if self._thread is None:
+            return True
+        deadline = time.monotonic() + (self.close_timeout_s if timeout_s is None else timeout_s)
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            if not self._thread.is_alive():
+                return False
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def _put(self, item: Op) -> None:
+        if not self._enabled or self._thread is None:
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped_calls += 1
+
+    # -- the background thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if isinstance(item, Stop):
+                    return
+                self._handle(item)
+            finally:
+                self._queue.task_done()
+
+    def _handle(self, item: Op) -> None:
+        if not self._enabled and not isinstance(item, End):
+            self.dropped_calls += 1
+            return
+        try:
+            self._do(item)
+            self._in_a_row = 0
+        except Exception as exc:  # noqa: BLE001 - MLflow errors must never escape
+            self._failed(item, exc)
+
+    def _failed(self, item: Op, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if isinstance(item, Start):
+            self._disable(f"could not start an MLflow run at {self._uri_for_log()}: {reason}")
+            return
+        self.errors += 1
+        self._in_a_row += 1
+        logger.warning(
+            "tracker: %s failed (%d in a row, disabling at %d): %s",
+            item.what,
+            self._in_a_row,
+            self.max_failures,
+            reason,
+        )
+        if self._in_a_row >= self.max_failures:
+            self._disable(f"{self._in_a_row} MLflow calls in a row failed; last: {reason}")
+
+    def _uri_for_log(self) -> str:
+        return mask_url(self.tracking_uri)
+
+    def _do(self, item: Op) -> None:
+        if isinstance(item, Start):
+            try:
+                self._start()
+            finally:
+                self._start_done.set()
+            return
+        if self.run_id is None:  # the run never started: only the end is not a lost call
+            if not isinstance(item, End):
+                self.dropped_calls += 1
+            return
+        item.send(self._client, self.run_id)
+
+    def _start(self) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+        run = client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
+        self._client = client
+        self.run_id = run.info.run_id
+        if self._abandoned.is_set():  # the run started after training gave up waiting
+            client.set_terminated(self.run_id, status="KILLED")
+            return
+        logger.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self._uri_for_log())

@@ -1,0 +1,99 @@
+"""The Redis client the worker uses: redis-py's asyncio client (a cluster client
+with REDIS_CLUSTER), packing commands with hiredis in C as redis-py's synchronous
+client already does, and the reads that must go straight to a key's node.
+
+redis-py's asyncio ``Connection.pack_command`` is pure Python; with the ~130
+commands of one published batch it was two thirds of the worker's CPU time
+(profiled with cProfile on a drain of 50 000 states). The synchronous client
+uses ``hiredis.pack_command`` (redis/connection.py ``HiredisRespSerializer``);
+this mixin gives the asyncio connections the same packer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
+
+_hiredis_pack: Callable[..., bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # hiredis missing: keep redis-py's Python packer
+    _hiredis_pack = None
+
+Client = Redis | RedisCluster
+
+
+class HiredisPackMixin:
+    """Pack commands with hiredis (same bytes on the wire, packed in C)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        assert _hiredis_pack is not None  # the mixin is only installed with hiredis
+        return [_hiredis_pack(args)]
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        return [b"".join([self.pack_command(*cmd)[0] for cmd in commands])]
+
+
+_classes: dict[type, type] = {}
+
+
+def _fast(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    if _hiredis_pack is None:
+        return cls
+    if cls not in _classes:
+        _classes[cls] = type(f"HiredisPack{cls.__name__}", (HiredisPackMixin, cls), {})
+    return _classes[cls]
+
+
+def redis_client(url: str, *, cluster: bool = False, ca_file: Path | None = None, **kwargs: Any) -> Client:
+    """``Redis.from_url`` (or ``RedisCluster.from_url``) with hiredis command packing
+    when hiredis is installed, and ``ca_file`` to verify a rediss:// server."""
+    if ca_file is not None:
+        kwargs["ssl_ca_certs"] = str(ca_file)
+    if cluster:
+        tls = url.lower().startswith("rediss://")
+        return RedisCluster.from_url(
+            url, connection_class=_fast(SSLConnection if tls else Connection), **kwargs
+        )
+    client = Redis.from_url(url, **kwargs)
+    pool = client.connection_pool
+    pool.connection_class = _fast(pool.connection_class)
+    return client
+
+
+async def xreadgroup(
+    redis: Client, group: str, consumer: str, stream: str, start: str | bytes, count: int, block: int | None
+) -> Any:
+    """XREADGROUP of one stream. Through a cluster client it goes straight to the
+    stream's node: redis-py's ``xreadgroup`` asks a node for the keys of every
+    XREADGROUP (a movable-keys command) with two COMMAND GETKEYS round trips
+    (measured: 236-330 µs a call against 86-111 µs direct)."""
+    if isinstance(redis, RedisCluster):
+        args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        if block is not None:
+            args += ["BLOCK", block]
+        return await redis.execute_command(
+            *args, "STREAMS", stream, start, target_nodes=redis.get_node_from_key(stream)
+        )
+    return await redis.xreadgroup(group, consumer, {stream: start}, count=count, block=block)
+
+
+async def xread(redis: Client, stream: str, start: str | bytes, count: int, block: int | None) -> Any:
+    """XREAD of one stream, straight to its node through a cluster client (as ``xreadgroup``)."""
+    if isinstance(redis, RedisCluster):
+        args: list[Any] = ["XREAD", "COUNT", count]
+        if block is not None:
+            args += ["BLOCK", block]
+        return await redis.execute_command(
+            *args, "STREAMS", stream, start, target_nodes=redis.get_node_from_key(stream)
+        )
+    return await redis.xread({stream: start}, count=count, block=block)

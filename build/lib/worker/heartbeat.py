@@ -1,0 +1,93 @@
+"""The heartbeat: each worker keeps a hash ``HEARTBEAT_PREFIX<consumer>`` with a
+TTL (name, host, pid, model, entries answered, last seen), so the keys present
+are the live workers, and publishes the pair contract it serves (CONTRACTS_KEY)
+for strategies to build states with; with metrics on, it also samples the
+group's lag."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from redis.exceptions import ResponseError
+
+from worker.protocol import ANY_PAIR
+from worker.retry import pause, retrying
+from worker.state import ServerState
+
+if TYPE_CHECKING:
+    from worker.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+MAX_LISTED = 1000  # heartbeat hashes read by one scan
+
+
+def heartbeat_key(state: ServerState) -> str:
+    return f"{state.settings.heartbeat_prefix}{state.consumer}"
+
+
+async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
+    """Write this worker's heartbeat hash once (and sample the group for metrics)."""
+    s, m, key = state.settings, state.models.current, heartbeat_key(state)
+    pipe = state.redis.pipeline(transaction=True)
+    pipe.hset(
+        key,
+        mapping={
+            "name": s.consumer,
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "model_path": m.path if m else "",
+            "model_sha256": m.sha256 if m else "",
+            "backend": m.backend if m else "",
+            "contract": m.contract_id if m else "",
+            "processed": str(state.stats.processed),
+            "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+    pipe.expire(key, s.heartbeat_ttl_s)
+    await pipe.execute()
+    if m is not None:  # another key: on a cluster, maybe another node
+        await state.redis.hset(s.contracts_key, ANY_PAIR, m.contract.to_json())
+    if metrics is None:
+        return
+    lag = pending = 0
+    for streams in state.served:
+        try:
+            groups = await state.redis.xinfo_groups(streams.states)
+        except ResponseError as exc:  # no stream yet (a fresh or flushed Redis): nothing queued
+            logger.debug("group lag not sampled: %s", exc)
+            continue
+        for group in groups:
+            if group["name"].decode() == s.group:
+                lag, pending = lag + (group.get("lag") or 0), pending + group["pending"]
+    metrics.lag.set(lag)
+    metrics.pending.set(pending)
+    metrics.sync(state)
+
+
+async def heartbeat(state: ServerState, metrics: Metrics | None = None) -> None:
+    """Refresh the heartbeat every third of its TTL until the worker stops."""
+    interval = state.settings.heartbeat_ttl_s / 3
+    while not state.stop.is_set():
+        await retrying(lambda: beat(state, metrics), state.stop, "refreshing the heartbeat", loud=False)
+        await pause(state.stop, interval)
+
+
+async def live_workers(state: ServerState) -> list[dict[str, str]]:
+    """Heartbeat hashes of every live worker (SCAN of the prefix, bounded)."""
+    out = []
+    async for key in state.redis.scan_iter(match=f"{state.settings.heartbeat_prefix}*", count=100):
+        data: dict[bytes, bytes] = await state.redis.hgetall(key)  # type: ignore[assignment]  # bytes: decode_responses off
+        out.append({k.decode(): v.decode() for k, v in data.items()})
+        if len(out) >= MAX_LISTED:
+            break
+    return sorted(out, key=lambda d: d.get("name", ""))
+
+
+async def peer_has_model(state: ServerState) -> bool:
+    """Whether another live worker (by its heartbeat) serves a model."""
+    return any(w.get("model_sha256") and w.get("name") != state.consumer for w in await live_workers(state))

@@ -1,0 +1,174 @@
+"""The client a strategy uses with prices: ticks in, actions out. It keeps one
+streaming feature builder per pair, built from the pair contract the workers
+publish, sends each state with that contract's id, and tracks the position from
+the actions it receives (or from fills the strategy reports). Imports no torch.
+
+    async with ActionClient("redis://127.0.0.1:6379/0") as actions:
+        prices = PriceClient(actions)
+        for price_a, price_b in feed:
+            result = await prices.tick("KO/PEP", price_a, price_b)   # None while warming up
+
+When a worker answers ``contract_mismatch`` (its model changed under the
+strategy's feet), the client fetches the contract again, rebuilds the pair's
+features from its own price history under the new contract, and retries once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.contract import PairContract
+from agent.features import WARMUP, sign
+from agent.streaming import FeatureBuilder
+from worker.client import ActionClient, ActionError
+from worker.protocol import ANY_PAIR, Result
+
+CONTRACTS_KEY = "statpair:contracts"  # the workers' CONTRACTS_KEY setting
+
+
+class ContractUnavailable(LookupError):
+    """No worker has published a contract for the pair (no model is served yet)."""
+
+
+@dataclass
+class _Book:
+    """One pair: its contract and builder, the ticks it saw, the position held."""
+
+    contract: PairContract
+    builder: FeatureBuilder
+    history: deque[tuple[float, float, float]]  # (price A, price B, position held into the tick)
+    position: float = 0.0  # held now: carried into the next tick
+    held_into_last: float = 0.0  # the position the last tick was fed with
+    last: tuple[float, float] | None = None  # the last tick's prices
+    entry: tuple[float, float] | None = None  # prices whose spread is the position's entry
+
+
+class PriceClient:
+    """Prices in, actions out, over an ``ActionClient``.
+
+    ``follow_actions`` (default True): after each ok action the position is
+    taken to be the action (clipped to [-1, 1]), as the model was trained;
+    a strategy whose fills differ reports them with ``report_position``."""
+
+    def __init__(
+        self, client: ActionClient, *, contracts_key: str = CONTRACTS_KEY, follow_actions: bool = True
+    ) -> None:
+        self.client = client
+        self.contracts_key = contracts_key
+        self.follow_actions = follow_actions
+        self._books: dict[str, _Book] = {}
+        self.rebuilds = 0  # contract changes recovered from
+
+    # -- contracts ---------------------------------------------------------------------
+
+    async def fetch_contract(self, pair: str) -> PairContract:
+        """The contract the workers serve for ``pair`` (or for every pair)."""
+        raw: Any = await self.client.redis.hmget(self.contracts_key, [pair, ANY_PAIR])
+        text = next((v for v in raw if v is not None), None)
+        if text is None:
+            raise ContractUnavailable(
+                f"no worker publishes a contract for {pair!r} in {self.contracts_key} (is a model served?)"
+            )
+        return PairContract.from_json(text, source=f"{self.contracts_key}[{pair}]")
+
+    async def _book(self, pair: str) -> _Book:
+        book = self._books.get(pair)
+        if book is None:
+            contract = await self.fetch_contract(pair)
+            builder = FeatureBuilder(contract)
+            book = _Book(contract, builder, deque(maxlen=builder.warmup + 1))
+            self._books[pair] = book
+        return book
+
+    def contract(self, pair: str) -> PairContract | None:
+        book = self._books.get(pair)
+        return None if book is None else book.contract
+
+    # -- positions ---------------------------------------------------------------------
+
+    def position(self, pair: str) -> float:
+        book = self._books.get(pair)
+        return 0.0 if book is None else book.position
+
+    def report_position(self, pair: str, position: float) -> None:
+        """What the strategy actually holds in ``pair`` now (its fills), in [-1, 1]."""
+        if not math.isfinite(position):
+            raise ValueError(f"position must be finite, got {position!r}")
+        book = self._books.get(pair)
+        if book is None:
+            raise KeyError(f"no ticks seen for {pair!r} yet")
+        book.position = max(-1.0, min(1.0, float(position)))
+
+    def needed(self, pair: str) -> int:
+        """Ticks still to feed ``pair`` before the first action."""
+        book = self._books.get(pair)
+        return WARMUP + 1 if book is None else book.builder.needed
+
+    # -- ticks -------------------------------------------------------------------------
+
+    async def warm(
+        self, pair: str, prices_a: Sequence[float] | np.ndarray, prices_b: Sequence[float] | np.ndarray
+    ) -> int:
+        """Feed a price history (held flat) in one call; returns the ticks still needed."""
+        book = await self._book(pair)
+        for a, b in zip(
+            np.asarray(prices_a, float).tolist(), np.asarray(prices_b, float).tolist(), strict=True
+        ):
+            self._feed(book, a, b)
+        return book.builder.needed
+
+    async def tick(self, pair: str, price_a: float, price_b: float) -> Result | None:
+        """Feed one tick and, once warmed up, ask for its action (None while warming).
+
+        Raises ``ActionError`` for an error answer (after one retry on
+        ``contract_mismatch``), ``TimeoutError`` when no worker answers in time."""
+        book = await self._book(pair)
+        state = self._feed(book, price_a, price_b)
+        if state is None:
+            return None
+        try:
+            result = await self.client.act(state, pair=pair, contract=book.contract.id)
+        except ActionError as exc:
+            if exc.code != "contract_mismatch":
+                raise
+            book = await self._rebuild(pair, book)
+            state = book.builder.row64().astype(np.float32)
+            result = await self.client.act(state, pair=pair, contract=book.contract.id)
+        if self.follow_actions and result.action is not None:
+            book.position = max(-1.0, min(1.0, result.action))
+        return result
+
+    def _feed(self, book: _Book, price_a: float, price_b: float) -> np.ndarray | None:
+        """One tick into the pair's book and builder (the builder checks the prices)."""
+        held = book.position
+        state = book.builder.update(price_a, price_b, held)
+        # The entry, kept as prices so that it survives a change of contract.
+        if sign(held) != sign(book.held_into_last) or book.entry is None:
+            book.entry = book.last or (price_a, price_b)
+        book.held_into_last, book.last = held, (price_a, price_b)
+        book.history.append((price_a, price_b, held))
+        return state
+
+    async def _rebuild(self, pair: str, old: _Book) -> _Book:
+        """The workers serve another contract now: rebuild the pair's features from its
+        price history under it (the last ``warmup + 1`` ticks fix every market
+        feature; the entry is carried over as prices)."""
+        contract = await self.fetch_contract(pair)
+        builder = FeatureBuilder(contract)
+        ticks = list(old.history)
+        for a, b, held in ticks[:-1]:
+            builder.update(a, b, held)
+        assert old.entry is not None  # set on the first tick
+        builder.entry = contract.spread.value(*old.entry)
+        a, b, held = ticks[-1]
+        builder.update(a, b, held)
+        book = _Book(contract, builder, old.history, old.position, old.held_into_last, old.last, old.entry)
+        self._books[pair] = book
+        self.rebuilds += 1
+        return book

@@ -1,0 +1,259 @@
+"""Running one worker process in three phases, like uvicorn's server:
+``startup`` (Redis, metrics, signals, control, the model, background tasks),
+``main_loop`` (consume until stopped, then drain within a grace period) and
+``shutdown`` (background tasks, heartbeat, consumer, connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import torch
+from prometheus_client.exposition import ThreadingWSGIServer
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from worker.connection import Client, redis_client
+from worker.control import Control
+from worker.heartbeat import beat, heartbeat, heartbeat_key
+from worker.loop import Worker
+from worker.metrics import Metrics, serve_http
+from worker.model import ModelManager
+from worker.retry import Backoff, pause, retrying
+from worker.settings import ConfigError, Settings
+from worker.state import ServerState
+
+logger = logging.getLogger("worker")
+
+
+def settle_heap(_models: object = None) -> None:
+    """Collect, then freeze what is alive (imports, the model) out of the garbage
+    collector's sight: a full collection over torch's ~200 000 objects paused the
+    worker for 40-90 ms now and then; frozen, one takes microseconds. Run at
+    start-up and after each model swap."""
+    gc.collect()
+    gc.freeze()
+
+
+class Server:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Client | None = None,
+        *,
+        max_messages: int | None = None,
+        burst: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owns_redis = redis is None
+        if redis is None:
+            redis = redis_client(
+                settings.redis_url,
+                cluster=settings.redis_cluster,
+                ca_file=settings.redis_ca_file,
+                decode_responses=False,
+                client_name=f"statpair-worker:{settings.consumer}",
+            )
+        models = ModelManager(settings.model_path, settings.model_dir, settings.jit)
+        self.state = ServerState(settings, redis, models, stop=stop or asyncio.Event())
+        # One consume loop per shard served (unsharded: one), sharing the state.
+        self.workers = [
+            Worker(self.state, streams, max_messages=max_messages, burst=burst)
+            for streams in self.state.served
+        ]
+        self.metrics: Metrics | None = None
+        self._http: ThreadingWSGIServer | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._signals: list[int] = []
+
+    async def serve(self) -> ServerState:
+        """Run until stopped (or the bounded mode ends); the state holds the counters."""
+        try:
+            await self.startup()
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.state
+
+    # -- startup -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        s, state = self.settings, self.state
+        torch.set_num_threads(s.torch_threads)
+        if s.metrics_port is not None:
+            self.metrics = Metrics()
+            for worker in self.workers:
+                worker.answerer.observers.append(self.metrics.observe_batch)
+            state.models.on_change.append(self.metrics.on_model)
+            try:
+                self._http = serve_http(s.metrics_host, s.metrics_port, self.metrics, state)
+            except OSError as exc:
+                why = (
+                    "is already in use"
+                    if exc.errno == errno.EADDRINUSE
+                    else f"cannot be bound ({exc.strerror})"
+                )
+                raise ConfigError(f"METRICS_PORT {s.metrics_port} {why} on {s.metrics_host}") from None
+        self._install_signals()
+        if isinstance(state.redis, RedisCluster):
+            # Before the first script call: concurrent first calls on an uninitialised
+            # cluster client can race (redis-py#3935). Retried like any Redis call.
+            await retrying(state.redis.initialize, state.stop, "discovering the cluster", backoff=Backoff())
+        logger.info(
+            "worker %s: %s stream %s group %s, jit=%s",
+            s.consumer,
+            s.redis_url_masked,
+            s.states_stream,
+            s.group,
+            s.jit,
+        )
+        # Control first: commands sent while the model loads are answered, not missed.
+        self._spawn("control", Control(state).run)
+        state.models.on_change.append(settle_heap)
+        state.models.on_change.append(self._advertise)
+        await state.models.check()
+        settle_heap()
+        self._spawn("model-watch", lambda: state.models.watch(s.watch_interval_s, state.stop))
+        self._spawn("heartbeat", lambda: heartbeat(state, self.metrics))
+
+    def _advertise(self, _models: ModelManager) -> None:
+        """After a swap, publish the new model (heartbeat, contract) now, not at the next beat."""
+        task = asyncio.ensure_future(beat(self.state, self.metrics))
+        task.add_done_callback(_quiet)
+
+    def _install_signals(self) -> None:
+        loop, stop, models = asyncio.get_running_loop(), self.state.stop, self.state.models
+
+        def stopper(sig: int) -> Callable[[], None]:
+            def handler() -> None:
+                if not stop.is_set():
+                    logger.info(
+                        "%s received: finishing the batch in hand, then exiting", signal.Signals(sig).name
+                    )
+                stop.set()
+
+            return handler
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stopper(sig))
+                self._signals.append(sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(models.check(force=True)))
+            self._signals.append(signal.SIGHUP)
+
+    def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        self._background.append(asyncio.create_task(self._supervised(name, run), name=name))
+
+    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a background task until the worker stops; if it raises, say so loudly
+        and start it again (after a backoff): none may die silently."""
+        backoff = Backoff(base=0.5, cap=10.0)
+        while not self.state.stop.is_set():
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = backoff.next_delay()
+                logger.exception("background task %s failed; restarting it in %.1f s", name, delay)
+                await pause(self.state.stop, delay)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    async def main_loop(self) -> None:
+        """Consume until stopped; then let the batch in hand finish within SHUTDOWN_GRACE_S."""
+        s, stop = self.settings, self.state.stop
+        consume = asyncio.create_task(self._consume(), name="consume")
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({consume, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not consume.done():
+                done, _ = await asyncio.wait({consume}, timeout=s.shutdown_grace_s)
+                if not done:
+                    logger.warning(
+                        "shutdown grace of %.1f s ran out; cancelling the batch in hand "
+                        "(its entries stay pending and will be reclaimed)",
+                        s.shutdown_grace_s,
+                    )
+                    consume.cancel()
+            (outcome,) = await asyncio.gather(consume, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                raise outcome
+        finally:
+            stop.set()
+            stopping.cancel()
+            consume.cancel()
+            await asyncio.gather(consume, stopping, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        """Every shard's consume loop; the first to fail takes the others down with it."""
+        loops = [asyncio.create_task(w.run(), name=f"consume-{w.streams.shard}") for w in self.workers]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        s, state = self.settings, self.state
+        state.stop.set()
+        if self._background:
+            await asyncio.wait(self._background, timeout=max(2.0, s.block_ms / 1000 * 2))
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        await self._leave()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._owns_redis:
+            await state.redis.aclose()
+        logger.info("worker %s stopped after %d entries", s.consumer, state.stats.processed)
+
+    async def _leave(self) -> None:
+        """Remove the heartbeat, and this consumer from the group when it holds no
+        pending entries (else they would be lost: a worker that left work behind
+        stays listed until another claims it). Best effort: Redis may be gone."""
+        redis = self.state.redis
+        try:
+            await redis.delete(heartbeat_key(self.state))
+            for worker in self.workers:
+                await worker.recovery.forget(self.settings.consumer)
+        except (RedisError, OSError) as exc:
+            logger.info("left the group as it was (%s)", exc)
+
+
+def _quiet(task: asyncio.Future[None]) -> None:
+    """A one-off beat that failed: the periodic heartbeat publishes it again soon."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("publishing the new model failed: %s", task.exception())
+
+
+async def serve(
+    settings: Settings,
+    redis: Client | None = None,
+    *,
+    max_messages: int | None = None,
+    burst: bool = False,
+    stop: asyncio.Event | None = None,
+) -> ServerState:
+    """Run one worker until ``stop`` is set (or the bounded mode ends); drain like
+    uvicorn: signals only set ``stop``, the loop finishes the batch in hand,
+    publishes and acknowledges it, and returns. Past ``SHUTDOWN_GRACE_S`` what is
+    left is cancelled (its entries stay pending and are reclaimed by another
+    worker). With ``redis`` the worker uses that client (and leaves it open)."""
+    return await Server(settings, redis, max_messages=max_messages, burst=burst, stop=stop).serve()

@@ -1,0 +1,298 @@
+"""The one settings model: read from the environment once, in ``main()``, and
+passed down. Environment variable names are the field names in upper case."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.shards import MAX_SHARDS
+
+# redis-py 8 closes a socket idle for 5 s (its default socket_timeout); a
+# blocking read must return well before that.
+REDIS_SOCKET_TIMEOUT_S = 5.0
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A setting the worker cannot run with: one sentence naming the variable."""
+
+
+def parse_shards(text: str, shards: int) -> list[int]:
+    """``all``, or shard numbers and ranges: ``0,2,5``, ``0-3``."""
+    if text.strip().lower() == "all":
+        return list(range(shards))
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise ValueError(
+                f"must be 'all' or shard numbers and ranges such as 0,2,5 or 0-3, got {text!r}"
+            ) from None
+        if not 0 <= first <= last < shards:
+            raise ValueError(f"shard {part.strip()!r} is outside 0..{shards - 1}")
+        out.update(range(first, last + 1))
+    return sorted(out)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told. Each field's description is the doc."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, case_sensitive=False, extra="ignore", populate_by_name=True
+    )
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis to serve from; redis://, rediss:// (TLS), may carry a user and password. "
+        "With REDIS_CLUSTER: any node of the cluster.",
+    )
+    redis_ca_file: Path | None = Field(
+        None, description="CA certificate(s) to verify a rediss:// server with (default: the system's)."
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="REDIS_URL names a node of a Redis Cluster: shard the streams over it (see SHARDS).",
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=MAX_SHARDS,
+        description="With REDIS_CLUSTER: how many shards the streams are split into (the same for every "
+        "worker and client); a pair's states always go to one shard.",
+    )
+    serve_shards: str = Field(
+        "all",
+        description="With REDIS_CLUSTER: the shards this worker serves, e.g. 0,2,5 or 0-3 (default all).",
+    )
+    states_stream: str = Field("statpair:states", description="Input stream strategies XADD states to.")
+    group: str = Field("statpair-workers", description="Consumer group shared by all workers.")
+    consumer: str = Field(
+        default_factory=default_consumer_name, description="This worker's consumer name (default: host-pid)."
+    )
+    results_stream: str = Field("statpair:actions", description="Default result stream.")
+    reply_prefix: str = Field(
+        "statpair:actions:", description="A reply_to stream must start with this prefix."
+    )
+    dead_stream: str = Field("statpair:states:dead", description="Dead-letter stream for rejected entries.")
+    control_stream: str = Field("statpair:control", description="Control commands, read by every worker.")
+    control_replies: str = Field("statpair:control:replies", description="Answers to control commands.")
+    heartbeat_prefix: str = Field("statpair:workers:", description="Per-worker heartbeat hash key prefix.")
+    contracts_key: str = Field(
+        "statpair:contracts",
+        description="Hash where workers publish the pair contract they serve (field '*': every pair); "
+        "clients read it.",
+    )
+    results_maxlen: int = Field(100_000, ge=1, description="Approximate MAXLEN of each result stream.")
+    dead_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of the dead-letter stream.")
+    read_count: int = Field(128, ge=1, le=10_000, description="Most entries read (and inferred) per batch.")
+    block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK; must stay below the 5 s socket timeout.")
+    idle_spin_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="After a batch, busy-wait this long for the next read instead of sleeping: "
+        "lower latency at low rates for a core's worth of CPU (0 = off).",
+    )
+    max_field_bytes: int = Field(
+        16_384, ge=64, description="Largest accepted field value, checked before parsing."
+    )
+    state_ttl_ms: int = Field(0, ge=0, description="Default age limit for a state (0 = no limit).")
+    dead_band: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="An action whose absolute value is at or below this is 'flat' (discrete 0).",
+    )
+    model_path: Path | None = Field(None, description="Serve this checkpoint (wins over MODEL_DIR).")
+    model_dir: Path = Field(
+        Path("models"), description="Serve the newest *.pt here when MODEL_PATH is unset."
+    )
+    jit: bool = Field(
+        False,
+        validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
+        description="STAT_PAIR_RL_JIT=1/true/yes: compile the actor with torch.jit.script.",
+    )
+    watch_interval_s: float = Field(1.0, gt=0, description="How often the model file is stat'ed.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads for inference.")
+    max_deliveries: int = Field(
+        5, ge=1, description="Deliveries after which an entry is answered internal and dead-lettered."
+    )
+    claim_idle_ms: int = Field(30_000, ge=100, description="Reclaim other workers' entries idle this long.")
+    claim_interval_s: float = Field(5.0, gt=0, description="How often to look for entries to reclaim.")
+    heartbeat_ttl_s: int = Field(15, ge=2, description="Heartbeat hash TTL; refreshed every third of it.")
+    shutdown_grace_s: float = Field(10.0, gt=0, description="Time to finish the batch in hand after SIGTERM.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz on this port (off when unset)."
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
+    log_level: str = Field("INFO", description="Logging level.")
+
+    @field_validator("jit", mode="before")
+    @classmethod
+    def _boolean(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in TRUE_WORDS:
+                return True
+            if text in FALSE_WORDS:
+                return False
+            raise ValueError(f"must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}")
+        return value
+
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _cluster_boolean(cls, value: object) -> object:
+        return cls._boolean(value)
+
+    @field_validator("serve_shards")
+    @classmethod
+    def _shard_list(cls, value: str) -> str:
+        parse_shards(value, MAX_SHARDS)  # the syntax; the bound is checked against SHARDS below
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        try:
+            parse_shards(self.serve_shards, self.shards)
+        except ValueError as exc:
+            raise ValueError(f"SERVE_SHARDS={self.serve_shards!r}: {exc} (SHARDS={self.shards})") from None
+        return self
+
+    @property
+    def served_shards(self) -> list[int]:
+        """The shards this worker serves (unsharded: [0])."""
+        return parse_shards(self.serve_shards, self.shards) if self.redis_cluster else [0]
+
+    @field_validator("model_path", "redis_ca_file", "metrics_port", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                "must start with redis://, rediss:// (TLS) or unix://, e.g. redis://127.0.0.1:6379/0"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("block_ms")
+    @classmethod
+    def _block_ms(cls, value: int) -> int:
+        if value >= REDIS_SOCKET_TIMEOUT_S * 1000:
+            raise ValueError(
+                f"must be below the Redis client's {REDIS_SOCKET_TIMEOUT_S:.0f} s socket timeout"
+            )
+        return value
+
+    @field_validator("reply_prefix")
+    @classmethod
+    def _reply_prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def redis_url_masked(self) -> str:
+        return mask_url(self.redis_url)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and status)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def describe(exc: ValidationError) -> str:
+    """One sentence per invalid setting, naming its environment variable, the
+    value given (any password masked) and what is wrong; never pydantic's dump of
+    every input."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=True):
+        name = str(err["loc"][0]) if err["loc"] else ""
+        var = env_name(name) if name in Settings.model_fields else (name.upper() or "configuration")
+        value = err.get("input")
+        shown = ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = mask_url(str(value)) if name == "redis_url" else str(value)
+            shown = f"={text[:80]!r}" if isinstance(value, str) else f"={text}"
+        msg = str(err["msg"]).removeprefix("Value error, ").rstrip(".")
+        if not err["loc"]:  # a rule across settings: its message names them
+            lines.append(f"invalid configuration: {msg}.")
+            continue
+        lines.append(f"invalid configuration: {var}{shown} {msg[0].lower() + msg[1:]}.")
+    return "\n".join(lines)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable a settings field is read from."""
+    alias = Settings.model_fields[field_name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0]).upper()
+    return field_name.upper()
+
+
+def _default(name: str) -> str:
+    info = Settings.model_fields[name]
+    if info.default_factory is not None:
+        return "host-pid" if name == "consumer" else "(computed)"
+    if info.default is None:
+        return "unset"
+    return str(info.default).lower() if isinstance(info.default, bool) else str(info.default)
+
+
+def settings_table() -> str:
+    """The README's Configuration table, generated from the model (a test keeps them equal)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        rows.append(f"| `{env_name(name)}` | `{_default(name)}` | {info.description} |")
+    return "\n".join(rows)
+
+
+def settings_help() -> str:
+    """Every setting for ``--help``: its variable, default and description."""
+    out = []
+    for name, info in Settings.model_fields.items():
+        out.append(f"{env_name(name)} (default {_default(name)})")
+        out.append(f"    {info.description}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,81 @@
+"""What one worker process shares between its parts (the consume loop, recovery,
+control, metrics, heartbeat): settings, the Redis client, the model manager,
+counters, the stop event and whether Redis answered last time. The parts take
+this object, never each other."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from worker.connection import Client
+from worker.model import ModelManager
+from worker.protocol import Limits
+from worker.settings import Settings
+from worker.shards import Streams
+
+
+@dataclass
+class Stats:
+    """Counters that a status reply, the heartbeat and the metrics read."""
+
+    results: Counter[str] = field(default_factory=Counter)  # "ok" or the error code
+    batches: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    failed: int = 0  # entry processings that raised (left pending for redelivery)
+    redis_errors: int = 0
+    spun: int = 0  # reads answered while busy-waiting (IDLE_SPIN_MS) instead of sleeping
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def processed(self) -> int:
+        return sum(self.results.values())
+
+
+def streams_for(s: Settings, shard: int = 0) -> Streams:
+    """The streams of ``shard`` (with Redis Cluster: under its hash tag; else the names as set)."""
+    return Streams.of(
+        shard, s.shards, s.states_stream, s.results_stream, s.dead_stream, s.reply_prefix, s.redis_cluster
+    )
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    redis: Client
+    models: ModelManager
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: Stats = field(default_factory=Stats)
+    redis_up: bool = False
+
+    @property
+    def consumer(self) -> str:
+        return self.settings.consumer
+
+    @cached_property
+    def streams(self) -> Streams:
+        """The first (unsharded: the only) shard's streams."""
+        return self.served[0]
+
+    @cached_property
+    def served(self) -> list[Streams]:
+        """The streams of every shard this worker serves (unsharded: one)."""
+        return [streams_for(self.settings, shard) for shard in self.settings.served_shards]
+
+    def limits(self, streams: Streams) -> Limits:
+        """What decoding an entry of ``streams`` needs."""
+        s = self.settings
+        return Limits(
+            max_field_bytes=s.max_field_bytes,
+            default_stream=streams.results,
+            reply_prefix=streams.reply_prefix,
+            default_ttl_ms=s.state_ttl_ms,
+        )
+
+    def redis_failed(self, _exc: BaseException) -> None:
+        self.stats.redis_errors += 1
+        self.redis_up = False
