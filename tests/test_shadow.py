@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,12 @@ class Linear:
     w: np.ndarray
     sha256: str
     state_dim: int = 28
+    contract_id: str = "c1"
+    pair: str | None = None
+
+    @property
+    def contract(self) -> SimpleNamespace:
+        return SimpleNamespace(pair=self.pair)
 
     def infer(self, rows: np.ndarray) -> np.ndarray:
         return np.tanh(rows @ self.w).astype(np.float32)
@@ -38,7 +45,8 @@ def _work(n: int, champion: Linear, pairs: list[str], seed: int = 0) -> ShadowWo
 
 async def test_divergence_equals_a_direct_computation() -> None:
     rng = np.random.default_rng(1)
-    champ, chall = Linear(rng.standard_normal(28) * 0.2, "aaa"), Linear(rng.standard_normal(28) * 0.2, "bbb")
+    champ = Linear(rng.standard_normal(28) * 0.2, "aaa")
+    chall = Linear(rng.standard_normal(28) * 0.2, "bbb", pair="A/B")
     shadow = Shadow(lambda pair: chall if pair == "A/B" else None, 1.0, 0.1, 8)  # type: ignore[arg-type, return-value]
     works = [_work(50, champ, ["A/B", "C/D"], seed=s) for s in range(4)]
     for w in works:
@@ -59,6 +67,14 @@ async def test_divergence_equals_a_direct_computation() -> None:
     assert figures["A/B"]["champion"] == "aaa" and figures["A/B"]["challenger"] == "bbb"
 
 
+async def test_a_challenger_of_another_contract_is_not_scored() -> None:
+    champ, other = Linear(np.ones(28) * 0.01, "aaa"), Linear(np.ones(28) * 0.02, "bbb", contract_id="c2")
+    shadow = Shadow(lambda pair: other, 1.0, 0.1, 8)  # type: ignore[arg-type, return-value]
+    await shadow.score(_work(10, champ, ["A/B"]))
+    figures = shadow.status()["pairs"]["*"]  # a challenger for every pair
+    assert figures["states"] == 0 and figures["incomparable"] == 10
+
+
 async def test_sampling_and_shedding() -> None:
     champ = Linear(np.ones(28) * 0.01, "aaa")
     sampled = Shadow(lambda pair: champ, 0.25, 0.1, 1000, seed=3)  # type: ignore[arg-type, return-value]
@@ -74,4 +90,4 @@ async def test_sampling_and_shedding() -> None:
     await wait_for(lambda: full.queue.qsize() == 0, what="the queue to drain")
     stop.set()
     await task
-    assert full.status()["pairs"]["A/B"]["total"]["states"] == 20
+    assert full.status()["pairs"]["*"]["total"]["states"] == 20

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -269,6 +270,7 @@ class Served:
     model: ServedModel
     where: list[int]
     actions: list[float]
+    rows: np.ndarray  # the states it ran on (a challenger may see them after the answer)
 
 
 @dataclass
@@ -354,6 +356,9 @@ class Answerer:
             sent = [(j, reqs[i], queue[i]) for j, i in enumerate(in_order)] + errors
             await self._answer_elsewhere(failed, sent, outcome)
         self._count(outcome, dead, out.infer_s, latency, queue)
+        by_model = self.state.stats.by_model
+        for served in out.served:
+            by_model[self.state.models.route_key(served.model)] += len(served.where)
         return ahead
 
     async def _publish(self, batch: Batch, ids: list[str], read_more: int) -> tuple[Entries, list[int]]:

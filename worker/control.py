@@ -51,6 +51,17 @@ def status(state: ServerState) -> dict[str, Any]:
             "metadata": m.metadata,
         },
         "source": models.source.status(),
+        # Every model: the default, one per pair, challengers; with the ok answers of each.
+        "models": [
+            {
+                **row,
+                "answered": st.by_model.get(row["pair"] or "default", 0)
+                if row.get("role") == "champion"
+                else None,
+            }
+            for row in models.status()
+        ],
+        "shadow": None if state.shadow is None else state.shadow.status(),
         "jit_requested": models.jit,
         "reloads": models.reloads,
         "reload_failures": models.reload_failures,

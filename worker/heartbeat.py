@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from worker.protocol import ANY_PAIR
 from worker.retry import pause, retrying
@@ -33,10 +34,9 @@ def heartbeat_key(state: ServerState) -> str:
 async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
     """Write this worker's heartbeat hash once (and sample the group for metrics)."""
     s, m, key = state.settings, state.models.current, heartbeat_key(state)
-    # The contract first: whoever sees this worker's contract id in its heartbeat can
+    # The contracts first: whoever sees this worker's contract id in its heartbeat can
     # then fetch the contract itself. (Another key: on a cluster, maybe another node.)
-    if m is not None:
-        await state.redis.hset(s.contracts_key, ANY_PAIR, m.contract.to_json())
+    await publish_contracts(state)
     pipe = state.redis.pipeline(transaction=True)
     pipe.hset(
         key,
@@ -70,6 +70,23 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
     metrics.lag.set(lag)
     metrics.pending.set(pending)
     metrics.sync(state)
+
+
+async def publish_contracts(state: ServerState) -> None:
+    """The contract of every model this worker serves, in CONTRACTS_KEY: the field of
+    a pair with a model of its own is that pair, the default model's is ``*``; pairs
+    it no longer serves are removed (another worker serving them writes them back)."""
+    key, published = state.settings.contracts_key, state.published_contracts
+    fields: dict[FieldT, EncodableT] = {
+        (ANY_PAIR if route == "default" else route): model.contract.to_json()
+        for route, model in state.models.champions().items()
+    }
+    gone = published - {str(f) for f in fields}
+    if fields:
+        await state.redis.hset(key, mapping=fields)
+    if gone:
+        await state.redis.hdel(key, *gone)
+    state.published_contracts = {str(f) for f in fields}
 
 
 async def heartbeat(state: ServerState, metrics: Metrics | None = None) -> None:

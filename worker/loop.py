@@ -16,9 +16,10 @@ from worker.answer import Answerer, Entries, Outcome, Served
 from worker.connection import xreadgroup
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
-from worker.protocol import GONE, Decoded, decode_batch, route_to
+from worker.protocol import GONE, Decoded, decode_batch
 from worker.recovery import Recovery, poison_requests, split_poison
 from worker.retry import TRANSIENT, Backoff, pause, retrying
+from worker.shadow import ShadowWork
 from worker.shards import Streams
 from worker.state import ServerState
 
@@ -154,7 +155,7 @@ class Worker:
         """True (after a short pause) while this worker has no model and another live
         worker has one: the states are left to it rather than answered model_unavailable.
         Alone, or in burst mode, a worker without a model answers them all the same."""
-        if self.state.models.current is not None or self.burst:
+        if self.state.models.any_loaded or self.burst:
             return False
         now = time.monotonic()
         if now - self._peer_checked >= PEER_CHECK_S:
@@ -252,11 +253,19 @@ class Worker:
         new entries in the answer's round trip and return them."""
         t_read = time.perf_counter()
         now_ms = time.time() * 1000.0
-        model = self.state.models.current  # one model for the whole batch
-        dec = decode_batch(entries, now_ms, self.limits, route_to(model))
+        models = self.state.models
+        dec = decode_batch(entries, now_ms, self.limits, models.route)
         out = Outcome(entries, dec.reqs, now_ms, t_read)
-        infer(out, dec)
-        return await self.answerer.answer(out, read_more)
+        infer(out, dec, models.any_loaded)
+        ahead = await self.answerer.answer(out, read_more)
+        shadow = self.state.shadow
+        if shadow is not None:  # after the answers are out, never before
+            for served in out.served:
+                pairs = [out.reqs[i].pair for i in served.where]
+                if any(shadow.challenger_for(p) is not None for p in set(pairs)):
+                    ids = [out.reqs[i].entry_id for i in served.where]
+                    shadow.offer(ShadowWork(pairs, ids, served.rows, served.actions, served.model))
+        return ahead
 
 
 def _newer(a: bytes, b: bytes) -> bool:
@@ -266,17 +275,22 @@ def _newer(a: bytes, b: bytes) -> bool:
     return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
-def infer(out: Outcome, dec: Decoded) -> None:
+def infer(out: Outcome, dec: Decoded, any_model: bool = False) -> None:
     """Run each model over its group's rows in one forward pass and record the
     actions; a valid entry no model takes, or whose pass fails, gets an error."""
     for i in dec.unrouted:
-        out.reqs[i].fail("model_unavailable", "no model is loaded; the worker is waiting for a checkpoint")
+        pair = out.reqs[i].pair
+        if any_model:  # other pairs have models: say which pair has none
+            detail = f"no model serves pair {pair!r} and there is no default model"
+        else:
+            detail = "no model is loaded; the worker is waiting for a checkpoint"
+        out.reqs[i].fail("model_unavailable", detail)
     t0 = time.perf_counter()
     for group in dec.groups:
         model = cast(ServedModel, group.target)
         try:
             # tolist() of the float32 output: the same values, as Python floats
-            out.served.append(Served(model, group.where, model.infer(group.rows).tolist()))
+            out.served.append(Served(model, group.where, model.infer(group.rows).tolist(), group.rows))
         except Exception as exc:
             logger.exception("inference failed for a batch of %d", len(group.where))
             for i in group.where:

@@ -12,13 +12,13 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from worker.model import ModelManager
+    from worker.catalog import Catalog
     from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,15 @@ class Metrics:
         )
         self.redis_errors = Counter("statpair_redis_errors", "Failed Redis round trips (retried)", registry=r)
         self.redis_up = Gauge("statpair_redis_up", "1 when the last Redis call succeeded", registry=r)
+        # Labelled by the answering model's pair (or default): as many labels as models loaded.
+        self.pair_answers = Counter(
+            "statpair_pair_answers",
+            "Ok answers by the model that gave them: its pair, or default",
+            ["pair"],
+            registry=r,
+        )
         self._seen = {"reloads": 0, "failures": 0, "reclaimed": 0, "dead": 0, "redis_errors": 0}
+        self._seen_pairs: dict[str, int] = {}
         self._lock = threading.Lock()  # sync() runs on the loop (heartbeat) and the HTTP thread
 
     def observe_batch(
@@ -119,7 +127,7 @@ class Metrics:
         self.latency_ms.observe(latency_s * 1e3)
         self.batch_size.observe(len(queue_ms))
 
-    def on_model(self, models: ModelManager) -> None:
+    def on_model(self, models: Catalog) -> None:
         m = models.current
         self._inc(self.reloads, "reloads", models.reloads)
         self._inc(self.reload_failures, "failures", models.reload_failures)
@@ -146,6 +154,12 @@ class Metrics:
         self._inc(self.dead_lettered, "dead", st.dead_lettered)
         self._inc(self.redis_errors, "redis_errors", st.redis_errors)
         self.redis_up.set(1 if state.redis_up else 0)
+        with self._lock:
+            for pair, total in list(st.by_model.items()):
+                seen = self._seen_pairs.get(pair, 0)
+                if total > seen:
+                    self.pair_answers.labels(pair).inc(total - seen)
+                    self._seen_pairs[pair] = total
         source = state.models.source
         if source.kind == "registry":
             up = source.status().get("registry_up")
@@ -163,6 +177,55 @@ class Metrics:
             if total > self._seen[key]:
                 counter.inc(total - self._seen[key])
                 self._seen[key] = total
+
+
+SHADOW_FIGURES = (
+    ("disagree_share", "Share of states where the challenger's side (short/flat/long) differs"),
+    ("mean_abs_delta", "Mean |challenger action - champion action|"),
+    ("p95_abs_delta", "95th percentile of |challenger action - champion action|"),
+    ("correlation", "Correlation of the challenger's and the champion's actions"),
+)
+
+
+class ShadowCollector(Collector):
+    """The challengers' figures at scrape time, labelled by the pair a challenger
+    shadows (``*``: every pair) and the window (``window``: the last 1000 states,
+    ``total``): as many labels as challengers loaded."""
+
+    def __init__(self, state: ServerState, registry: CollectorRegistry) -> None:
+        self.state = state
+        registry.register(self)
+
+    def collect(self) -> list[Any]:
+        shadow = self.state.shadow
+        if shadow is None:
+            return []
+        status = shadow.status()
+        states = CounterMetricFamily("statpair_shadow_states", "States a challenger scored", labels=["pair"])
+        dropped = CounterMetricFamily(
+            "statpair_shadow_dropped", "States not scored: the shadow queue was full (shed)", labels=["pair"]
+        )
+        infer = GaugeMetricFamily(
+            "statpair_shadow_infer_ms",
+            "A challenger's forward pass (ms), p50 over its last batches",
+            labels=["pair"],
+        )
+        families = [states, dropped, infer]
+        gauges = {
+            name: GaugeMetricFamily(f"statpair_shadow_{name}", doc, labels=["pair", "over"])
+            for name, doc in SHADOW_FIGURES
+        }
+        for pair, fig in status["pairs"].items():
+            states.add_metric([pair], fig["states"])
+            dropped.add_metric([pair], fig["dropped"])
+            if fig["shadow_infer_ms_p50"] is not None:
+                infer.add_metric([pair], fig["shadow_infer_ms_p50"])
+            for over in ("window", "total"):
+                for name, gauge in gauges.items():
+                    value = fig[over][name]
+                    if value is not None:
+                        gauge.add_metric([pair, over], value)
+        return families + list(gauges.values())
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -86,15 +86,17 @@ class RegistrySource:
         self._said: str | None = None  # the last once-only message, so it is not repeated
 
     @classmethod
-    def from_settings(cls, s: Settings) -> RegistrySource:
+    def from_settings(cls, s: Settings, uri: str | None = None) -> RegistrySource:
+        """The registry source of MODEL_URI, or of ``uri`` (a per-pair model, a challenger)."""
         if importlib.util.find_spec("mlflow") is None:
             raise ConfigError("MODEL_URI needs MLflow's client: pip install mlflow-skinny (or mlflow)")
         # MLflow's HTTP client (urllib3) warns at every retry: during an outage that is
         # a line per poll, where the worker says it once (see _down).
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-        assert s.model_uri is not None and s.mlflow_tracking_uri is not None  # the settings check both
+        uri = uri or s.model_uri
+        assert uri is not None and s.mlflow_tracking_uri is not None  # the settings check both
         return cls(
-            parse_uri(s.model_uri),
+            parse_uri(uri),
             s.mlflow_tracking_uri,
             s.model_cache_dir,
             poll_s=s.registry_poll_s,

@@ -18,14 +18,16 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from worker.catalog import Catalog
 from worker.connection import Client, redis_client
 from worker.control import Control
 from worker.heartbeat import beat, heartbeat, heartbeat_key
 from worker.loop import Worker
-from worker.metrics import Metrics, serve_http
+from worker.metrics import Metrics, ShadowCollector, serve_http
 from worker.model import ModelManager
 from worker.retry import Backoff, pause, retrying
 from worker.settings import ConfigError, Settings
+from worker.shadow import Shadow, record_to
 from worker.state import ServerState
 
 logger = logging.getLogger("worker")
@@ -60,7 +62,7 @@ class Server:
                 decode_responses=False,
                 client_name=f"statpair-worker:{settings.consumer}",
             )
-        models = ModelManager.from_settings(settings)
+        models = Catalog(ModelManager.from_settings(settings), settings)
         self.state = ServerState(settings, redis, models, stop=stop or asyncio.Event())
         # One consume loop per shard served (unsharded: one), sharing the state.
         self.workers = [
@@ -121,8 +123,18 @@ class Server:
         settle_heap()
         self._spawn("model-watch", lambda: state.models.watch(s.watch_interval_s, state.stop))
         self._spawn("heartbeat", lambda: heartbeat(state, self.metrics))
+        shadow = state.shadow = Shadow(
+            state.models.challenger_for,
+            s.shadow_fraction,
+            s.dead_band,
+            s.shadow_queue,
+            record=record_to(state.redis, s.shadow_stream, s.shadow_maxlen) if s.shadow_stream else None,
+        )
+        self._spawn("shadow", lambda: shadow.run(state.stop))
+        if self.metrics is not None:
+            ShadowCollector(state, self.metrics.registry)
 
-    def _advertise(self, _models: ModelManager) -> None:
+    def _advertise(self, _models: Catalog) -> None:
         """After a swap, publish the new model (heartbeat, contract) now, not at the next beat."""
         task = asyncio.ensure_future(beat(self.state, self.metrics))
         task.add_done_callback(_quiet)

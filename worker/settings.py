@@ -157,6 +157,36 @@ class Settings(BaseSettings):
         description="A version that failed to download, verify or load is tried again only when "
         "the alias moves, or after this long.",
     )
+    pair_model_uris: str = Field(
+        "",
+        description="Per-pair models from the registry: models:/<name>@<alias> URIs, comma-separated, "
+        "one registered model per pair (its pair is in its contract). Per-pair folders: MODEL_DIR/pairs/*/.",
+    )
+    challenger_uris: str = Field(
+        "",
+        description="Challengers from the registry (e.g. models:/statpair-policy@challenger), "
+        "comma-separated; each shadows the pair of its contract, or every pair. "
+        "Folders: MODEL_DIR/challengers/*/.",
+    )
+    max_models: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Most models held at once (the default, per-pair models, challengers).",
+    )
+    shadow_fraction: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of answered states a challenger also sees (after the answer)."
+    )
+    shadow_queue: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Batches waiting for the challenger at most; beyond, shed and counted.",
+    )
+    shadow_stream: str = Field(
+        "", description="Stream of each shadowed state's two actions for offline scoring (empty: off)."
+    )
+    shadow_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of SHADOW_STREAM.")
     jit: bool = Field(
         False,
         validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
@@ -229,6 +259,25 @@ class Settings(BaseSettings):
         from tracking.registry.refs import parse_uri
 
         return str(parse_uri(value))
+
+    @field_validator("pair_model_uris", "challenger_uris")
+    @classmethod
+    def _uri_list(cls, value: str) -> str:
+        uris = [u.strip() for u in value.split(",") if u.strip()]
+        if uris:
+            from tracking.registry.refs import parse_uri
+
+            uris = [str(parse_uri(u)) for u in uris]
+        return ",".join(uris)
+
+    @model_validator(mode="after")
+    def _registry_named(self) -> Settings:
+        if (self.pair_model_uris or self.challenger_uris) and not self.mlflow_tracking_uri:
+            raise ValueError(
+                "MLFLOW_TRACKING_URI must name the MLflow server that holds the registry "
+                "when PAIR_MODEL_URIS or CHALLENGER_URIS is set"
+            )
+        return self
 
     @field_validator("mlflow_tracking_uri")
     @classmethod

@@ -45,6 +45,7 @@ class Divergence:
     recent: deque[tuple[float, float]] = field(default_factory=deque)  # (champion, challenger)
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # per batch
     dropped: int = 0
+    incomparable: int = 0  # states not scored: the challenger has another contract
     champion: str = ""
     challenger: str = ""
 
@@ -75,6 +76,7 @@ class Divergence:
             "challenger": self.challenger,
             "states": self.n,
             "dropped": self.dropped,
+            "incomparable": self.incomparable,
             "total": self._total(),
             "window": _figures(np.asarray(self.recent, dtype=np.float64).reshape(-1, 2), self.dead_band),
         }
@@ -173,8 +175,10 @@ class Shadow:
         self.failed = 0
         self._rng = random.Random(seed)
 
-    def _div(self, pair: str | None) -> Divergence:
-        key = pair or "*"
+    def _div(self, challenger: ServedModel) -> Divergence:
+        """A challenger's figures, by the pair it shadows (``*``: every pair): bounded by
+        the challengers loaded, whatever pair labels strategies send."""
+        key = challenger.contract.pair or "*"
         div = self.pairs.get(key)
         if div is None:
             div = self.pairs[key] = Divergence(self.dead_band)
@@ -200,7 +204,9 @@ class Shadow:
         except asyncio.QueueFull:
             self.dropped += len(work.entry_ids)
             for pair in work.pairs:
-                self._div(pair).dropped += 1
+                challenger = self.challenger_for(pair)
+                if challenger is not None:
+                    self._div(challenger).dropped += 1
 
     async def run(self, stop: asyncio.Event) -> None:
         """Score queued work until stopped, yielding to the event loop between groups."""
@@ -216,8 +222,14 @@ class Shadow:
         by_challenger: dict[int, tuple[ServedModel, list[int]]] = {}
         for i, pair in enumerate(work.pairs):
             challenger = self.challenger_for(pair)
-            if challenger is not None and challenger.state_dim == work.rows.shape[1]:
-                by_challenger.setdefault(id(challenger), (challenger, []))[1].append(i)
+            if challenger is None:
+                continue
+            if challenger.contract_id != work.champion.contract_id:
+                # The state was built for the champion's contract: to a challenger with
+                # another spread or feature set it means something else. Not comparable.
+                self._incomparable(work.champion, challenger)
+                continue
+            by_challenger.setdefault(id(challenger), (challenger, []))[1].append(i)
         for challenger, where in by_challenger.values():
             t0 = time.perf_counter()
             try:
@@ -228,18 +240,30 @@ class Shadow:
                 continue
             ms = (time.perf_counter() - t0) * 1e3
             ours = np.asarray([work.actions[i] for i in where], dtype=np.float32)
-            for pair in {work.pairs[i] for i in where}:
-                idx = [j for j, i in enumerate(where) if work.pairs[i] == pair]
-                div = self._div(pair)
-                div.champion, div.challenger = work.champion.sha256, challenger.sha256
-                div.add(ours[idx], theirs[idx])
-                div.latency_ms.append(ms)
+            div = self._div(challenger)
+            div.champion, div.challenger = work.champion.sha256, challenger.sha256
+            div.add(ours, theirs)
+            div.latency_ms.append(ms)
             if self.record is not None:
                 try:
                     await self.record(work, where, theirs, challenger)
                 except Exception as exc:  # noqa: BLE001 - the stream is a convenience: count, go on
                     self.failed += len(where)
                     logger.warning("shadow stream not written: %s", exc)
+
+    def _incomparable(self, champion: ServedModel, challenger: ServedModel) -> None:
+        div = self._div(challenger)
+        div.champion, div.challenger = champion.sha256, challenger.sha256
+        div.incomparable += 1
+        if div.incomparable == 1:
+            logger.warning(
+                "challenger %s (contract %s) cannot be scored on %s's live states, built for contract %s: "
+                "compare them offline with python -m bench replay --challenger",
+                challenger.sha256,
+                challenger.contract_id,
+                challenger.contract.pair or "every pair",
+                champion.contract_id,
+            )
 
     def status(self) -> dict[str, Any]:
         return {
@@ -249,3 +273,30 @@ class Shadow:
             "failed": self.failed,
             "pairs": {pair: div.figures() for pair, div in sorted(self.pairs.items())},
         }
+
+
+def record_to(
+    redis: Any, stream: str, maxlen: int
+) -> Callable[[ShadowWork, list[int], np.ndarray, ServedModel], Awaitable[None]]:
+    """A recorder that writes each scored state to ``stream`` (SHADOW_STREAM): its
+    entry id, pair, both actions and both models, for scoring the challenger offline."""
+
+    async def record(work: ShadowWork, where: list[int], theirs: np.ndarray, challenger: ServedModel) -> None:
+        pipe = redis.pipeline(transaction=False)
+        for j, i in enumerate(where):
+            pipe.xadd(
+                stream,
+                {
+                    "entry_id": work.entry_ids[i],
+                    "pair": work.pairs[i] or "",
+                    "champion_action": f"{work.actions[i]:.9g}",
+                    "challenger_action": f"{float(theirs[j]):.9g}",
+                    "champion": work.champion.sha256,
+                    "challenger": challenger.sha256,
+                },
+                maxlen=maxlen,
+                approximate=True,
+            )
+        await pipe.execute()
+
+    return record

@@ -10,9 +10,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
+from worker.catalog import Catalog
 from worker.connection import Client
 from worker.model import ModelManager
+
+if TYPE_CHECKING:
+    from worker.shadow import Shadow
 from worker.protocol import Limits
 from worker.settings import Settings
 from worker.shards import Streams
@@ -23,6 +28,7 @@ class Stats:
     """Counters that a status reply, the heartbeat and the metrics read."""
 
     results: Counter[str] = field(default_factory=Counter)  # "ok" or the error code
+    by_model: Counter[str] = field(default_factory=Counter)  # ok answers by route key (pair, or default)
     batches: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
@@ -47,10 +53,16 @@ def streams_for(s: Settings, shard: int = 0) -> Streams:
 class ServerState:
     settings: Settings
     redis: Client
-    models: ModelManager
+    models: Catalog  # a bare ModelManager is taken as the default of a catalog of its own
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stats: Stats = field(default_factory=Stats)
     redis_up: bool = False
+    shadow: Shadow | None = None  # the challengers' scorer
+    published_contracts: set[str] = field(default_factory=set)  # CONTRACTS_KEY fields this worker wrote
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, ModelManager):
+            self.models = Catalog(self.models, self.settings)
 
     @property
     def consumer(self) -> str:
