@@ -551,3 +551,58 @@ async def test_compose_commands_from_an_unwritable_directory(registry: Registry_
         if redis_server is not None:
             redis_server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_per_pair_models_and_a_challenger_from_the_registry(
+    registry: Registry_, trained: Trained, real_redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """One registered model per pair (PAIR_MODEL_URIS), a challenger alias
+    (CHALLENGER_URIS), no default: each pair answered by its own version."""
+    from tests.conftest import write_model
+    from tests.test_pairs import contract_for
+
+    uris, shas = [], {}
+    for i, pair in enumerate(["KO/PEP", "XOM/CVX"]):
+        name = unique(f"pair{i}")
+        path = write_model(tmp_path / f"{i}.pt", seed=20 + i, contract=contract_for(pair))
+        v = register(name, path, trained.run_id, GOOD, tracking_uri=registry.url).version
+        assert v is not None
+        Registry(registry.url).promote(name, v.version, "champion")
+        uris.append(f"models:/{name}@champion")
+        shas[pair] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    challenger = unique("chall")
+    cpath = write_model(tmp_path / "c.pt", seed=30, contract=contract_for("KO/PEP"))
+    cv = register(challenger, cpath, trained.run_id, GOOD, tracking_uri=registry.url).version
+    assert cv is not None
+    Registry(registry.url).promote(challenger, cv.version, "challenger")
+    s = make_settings(
+        tmp_path,
+        redis_url=redis_url,
+        mlflow_tracking_uri=registry.url,
+        model_cache_dir=tmp_path / "cache",
+        registry_poll_s=POLL_S,
+        pair_model_uris=",".join(uris),
+        challenger_uris=f"models:/{challenger}@challenger",
+    )
+    async with workers([s]) as (server,):
+        await wait_for(lambda: len(server.state.models.champions()) == 2, timeout=60, what="both pair models")
+        await wait_for(
+            lambda: server.state.models.challenger_for("KO/PEP") is not None, timeout=60, what="challenger"
+        )
+        for pair in shas:
+            await real_redis.xadd("statpair:states", {"state": json.dumps(STATE), "id": pair, "pair": pair})
+        await wait_for(lambda: real_redis.xlen("statpair:actions"), timeout=30, what="answers")
+        await wait_for(lambda: _len_at_least(real_redis, 2), timeout=30, what="two answers")
+        by_pair = {
+            r.pair: r for r in (parse_result(f) for _, f in await real_redis.xrange("statpair:actions"))
+        }
+        assert {p: r.model_sha256 for p, r in by_pair.items()} == shas
+        assert all(r.model_version == "1" for r in by_pair.values())
+        await wait_for(
+            lambda: (server.state.shadow.status()["pairs"].get("KO/PEP") or {}).get("states") == 1,
+            what="the challenger scored",
+        )
+
+
+async def _len_at_least(redis: Redis, n: int) -> bool:
+    return await redis.xlen("statpair:actions") >= n
