@@ -41,9 +41,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--serve",
         choices=SERVE_CHOICES,
-        default="all",
-        help="with several workers: each serves all shards (all, the default), its own "
-        "(split, SERVE_SHARDS), or both rows",
+        default="both",
+        help="with several workers: each serves all shards (all), its own (split, SERVE_SHARDS), "
+        "or a row of each (both, the default)",
     )
     g.add_argument(
         "--act-latency",
@@ -52,6 +52,13 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
         metavar="COUNT",
         help="also time COUNT act() calls, plain and durable=True, through one worker on the cluster "
         "(needs --cluster-replicas 1 or more)",
+    )
+    g.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the whole list this many times, pass after pass (the table shows medians; "
+        "on a noisy host, 3)",
     )
     g.add_argument(
         "--no-compare-single",
@@ -69,6 +76,8 @@ def check_cluster_arguments(args: argparse.Namespace) -> str | None:
         return f"--cluster-replicas {args.cluster_replicas}: must be 0 or more"
     if args.shards is not None and not 1 <= args.shards <= 1024:
         return f"--shards {args.shards}: must be between 1 and 1024"
+    if args.repeat < 1:
+        return f"--repeat {args.repeat}: must be 1 or more"
     if args.act_latency < 0 or (args.act_latency and args.cluster_replicas < 1):
         return "--act-latency needs a positive count and --cluster-replicas 1 or more (durable WAITs for one)"
     for flag in ("rate", "rates", "drain"):
@@ -132,10 +141,11 @@ def run_cluster(args: argparse.Namespace, model: Path, described: str, folder: P
             "started_in_s": round(cluster.started_in, 2),
         }
         results: list[Result] = []
-        for sc in scenarios:
-            url = cluster.url if sc.cluster else single.url if single else ""
-            results.append(run_scenario(url, model, sc, folder, args.warmup))
-            print(f"done: {sc.name}", flush=True)
+        for rep in range(args.repeat):
+            for sc in scenarios:
+                url = cluster.url if sc.cluster else single.url if single else ""
+                results.append(run_scenario(url, model, sc, folder, args.warmup))
+                print(f"done: {sc.name}" + (f" (pass {rep + 1})" if args.repeat > 1 else ""), flush=True)
         acts = None
         if args.act_latency:
             shards = args.shards or args.cluster
