@@ -254,12 +254,19 @@ def test_cluster_flags_choose_the_side_by_side_rows() -> None:
     # The same pairs and count in every row: the rows differ only in where they run.
     assert {(s.count, s.pairs) for s in rows} == {(900, PAIRS_PER_SHARD * 3)}
     only = cluster_scenarios(parse("--cluster", "4", "--shards", "8", "--no-compare-single"))
-    assert [s.name for s in only][:3] == [
+    assert [s.name for s in only][:4] == [
         "saturation, 1w, cluster, 8 shards",
         "drain, 1w, cluster, 8 shards",
         "saturation, 2w, cluster, 8 shards, all",
+        "saturation, 2w, cluster, 8 shards, split",  # both rows by default
     ]
-    assert len(only) == 8 and {s.workers for s in only} == {1, 2, 3, 4}
+    assert len(only) == 2 + 3 * 4 and {s.workers for s in only} == {1, 2, 3, 4}
+    split = cluster_scenarios(parse("--cluster", "3", "--workers", "3", "--serve", "split"))
+    assert [s.name for s in split] == [
+        f"{kind}, 3w, {row}"
+        for kind in ("saturation", "drain")
+        for row in ("single", "cluster, 1 shard", "cluster, 3 shards, split")
+    ]
 
 
 @pytest.mark.parametrize(
