@@ -107,3 +107,26 @@ def test_cluster_bench_answers_every_state_once_and_reports_every_figure(
     # Every server it started (one Redis, three cluster nodes) is stopped and reaped.
     assert len(started) == 4
     assert all(not Path(f"/proc/{server.pid}").exists() for server in started)
+
+
+def test_act_latency_plain_and_durable_on_a_cluster_with_replicas(tmp_path: Path) -> None:
+    """The durable comparison's figures: both modes timed the same number of
+    calls, and the block of plain calls costs two XADDs per state on the
+    primaries (the state's and its result's) with the replicas' CPU apart."""
+    from bench.e2e.cli import make_model
+    from bench.e2e.durable import act_latency
+
+    model, _ = make_model(tmp_path, (16, 16))
+    with LocalRedisCluster(tmp_path / "c", primaries=3, replicas=1) as cluster:
+        out = act_latency(cluster.url, model, 3, 30, "eager", tmp_path)
+        with redis.RedisCluster.from_url(cluster.url) as client:
+            left = list(client.scan_iter(match="bench*"))
+    assert out["plain"]["n"] == out["durable"]["n"] == 30
+    assert 0 < out["plain"]["p50"] <= out["plain"]["max"]
+    assert 0 < out["durable"]["p50"] <= out["durable"]["max"]
+    block = out["plain_block"]
+    assert block["calls"] == 30 and block["worker_cpu_us"] is not None
+    assert block["commands"]["xadd"]["calls"] == pytest.approx(2.0)
+    assert block["replica_cpu_us"] is not None and block["replica_cpu_us"] >= 0  # read, if tiny
+    assert block["redis_cpu_us"] == pytest.approx(block["primary_cpu_us"] + block["replica_cpu_us"])
+    assert left == []

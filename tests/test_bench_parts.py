@@ -344,6 +344,7 @@ def test_per_state_figures_add_up_from_the_nodes() -> None:
 
     nodes = [
         {
+            "role": "primary",
             "cpu_s": 0.5,
             "commands": {
                 "xadd": {"calls": 200, "usec": 400},
@@ -352,13 +353,21 @@ def test_per_state_figures_add_up_from_the_nodes() -> None:
                 "hset": {"calls": 1, "usec": 5},
             },
         },
-        {"cpu_s": 0.25, "commands": {"xreadgroup": {"calls": 3, "usec": 60}}},
+        {"role": "primary", "cpu_s": 0.25, "commands": {"xreadgroup": {"calls": 3, "usec": 60}}},
     ]
     ps = per_state(nodes, 100)
-    assert ps["redis_cpu_us"] == pytest.approx(7500.0)
+    assert ps["redis_cpu_us"] == ps["primary_cpu_us"] == pytest.approx(7500.0)
+    assert ps["replica_cpu_us"] is None  # no replica: none, not zero
     assert list(ps["commands"]) == ["xadd", "xreadgroup", "evalsha", "xack", "other"]
     assert ps["commands"]["xadd"] == {"calls": 2.0, "us": 4.0}
     assert ps["commands"]["other"] == {"calls": 0.01, "us": 0.05}
     # XACK and one of the two XADDs a state costs ran inside EVALSHA: counted once.
     assert ps["top_level_us"] == pytest.approx(4.0 - 2.0 + 0.6 + 3.0 + 0.05)
     assert per_state(nodes, 0) == {}
+    # A replica's CPU counts in the total and its own column; its commands (the
+    # replicated effects) are not the primaries' command time.
+    replica = {"role": "replica", "cpu_s": 0.1, "commands": {"xclaim": {"calls": 100, "usec": 300}}}
+    with_replica = per_state([*nodes, replica], 100)
+    assert with_replica["redis_cpu_us"] == pytest.approx(8500.0)
+    assert with_replica["replica_cpu_us"] == pytest.approx(1000.0)
+    assert with_replica["commands"] == ps["commands"]

@@ -165,6 +165,15 @@ def run_cluster(args: argparse.Namespace, model: Path, described: str, folder: P
                 f"  {name:<8} p50 {a['p50']:.3f}  p95 {a['p95']:.3f}  p99 {a['p99']:.3f}  max {a['max']:.2f}"
             )
         print(f"  durable: states sent again {acts['durable_resent']}")
+        b = acts["plain_block"]
+        commands = ", ".join(f"{k.upper()} {v['us']:.2f}" for k, v in b.get("commands", {}).items())
+        worker, redis_us, replicas = (
+            b.get(k) or float("nan") for k in ("worker_cpu_us", "redis_cpu_us", "replica_cpu_us")
+        )
+        print(
+            f"  {b['calls']} plain calls in a block, per call: worker CPU {worker:.1f} µs, "
+            f"Redis CPU {redis_us:.1f} µs (of which replicas {replicas:.1f}); commands µs: {commands}"
+        )
     if args.json:
         doc = {
             "machine": machine(),

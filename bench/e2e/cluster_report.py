@@ -17,7 +17,8 @@ COMMANDS = (*HOT, "other")
 
 
 def _num(value: float | None, fmt: str = "6.1f") -> str:
-    return "?" if value is None else format(value, fmt)
+    width = fmt.split(".")[0] or "0"
+    return f"{'-':>{width}}" if value is None else format(value, fmt)
 
 
 def _median(runs: list[Result], figure: Callable[[Result], float | None]) -> float | None:
@@ -46,12 +47,12 @@ def tables(results: list[Result]) -> str:
     groups = grouped(results)
     repeats = max(len(runs) for runs in groups.values()) if groups else 0
     lines = [
-        "Per state answered: worker CPU, Redis CPU (INFO cpu, every node), Redis command time "
-        "(INFO commandstats, a script's commands counted once); µs"
+        "Per state answered, µs: worker CPU; Redis CPU (INFO cpu) over every node, its primaries and "
+        "its replicas; the primaries' command time (INFO commandstats, a script's commands counted once)"
         + (f"; medians of {repeats} runs, states/s range in brackets" if repeats > 1 else "")
         + ".",
-        f"{'scenario':<42} {'states/s':>9} {'worker':>7} {'redis':>7} {'cmds':>6} {'batch':>6} "
-        f"{'ok':>3}  cpu % of one core: workers/redis/producers/collector"
+        f"{'scenario':<42} {'states/s':>9} {'worker':>7} {'redis':>7} {'prim':>6} {'repl':>6} "
+        f"{'cmds':>6} {'batch':>6} {'ok':>3}  cpu % of one core: workers/redis/producers/collector"
         + ("  [states/s min-max]" if repeats > 1 else ""),
     ]
     for name, runs in groups.items():
@@ -60,6 +61,8 @@ def tables(results: list[Result]) -> str:
         lines.append(
             f"{name:<42} {rate:9,.0f} {_num(_median(runs, lambda r: r.worker_cpu_us), '7.1f')} "
             f"{_num(_median(runs, lambda r: r.redis_per_state.get('redis_cpu_us')), '7.1f')} "
+            f"{_num(_median(runs, lambda r: r.redis_per_state.get('primary_cpu_us')), '6.1f')} "
+            f"{_num(_median(runs, lambda r: r.redis_per_state.get('replica_cpu_us')), '6.1f')} "
             f"{_num(_median(runs, lambda r: r.redis_per_state.get('top_level_us')))} "
             f"{_median(runs, lambda r: r.mean_batch) or 0.0:6.1f} "
             f"{'yes' if all(r.exactly_once for r in runs) else 'NO':>3}  "
@@ -67,8 +70,8 @@ def tables(results: list[Result]) -> str:
         )
     lines += [
         "",
-        "Redis command time per state, µs (calls per state): EVALSHA includes the XADD of the result "
-        "and the XACK it runs, which XADD and XACK count too.",
+        "Redis command time per state on the primaries, µs (calls per state): EVALSHA includes the XADD "
+        "of the result and the XACK it runs, which XADD and XACK count too.",
         f"{'scenario':<42} " + " ".join(f"{name.upper():>15}" for name in COMMANDS),
     ]
     for name, runs in groups.items():
@@ -82,7 +85,8 @@ def tables(results: list[Result]) -> str:
         lines.append(f"{name:<42} " + " ".join(cells))
     lines += [
         "",
-        "Each node: port, role, shards held: Redis CPU µs per state of its shards [% of one core].",
+        "Each node: port, shards held (a replica: its primary's), Redis CPU µs per state of those "
+        "shards [% of one core].",
     ]
     for name, runs in groups.items():
         r = representative(runs)
@@ -90,12 +94,14 @@ def tables(results: list[Result]) -> str:
         for n in r.redis_nodes:
             cpu = n["cpu_s"]
             share = f"{100 * cpu / r.wall_s:.0f}%" if cpu is not None and r.wall_s > 0 else "?"
+            node = _port(n["node"])
+            if n.get("replica_of"):
+                node += f" (replica of {_port(n['replica_of'])})"
             if n["states"]:
                 per = _num(1e6 * cpu / n["states"] if cpu is not None else None, ".1f")
-                cells.append(f"{_port(n['node'])} {n['shards']}: {per} [{share}]")
+                cells.append(f"{node} {n['shards']}: {per} [{share}]")
             else:
-                role = "replica" if n["role"] == "replica" else "idle"
-                cells.append(f"{_port(n['node'])} {role} [{share}]")
+                cells.append(f"{node} idle [{share}]")
         lines.append(f"{name:<42} " + "; ".join(cells))
     return "\n".join(lines)
 

@@ -1,6 +1,8 @@
-"""What the durable producer mode costs a caller: ``ActionClient.act`` round trips
-on the cluster through one worker, plain and ``durable=True`` (XADD, then WAIT
-for one replica), alternating call by call so host noise hits both alike."""
+"""What one state costs when a strategy sends it alone: ``ActionClient.act`` round
+trips on the cluster through one worker, plain and ``durable=True`` (XADD, then
+WAIT for one replica), alternating call by call so host noise hits both alike;
+then a block of plain calls with the CPU they cost (worker, and Redis by node
+and command): the per-state cost with no batching anywhere."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from agent.features import STATE_DIM
+from bench.e2e.cpu import cpu_seconds
 from bench.e2e.lanes import Topology, pair_labels
+from bench.e2e.redis_stats import node_usage, per_state, read_nodes
 from bench.e2e.scenarios import MAX_SECONDS, Scenario
 from bench.e2e.workers import Keys, Workers
 from bench.stats import percentiles
@@ -22,7 +26,9 @@ from worker.client import ActionClient
 WARMUP = 50  # calls per mode before timing: connections, reply readers, the worker's first batches
 
 
-async def _alternate(url: str, keys: Keys, shards: int, count: int) -> dict[str, Any]:
+async def _alternate(
+    url: str, keys: Keys, shards: int, count: int, topology: Topology, workers: Workers
+) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     states = [rng.standard_normal(STATE_DIM).astype(np.float32) for _ in range(64)]
     pairs = pair_labels(shards, 8 * shards)
@@ -49,8 +55,27 @@ async def _alternate(url: str, keys: Keys, shards: int, count: int) -> dict[str,
                 if i >= WARMUP:
                     times[name].append((time.perf_counter_ns() - t0) / 1e6)
         resent = durable.resent
+        # A block of plain calls alone, with the CPU each role spent on it.
+        nodes = topology.nodes
+        cpu0, nodes0 = cpu_seconds(workers.pids, nodes.values()), read_nodes(nodes)
+        done = 0
+        for i in range(count):
+            if time.monotonic() > deadline:
+                break
+            await plain.act(states[i % 64], pairs[i % len(pairs)])
+            done += 1
+        cpu1, nodes1 = cpu_seconds(workers.pids, nodes.values()), read_nodes(nodes)
     out: dict[str, Any] = {name: percentiles(ms) for name, ms in times.items()}
     out["durable_resent"] = resent
+    usage = node_usage(nodes0, nodes1, topology.roles, {u: topology.shards_of(u) for u in topology.roles}, {})
+    w0, w1 = cpu0["workers"], cpu1["workers"]
+    replicas = [n["cpu_s"] for n in usage if n["role"] == "replica"]
+    out["plain_block"] = {
+        "calls": done,
+        "worker_cpu_us": 1e6 * (w1 - w0) / done if done and w0 is not None and w1 is not None else None,
+        **per_state(usage, done),
+        "replica_cpu_us": 1e6 * sum(replicas) / done if done and None not in replicas else None,
+    }
     return out
 
 
@@ -67,4 +92,4 @@ def act_latency(
         stack.callback(keys.delete_all, topology.admin)  # after the worker stopped writing
         workers = stack.enter_context(Workers(url, model, keys, sc, log_dir))
         workers.start(topology.admin)
-        return asyncio.run(_alternate(url, keys, shards, count))
+        return asyncio.run(_alternate(url, keys, shards, count, topology, workers))

@@ -71,6 +71,11 @@ class Topology:
             self.roles[url] = "primary"
             self.lanes = [Lane(0, keys.states, keys.actions, url)]
         self.nodes = {u: redis.Redis.from_url(u) for u in self.roles}
+        self.primary_of: dict[str, str] = {}  # replica URL → its primary's
+        for u, role in self.roles.items():
+            if role == "replica":
+                info = self.nodes[u].info("replication")
+                self.primary_of[u] = f"redis://{info['master_host']}:{info['master_port']}"
 
     def client(self, lane: Lane) -> redis.Redis:
         """A plain client to the lane's node (XREAD through a cluster client would ask

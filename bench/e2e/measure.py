@@ -55,7 +55,8 @@ class Stage:
         self, before: dict[str, NodeReading], after: dict[str, NodeReading], by_shard: dict[int, int]
     ) -> list[dict[str, Any]]:
         topo = self.topology
-        return node_usage(before, after, topo.roles, {u: topo.shards_of(u) for u in topo.roles}, by_shard)
+        shards = {u: topo.shards_of(u) for u in topo.roles}
+        return node_usage(before, after, topo.roles, shards, by_shard, topo.primary_of)
 
 
 def run_scenario(url: str, model: Path, sc: Scenario, log_dir: Path, warmup: int) -> Result:

@@ -54,9 +54,13 @@ def node_usage(
     roles: dict[str, str],
     shards_of: dict[str, list[int]],
     answered_by_shard: dict[int, int],
+    primary_of: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each node's share of the run: its role, the shards it holds, the states
-    answered in them, CPU seconds, and each command's calls and usec."""
+    """Each node's share of the run: its role (a replica: whose), the shards it
+    holds (a replica: its primary's), the states answered in them, CPU seconds,
+    and each command's calls and usec. A replica runs what its primary sends it:
+    the effects of the scripts and, for each entry a group delivered, an XCLAIM."""
+    primary_of = primary_of or {}
     out = []
     for url in sorted(after):
         b, a = before.get(url), after[url]
@@ -66,11 +70,12 @@ def node_usage(
             c0, u0 = b.commands.get(name, (0, 0)) if b is not None else (0, 0)
             if calls - c0 and name not in BENCH_ONLY:
                 commands[name] = {"calls": calls - c0, "usec": usec - u0}
-        shards = shards_of.get(url, [])
+        shards = shards_of.get(primary_of.get(url, url), [])
         out.append(
             {
                 "node": url,
                 "role": roles.get(url, "?"),
+                "replica_of": primary_of.get(url),
                 "shards": shards,
                 "states": sum(answered_by_shard.get(s, 0) for s in shards),
                 "cpu_s": cpu,
@@ -81,16 +86,26 @@ def node_usage(
 
 
 def per_state(nodes: list[dict[str, Any]], states: int) -> dict[str, Any]:
-    """Over all nodes, per state answered: Redis CPU µs, and each hot command's
-    calls and µs (``other``: every other command). ``top_level_us`` is the
-    commands' time counting what a script ran once: without XACK, and without
-    the XADD of each result (one per state), valued at the mean XADD's µs: an
-    estimate, since the script's XADDs and the producer's cannot be told apart."""
+    """Per state answered: Redis CPU µs over every node, over the primaries and
+    over the replicas (None: there are none), and each hot command's calls and µs
+    on the primaries (``other``: every other command). ``top_level_us`` is the
+    primaries' command time counting what a script ran once: without XACK, and
+    without the XADD of each result (one per state), valued at the mean XADD's
+    µs: an estimate, since the script's XADDs and the producer's cannot be told
+    apart."""
     if states <= 0:
         return {}
-    cpus = [n["cpu_s"] for n in nodes]
+
+    def cpu_us(role: str | None) -> float | None:
+        cpus = [n["cpu_s"] for n in nodes if role is None or n["role"] == role]
+        if not cpus or any(c is None for c in cpus):
+            return None
+        return 1e6 * sum(cpus) / states
+
     by_command: dict[str, dict[str, float]] = {}
     for n in nodes:
+        if n["role"] == "replica":
+            continue
         for name, v in n["commands"].items():
             key = name if name in HOT else "other"
             slot = by_command.setdefault(key, {"calls": 0.0, "usec": 0.0})
@@ -106,7 +121,9 @@ def per_state(nodes: list[dict[str, Any]], states: int) -> dict[str, Any]:
     if xadd and xadd["calls"] > 0:
         top -= xadd["us"] * min(1.0, 1.0 / xadd["calls"])  # one result XADD per state
     return {
-        "redis_cpu_us": 1e6 * sum(cpus) / states if all(c is not None for c in cpus) else None,
+        "redis_cpu_us": cpu_us(None),
+        "primary_cpu_us": cpu_us("primary"),
+        "replica_cpu_us": cpu_us("replica"),
         "commands": commands,
         "top_level_us": top,
     }
