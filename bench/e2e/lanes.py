@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -52,11 +53,22 @@ class Topology:
         self.url, self.keys, self.sc = url, keys, sc
         self.admin: redis.Redis | redis.RedisCluster
         self.roles: dict[str, str] = {}  # node URL → "primary" or "replica"
+        self.primary_of: dict[str, str] = {}  # replica URL → its primary's
         if sc.cluster:
             cluster = redis.RedisCluster.from_url(url)
             self.admin = cluster
-            for node in cluster.get_nodes():
-                self.roles[f"redis://{node.host}:{node.port}"] = str(node.server_type)
+            # CLUSTER NODES, not the client's view: CLUSTER SLOTS, which the client
+            # learns from, leaves out a replica that has not replicated anything yet.
+            table: dict[str, dict[str, Any]] = cluster.cluster_nodes()
+            address = {v["node_id"]: f"redis://{k}" for k, v in table.items()}
+            for k, v in table.items():
+                flags = str(v["flags"]).split(",")
+                if "fail" in flags or (not v["connected"] and "myself" not in flags):
+                    continue
+                replica = "slave" in flags
+                self.roles[f"redis://{k}"] = "replica" if replica else "primary"
+                if replica:
+                    self.primary_of[f"redis://{k}"] = address[v["master_id"]]
             self.lanes = []
             for shard in range(sc.shards):
                 streams = Streams.of(
@@ -71,11 +83,6 @@ class Topology:
             self.roles[url] = "primary"
             self.lanes = [Lane(0, keys.states, keys.actions, url)]
         self.nodes = {u: redis.Redis.from_url(u) for u in self.roles}
-        self.primary_of: dict[str, str] = {}  # replica URL → its primary's
-        for u, role in self.roles.items():
-            if role == "replica":
-                info = self.nodes[u].info("replication")
-                self.primary_of[u] = f"redis://{info['master_host']}:{info['master_port']}"
 
     def client(self, lane: Lane) -> redis.Redis:
         """A plain client to the lane's node (XREAD through a cluster client would ask
