@@ -276,6 +276,11 @@ def test_cluster_flags_choose_the_side_by_side_rows() -> None:
         (["--cluster", "3", "--drain"], "--drain does not go with --cluster"),
         (["--cluster", "3", "--shards", "0"], "--shards 0: must be between 1 and 1024"),
         (["--workers", "1,2"], "--workers 1,2: one count without --cluster"),
+        (["--shards", "6"], "--shards goes with --cluster N"),
+        (
+            ["--cluster", "3", "--act-latency", "100"],
+            "--act-latency needs a positive count and --cluster-replicas",
+        ),
     ],
 )
 def test_cluster_flags_that_do_not_fit_are_a_one_line_error(

@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     if args.model is not None and not args.model.is_file():
         print(f"python -m bench e2e: error: --model {args.model}: no such file", file=sys.stderr)
         return 2
-    problem = check_cluster_arguments(args) if args.cluster is not None else None
+    problem = check_cluster_arguments(args)
     if problem is None and args.cluster is None and args.workers and len(args.workers) > 1:
         problem = f"--workers {','.join(map(str, args.workers))}: one count without --cluster"
     if problem:

@@ -70,6 +70,20 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 def check_cluster_arguments(args: argparse.Namespace) -> str | None:
     """A one-sentence error for flags that do not fit together, else None."""
     n = args.cluster
+    if n is None:
+        given = [
+            flag
+            for flag, value, default in (
+                ("--cluster-replicas", args.cluster_replicas, 0),
+                ("--shards", args.shards, None),
+                ("--serve", args.serve, "both"),
+                ("--act-latency", args.act_latency, 0),
+                ("--repeat", args.repeat, 1),
+                ("--no-compare-single", args.no_compare_single, False),
+            )
+            if value != default
+        ]
+        return f"{given[0]} goes with --cluster N" if given else None
     if n < 3:
         return f"--cluster {n}: a Redis Cluster needs at least 3 primaries"
     if args.cluster_replicas < 0:
