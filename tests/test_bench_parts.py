@@ -87,6 +87,9 @@ def test_result_json_has_every_field_in_order() -> None:
         "mean_batch",
         "backlog_max",
         "backlog_end_of_send",
+        "worker_cpu_us",
+        "redis_per_state",
+        "redis_nodes",
     ]
     assert doc["scenario"]["total"] == 10 and doc["scenario"]["workers"] == 2
     assert doc["exactly_once"] is False and doc["received"] == 0
@@ -220,3 +223,156 @@ def test_demo_plot_gives_the_total_a_legend_entry() -> None:
         assert "synthetic" in fig.get_suptitle()
     finally:
         plt.close(fig)
+
+
+def test_cluster_flags_choose_the_side_by_side_rows() -> None:
+    from bench.e2e.cluster_cli import PAIRS_PER_SHARD, cluster_scenarios
+
+    rows = cluster_scenarios(parse("--cluster", "3", "--workers", "1,2", "--serve", "both", "--count", "900"))
+    assert [s.name for s in rows] == [
+        "saturation, 1w, single",
+        "saturation, 1w, cluster, 1 shard",
+        "saturation, 1w, cluster, 3 shards",
+        "drain, 1w, single",
+        "drain, 1w, cluster, 1 shard",
+        "drain, 1w, cluster, 3 shards",
+        "saturation, 2w, single",
+        "saturation, 2w, cluster, 1 shard",
+        "saturation, 2w, cluster, 3 shards, all",
+        "saturation, 2w, cluster, 3 shards, split",
+        "drain, 2w, single",
+        "drain, 2w, cluster, 1 shard",
+        "drain, 2w, cluster, 3 shards, all",
+        "drain, 2w, cluster, 3 shards, split",
+    ]
+    assert [(s.cluster, s.shards, s.split) for s in rows[6:10]] == [
+        (False, 1, False),
+        (True, 1, False),
+        (True, 3, False),
+        (True, 3, True),
+    ]
+    # The same pairs and count in every row: the rows differ only in where they run.
+    assert {(s.count, s.pairs) for s in rows} == {(900, PAIRS_PER_SHARD * 3)}
+    only = cluster_scenarios(parse("--cluster", "4", "--shards", "8", "--no-compare-single"))
+    assert [s.name for s in only][:4] == [
+        "saturation, 1w, cluster, 8 shards",
+        "drain, 1w, cluster, 8 shards",
+        "saturation, 2w, cluster, 8 shards, all",
+        "saturation, 2w, cluster, 8 shards, split",  # both rows by default
+    ]
+    assert len(only) == 2 + 3 * 4 and {s.workers for s in only} == {1, 2, 3, 4}
+    split = cluster_scenarios(parse("--cluster", "3", "--workers", "3", "--serve", "split"))
+    assert [s.name for s in split] == [
+        f"{kind}, 3w, {row}"
+        for kind in ("saturation", "drain")
+        for row in ("single", "cluster, 1 shard", "cluster, 3 shards, split")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--cluster", "2"], "--cluster 2: a Redis Cluster needs at least 3 primaries"),
+        (["--cluster", "3", "--drain"], "--drain does not go with --cluster"),
+        (["--cluster", "3", "--shards", "0"], "--shards 0: must be between 1 and 1024"),
+        (["--workers", "1,2"], "--workers 1,2: one count without --cluster"),
+        (["--shards", "6"], "--shards goes with --cluster N"),
+        (
+            ["--cluster", "3", "--act-latency", "100"],
+            "--act-latency needs a positive count and --cluster-replicas",
+        ),
+    ],
+)
+def test_cluster_flags_that_do_not_fit_are_a_one_line_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["e2e", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"python -m bench e2e: error: {message}") and "\n" not in err
+
+
+def test_pairs_give_every_shard_the_same_share_in_turn() -> None:
+    from bench.e2e.lanes import pair_labels
+    from worker.shards import shard_of
+
+    for shards in (1, 3, 6):
+        labels = pair_labels(shards, 32 * shards)
+        assert len(set(labels)) == 32 * shards
+        assert [shard_of(p, shards) for p in labels] == [k % shards for k in range(32 * shards)]
+
+
+def test_split_workers_serve_every_shard_once() -> None:
+    from bench.e2e.workers import serve_shards
+
+    for shards, workers in ((3, 2), (6, 3), (6, 4), (2, 3)):
+        sc = Scenario("s", workers=workers, cluster=True, shards=shards, split=True)
+        served = [[int(s) for s in serve_shards(i, sc).split(",")] for i in range(workers)]
+        flat = sorted(s for mine in served for s in mine)
+        if workers <= shards:
+            assert flat == list(range(shards))  # each shard by exactly one worker
+        else:
+            assert set(flat) == set(range(shards)) and all(len(mine) == 1 for mine in served)
+    assert serve_shards(1, Scenario("s", workers=2, cluster=True, shards=3)) == "all"
+
+
+def test_cluster_worker_environment_reads_back_as_the_settings_meant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = Keys("bench:abc")
+    sc = Scenario("s", workers=2, cluster=True, shards=6, split=True)
+    env = Workers("redis://127.0.0.1:1", tmp_path / "m.pt", keys, sc, tmp_path).env(1)
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from_env: dict[str, Any] = {}
+    s = Settings(**from_env)
+    assert s.redis_cluster and s.shards == 6 and s.served_shards == [1, 3, 5]
+
+
+def test_run_keys_are_found_tagged_or_not() -> None:
+    from fnmatch import fnmatchcase
+
+    from worker.shards import Streams
+
+    keys = Keys("bench:ab12cd34")
+    tagged = Streams.of(4, 6, keys.states, keys.actions, keys.dead, keys.reply_prefix, True)
+    names = [keys.states, keys.heartbeat_prefix + "w0", tagged.states, tagged.results, tagged.dead]
+    assert tagged.states.startswith("bench:{") and "ab12cd34" in tagged.states
+    assert all(any(fnmatchcase(n, p) for p in keys.patterns) for n in names)
+    other = Keys("bench:ffff0000")
+    assert not any(fnmatchcase(n, p) for n in names for p in other.patterns)
+
+
+def test_per_state_figures_add_up_from_the_nodes() -> None:
+    from bench.e2e.redis_stats import per_state
+
+    nodes = [
+        {
+            "role": "primary",
+            "cpu_s": 0.5,
+            "commands": {
+                "xadd": {"calls": 200, "usec": 400},
+                "evalsha": {"calls": 2, "usec": 300},
+                "xack": {"calls": 2, "usec": 20},
+                "hset": {"calls": 1, "usec": 5},
+            },
+        },
+        {"role": "primary", "cpu_s": 0.25, "commands": {"xreadgroup": {"calls": 3, "usec": 60}}},
+    ]
+    ps = per_state(nodes, 100)
+    assert ps["redis_cpu_us"] == ps["primary_cpu_us"] == pytest.approx(7500.0)
+    assert ps["replica_cpu_us"] is None  # no replica: none, not zero
+    assert list(ps["commands"]) == ["xadd", "xreadgroup", "evalsha", "xack", "other"]
+    assert ps["commands"]["xadd"] == {"calls": 2.0, "us": 4.0}
+    assert ps["commands"]["other"] == {"calls": 0.01, "us": 0.05}
+    # XACK and one of the two XADDs a state costs ran inside EVALSHA: counted once.
+    assert ps["top_level_us"] == pytest.approx(4.0 - 2.0 + 0.6 + 3.0 + 0.05)
+    assert per_state(nodes, 0) == {}
+    # A replica's CPU counts in the total and its own column; its commands (the
+    # replicated effects) are not the primaries' command time.
+    replica = {"role": "replica", "cpu_s": 0.1, "commands": {"xclaim": {"calls": 100, "usec": 300}}}
+    with_replica = per_state([*nodes, replica], 100)
+    assert with_replica["redis_cpu_us"] == pytest.approx(8500.0)
+    assert with_replica["replica_cpu_us"] == pytest.approx(1000.0)
+    assert with_replica["commands"] == ps["commands"]

@@ -6,4 +6,5 @@ also given as a ratio to the Redis floor measured in the same run.
     python -m bench e2e                      # the default scenarios
     python -m bench e2e --workers 2 --count 100000
     python -m bench e2e --rate 5000 --duration 10 --backend eager
+    python -m bench e2e --cluster 3          # a Redis Cluster beside one Redis
 """

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench.argtypes import positive_floats, positive_ints
+from bench.e2e.cluster_cli import add_cluster_arguments, check_cluster_arguments, run_cluster
 from bench.e2e.floor import NO_FLOOR, floor
 from bench.e2e.measure import run_scenario
 from bench.e2e.report import document, plot, table
@@ -21,7 +22,13 @@ from bench.embedded import redis_for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default scenarios: 1 and 2)")
+    p.add_argument(
+        "--workers",
+        type=positive_ints,
+        default=None,
+        help="worker processes (default scenarios: 1 and 2); with --cluster, counts such as 1,3 "
+        "(default 1..N)",
+    )
     p.add_argument("--backend", choices=["jit", "eager"], default="jit")
     p.add_argument("--rate", type=float, default=None, help="offered states/s (open loop)")
     p.add_argument(
@@ -56,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
     p.add_argument("--plot", type=Path, default=None, help="PNG of latency percentiles against offered rate")
+    add_cluster_arguments(p)
 
 
 def make_model(folder: Path, hidden: tuple[int, ...] | None) -> tuple[Path, str]:
@@ -78,6 +86,20 @@ def main(args: argparse.Namespace) -> int:
     if args.model is not None and not args.model.is_file():
         print(f"python -m bench e2e: error: --model {args.model}: no such file", file=sys.stderr)
         return 2
+    problem = check_cluster_arguments(args)
+    if problem is None and args.cluster is None and args.workers and len(args.workers) > 1:
+        problem = f"--workers {','.join(map(str, args.workers))}: one count without --cluster"
+    if problem:
+        print(f"python -m bench e2e: error: {problem}", file=sys.stderr)
+        return 2
+    if args.cluster is not None:
+        with tempfile.TemporaryDirectory(prefix="statpair-e2e-") as tmp:
+            folder = Path(tmp)
+            if args.model is not None:
+                model, described = args.model, str(args.model)
+            else:
+                model, described = make_model(folder, args.hidden)
+            return run_cluster(args, model, described, folder)
     with contextlib.ExitStack() as stack:
         try:
             target = stack.enter_context(redis_for(os.environ.get("REDIS_URL"), allow_fake=False))

@@ -12,9 +12,10 @@ import redis
 ROLES = ("workers", "redis", "producers", "collector")
 
 
-def cpu_seconds(pids: Iterable[int], client: redis.Redis) -> dict[str, float | None]:
+def cpu_seconds(pids: Iterable[int], clients: Iterable[redis.Redis]) -> dict[str, float | None]:
     """CPU seconds used so far by the processes ``pids`` (as "workers") and by the
-    Redis behind ``client``; None where it cannot be read (not Linux, no INFO)."""
+    Redis servers behind ``clients`` (summed: every node of a cluster); None where
+    it cannot be read (not Linux, no INFO)."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     workers: float | None = 0.0
     for pid in pids:
@@ -24,11 +25,14 @@ def cpu_seconds(pids: Iterable[int], client: redis.Redis) -> dict[str, float | N
         except (OSError, IndexError, ValueError):
             workers = None
             break
-    try:
-        info = client.info("cpu")
-        used: float | None = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    except (redis.RedisError, KeyError, ValueError):
-        used = None
+    used: float | None = 0.0
+    for client in clients:
+        try:
+            info = client.info("cpu")
+            used = (used or 0.0) + float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        except (redis.RedisError, KeyError, ValueError):
+            used = None
+            break
     return {"workers": workers, "redis": used}
 
 

@@ -1,11 +1,15 @@
 """The load generator: producer processes that XADD states, open loop at a
-fixed rate or as fast as they can, each state's ``id`` carrying its send time."""
+fixed rate or as fast as they can, each state's ``id`` carrying its send time.
+The states go round a list of routes (the Redis node, the states stream and the
+pair): one route on a single Redis; on a cluster one per pair, each to its
+shard's stream on the node that holds it."""
 
 from __future__ import annotations
 
 import gc
 import multiprocessing as mp
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, cast
 
@@ -25,16 +29,28 @@ class _RawConnection(Protocol):
     def read_response(self) -> object: ...
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where a state goes: the node's URL, the states stream there, its pair (None: no field)."""
+
+    url: str
+    stream: str
+    pair: str | None = None
+
+
 def produce(
-    url: str, stream: str, tag: str, rate: float | None, count: int, start_ns: int, seed: int, out: Any
+    routes: list[Route], tag: str, rate: float | None, count: int, start_ns: int, seed: int, out: Any
 ) -> None:
-    """XADD ``count`` states; each ``id`` is ``tag:index:send-time-ns``. Puts
-    ``(tag, sent, cpu seconds)`` on ``out`` when done. Runs in its own process."""
-    client = redis.Redis.from_url(url)
-    # One connection, commands packed in one write and replies read raw: the load
-    # generator stays as light as it can, so the cores go to what is measured.
-    conn = cast(_RawConnection, client.connection_pool.get_connection())
-    conn.connect()  # now: the first state must not carry the connection set-up
+    """XADD ``count`` states, state ``i`` along ``routes[i % len(routes)]``; each
+    ``id`` is ``tag:index:send-time-ns``. Puts ``(tag, sent, cpu seconds)`` on
+    ``out`` when done. Runs in its own process."""
+    # One connection per node, commands packed in one write per node and replies
+    # read raw: the load generator stays as light as it can, so the cores go to
+    # what is measured.
+    clients = {url: redis.Redis.from_url(url) for url in dict.fromkeys(r.url for r in routes)}
+    conns = {url: cast(_RawConnection, c.connection_pool.get_connection()) for url, c in clients.items()}
+    for conn in conns.values():
+        conn.connect()  # now: the first state must not carry the connection set-up
     rng = np.random.default_rng(seed)
     states = [rng.standard_normal(STATE_DIM).astype("<f4").tobytes() for _ in range(64)]
     deadline = time.monotonic() + MAX_SECONDS
@@ -57,37 +73,34 @@ def produce(
         # The send time is taken as the commands leave: a late wake-up of this
         # process is not the system's latency (the pacing still keeps the rate).
         stamp = time.time_ns()
-        conn.send_packed_command(
-            conn.pack_commands(
-                [
-                    (
-                        "XADD",
-                        stream,
-                        "*",
-                        "state_f32",
-                        states[(sent + i) % 64],
-                        "id",
-                        f"{tag}:{sent + i}:{stamp}",
-                    )
-                    for i in range(n)
-                ]
-            )
-        )
-        for _ in range(n):
-            conn.read_response()  # an error reply raises: the run stops with it
+        batches: dict[str, list[tuple[str | bytes, ...]]] = {url: [] for url in conns}
+        for i in range(sent, sent + n):
+            route = routes[i % len(routes)]
+            fields: tuple[str | bytes, ...] = ("state_f32", states[i % 64], "id", f"{tag}:{i}:{stamp}")
+            if route.pair is not None:
+                fields += ("pair", route.pair)
+            batches[route.url].append(("XADD", route.stream, "*", *fields))
+        for url, commands in batches.items():
+            if commands:
+                conns[url].send_packed_command(conns[url].pack_commands(commands))
+        for url, commands in batches.items():
+            for _ in commands:
+                conns[url].read_response()  # an error reply raises: the run stops with it
         sent += n
     out.put((tag, sent, time.process_time() - cpu0))
-    client.connection_pool.release(conn)  # type: ignore[arg-type]  # the Connection cast above
-    client.close()
+    for url, client in clients.items():
+        client.connection_pool.release(conns[url])  # type: ignore[arg-type]  # the Connection cast above
+        client.close()
 
 
 class Producers:
-    """``n`` producer processes sharing ``total`` states (and ``rate``), ids tagged
-    ``{tag}{i}``, all starting at ``start_ns``. A context manager: on the way out,
-    any producer still running is terminated (by its PID) and joined."""
+    """``n`` producer processes sharing ``total`` states (and ``rate``) sent along
+    ``routes``, ids tagged ``{tag}{i}``, all starting at ``start_ns``. A context
+    manager: on the way out, any producer still running is terminated (by its
+    PID) and joined."""
 
     def __init__(
-        self, url: str, stream: str, tag: str, total: int, n: int, rate: float | None, start_ns: int
+        self, routes: list[Route], tag: str, total: int, n: int, rate: float | None, start_ns: int
     ) -> None:
         ctx = mp.get_context("spawn")
         self._out = ctx.Queue()
@@ -95,7 +108,7 @@ class Producers:
         self._procs = [
             ctx.Process(
                 target=produce,
-                args=(url, stream, f"{tag}{i}", rate / n if rate else None, count, start_ns, i, self._out),
+                args=(routes, f"{tag}{i}", rate / n if rate else None, count, start_ns, i, self._out),
                 daemon=True,
             )
             for i, count in enumerate(per)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.e2e.redis_stats import per_state
 from bench.e2e.scenarios import Scenario
 from bench.stats import percentiles
 
@@ -77,6 +78,18 @@ class Result:
     mean_batch: float
     backlog_max: int  # group lag + pending, the most sampled
     backlog_end_of_send: int  # ... the last sample while states were still being sent
+    redis_nodes: list[dict[str, Any]] = field(default_factory=list)  # bench.e2e.redis_stats.node_usage
+
+    @property
+    def redis_per_state(self) -> dict[str, Any]:
+        """Redis CPU and command time per state answered, over every node."""
+        return per_state(self.redis_nodes, self.received)
+
+    @property
+    def worker_cpu_us(self) -> float | None:
+        """The workers' CPU µs per state answered."""
+        cpu = self.cpu_s.get("workers")
+        return 1e6 * cpu / self.received if cpu is not None and self.received else None
 
     @property
     def exactly_once(self) -> bool:
@@ -94,6 +107,7 @@ class Result:
         cpu_s: dict[str, float | None],
         backlog: list[tuple[float, int]] | None = None,
         sent_by: float = 0.0,
+        redis_nodes: list[dict[str, Any]] | None = None,
     ) -> Result:
         """``backlog`` holds (seconds since the start, backlog) samples; ``sent_by``
         is when sending ended, in the same seconds."""
@@ -113,6 +127,7 @@ class Result:
             mean_batch=float(np.mean(t.batch)) if t.batch else 0.0,
             backlog_max=max((b for _, b in samples), default=0),
             backlog_end_of_send=next((b for s, b in reversed(samples) if s <= sent_by), 0),
+            redis_nodes=redis_nodes or [],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -132,4 +147,7 @@ class Result:
             "mean_batch": self.mean_batch,
             "backlog_max": self.backlog_max,
             "backlog_end_of_send": self.backlog_end_of_send,
+            "worker_cpu_us": self.worker_cpu_us,
+            "redis_per_state": self.redis_per_state,
+            "redis_nodes": self.redis_nodes,
         }

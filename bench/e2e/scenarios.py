@@ -21,6 +21,10 @@ class Scenario:
     producers: int = 1
     idle_spin_ms: float = 0.0  # the workers' IDLE_SPIN_MS
     drain: bool = False  # queue ``count`` states first, then time the workers emptying the queue
+    pairs: int = 0  # distinct pairs the states go round (0: states carry no pair)
+    cluster: bool = False  # on the Redis Cluster (REDIS_CLUSTER=1), else on the single Redis
+    shards: int = 1  # SHARDS, with ``cluster``
+    split: bool = False  # with ``cluster``: each worker serves its own shards (SERVE_SHARDS), not all
 
     @property
     def total(self) -> int:
@@ -44,7 +48,7 @@ DEFAULT_SCENARIOS = [
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     """The scenarios the flags ask for: a rate sweep, one rate, one saturation or
     drain run, or (no scenario flag) the default set."""
-    workers = args.workers or 1
+    workers = args.workers[0] if args.workers else 1
     common: dict[str, Any] = {"backend": args.backend, "producers": args.producers}
     if args.idle_spin_ms is not None:
         common["idle_spin_ms"] = args.idle_spin_ms

@@ -1,5 +1,6 @@
 """The worker processes a scenario runs (``python -m worker``), configured through
-their settings' environment names, on streams under a key prefix of their own."""
+their settings' environment names, on streams under a key prefix of their own
+(on a cluster: REDIS_CLUSTER=1, SHARDS, and SERVE_SHARDS all or split)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ class Keys:
         return f"{self.prefix}:actions"
 
     @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def reply_prefix(self) -> str:
+        return f"{self.actions}:"
+
+    @property
     def contracts(self) -> str:
         return f"{self.prefix}:contracts"
 
@@ -54,8 +63,17 @@ class Keys:
     def heartbeat_prefix(self) -> str:
         return f"{self.prefix}:workers:"
 
-    def delete_all(self, client: redis.Redis) -> None:
-        keys = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
+    @property
+    def patterns(self) -> tuple[str, str]:
+        """Every key of the run: as named, and with a shard's hash tag inserted
+        after the first ``:`` (``bench:{2}:ab12cd34:states``, worker/shards.py)."""
+        head, _, rest = self.prefix.partition(":")
+        return f"{self.prefix}:*", f"{head}:{{*}}:{rest}:*"
+
+    def delete_all(self, client: redis.Redis | redis.RedisCluster) -> None:
+        """Delete every key of the run (a cluster client scans every primary and
+        deletes slot by slot)."""
+        keys = [k for pattern in self.patterns for k in client.scan_iter(match=pattern, count=1000)]
         for i in range(0, len(keys), 500):
             client.delete(*keys[i : i + 500])
 
@@ -74,12 +92,15 @@ class Workers:
         k = self.keys
         return {
             "redis_url": self.url,
+            "redis_cluster": self.sc.cluster,
+            "shards": self.sc.shards if self.sc.cluster else 1,
+            "serve_shards": serve_shards(i, self.sc) if self.sc.cluster else "all",
             "model_path": self.model,
             "jit": self.sc.backend == "jit",
             "states_stream": k.states,
             "results_stream": k.actions,
-            "reply_prefix": f"{k.actions}:",
-            "dead_stream": f"{k.prefix}:dead",
+            "reply_prefix": k.reply_prefix,
+            "dead_stream": k.dead,
             "control_stream": f"{k.prefix}:control",
             "control_replies": f"{k.prefix}:control:replies",
             "heartbeat_prefix": k.heartbeat_prefix,
@@ -107,7 +128,7 @@ class Workers:
     def log(self, i: int) -> Path:
         return self.log_dir / f"{self.keys.prefix.replace(':', '-')}-w{i}.log"
 
-    def start(self, client: redis.Redis) -> None:
+    def start(self, client: redis.Redis | redis.RedisCluster) -> None:
         """Start the workers and wait until each has loaded the model (its heartbeat
         names a backend)."""
         for i in range(self.sc.workers):
@@ -155,6 +176,15 @@ class Workers:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def serve_shards(i: int, sc: Scenario) -> str:
+    """Worker ``i``'s SERVE_SHARDS: ``all``, or split, the shards ``s`` with
+    ``s % workers == i`` (with more workers than shards, shard ``i % shards``)."""
+    if not sc.split or sc.workers <= 1:
+        return "all"
+    mine = [s for s in range(sc.shards) if s % sc.workers == i] or [i % sc.shards]
+    return ",".join(map(str, mine))
 
 
 def _env_value(value: object) -> str:
