@@ -127,7 +127,7 @@ def cluster33(tmp_path: Path) -> Iterator[LocalRedisCluster]:
 
 async def _produce_through_failover(
     cluster: LocalRedisCluster, models: Path, durable: bool, n: int = 720
-) -> tuple[int, int, int, float]:
+) -> tuple[int, int, int, float, bool]:
     """States of every pair, one act() each, while the primary of one shard is
     SIGKILLed a third of the way through. Returns (sent: the XADD was acknowledged,
     answered, lost: acknowledged but never answered, seconds the failover took)."""
@@ -156,6 +156,13 @@ async def _produce_through_failover(
                     # else: refused during the failover, never acknowledged: the caller knows
             assert killer is not None
             await killer
+            # The failover is over: one more round, every state of it answered (durable: or
+            # refused at once for the shard whose new primary has no replica yet).
+            after = await asyncio.gather(*(client.act(state, p) for p in PAIRS), return_exceptions=True)
+            resumed = all(
+                isinstance(r, NotReplicated) or (not isinstance(r, BaseException) and r.status == "ok")
+                for r in after
+            )
             print(
                 f"durable={durable}: states sent again {client.resent}, refused as not replicated "
                 f"{refused_unreplicated} (the failed-over shard's new primary has no replica)"
@@ -164,22 +171,22 @@ async def _produce_through_failover(
         w.signal(signal.SIGTERM)
         w.wait(60)
         w.close()
-    return sent, answered, sent - answered, cluster.last_failover_s or 0.0
+    return sent, answered, sent - answered, cluster.last_failover_s or 0.0, resumed
 
 
 async def test_a_primary_killed_mid_run(tmp_path: Path, cluster33: LocalRedisCluster) -> None:
     write_model(tmp_path / "models" / "m.pt")
-    sent, answered, lost, failover = await _produce_through_failover(
+    sent, answered, lost, failover, resumed = await _produce_through_failover(
         cluster33, tmp_path / "models", durable=False
     )
     print(f"failover, plain XADD: sent {sent}, answered {answered}, lost {lost}, failover {failover:.1f} s")
-    assert answered > 0.9 * 720  # serving resumed after the failover
+    assert resumed and answered > 0.5 * 720  # serving resumed after the failover
 
 
 async def test_durable_mode_loses_nothing_in_a_failover(tmp_path: Path, cluster33: LocalRedisCluster) -> None:
     write_model(tmp_path / "models" / "m.pt")
-    sent, answered, lost, failover = await _produce_through_failover(
+    sent, answered, lost, failover, resumed = await _produce_through_failover(
         cluster33, tmp_path / "models", durable=True
     )
     print(f"failover, durable XADD: sent {sent}, answered {answered}, lost {lost}, failover {failover:.1f} s")
-    assert sent > 0.5 * 720 and answered == sent and lost == 0
+    assert resumed and sent > 0.5 * 720 and answered == sent and lost == 0
