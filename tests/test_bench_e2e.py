@@ -156,3 +156,35 @@ def test_a_failure_stops_the_redis_it_started(monkeypatch: pytest.MonkeyPatch) -
     assert not seen["folder"].exists()
     with redis.Redis.from_url(seen["url"], socket_timeout=1) as client, pytest.raises(redis.ConnectionError):
         client.ping()
+
+
+def test_e2e_pairs_one_model_then_one_per_pair(
+    tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--pairs N: the same states served by one model and by N pair models, every
+    state answered once by the model of its pair (no default: a miss would be an error)."""
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_server.port}/0")
+    out = tmp_path / "pairs.json"
+    argv = ["e2e", "--pairs", "3", "--count", "600", "--warmup", "0", "--hidden", "16,16", "--no-floor"]
+    assert main([*argv, "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["scenario"]["models"] for r in results] == ["single", "pairs"] * 2
+    assert all(r["exactly_once"] and r["errors"] == 0 and r["sent"] == 600 for r in results)
+
+
+def test_e2e_shadow_row_scores_the_challenger(
+    tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.e2e.cli import model_folder
+    from bench.e2e.scenarios import DEFAULT_SCENARIOS
+
+    (shadow,) = [sc for sc in DEFAULT_SCENARIOS if sc.models == "shadow"]
+    assert shadow.rate == 1000 and shadow.workers == 1
+    from tests.conftest import write_model
+
+    folder = model_folder(tmp_path, write_model(tmp_path / "m.pt"), shadow)
+    from agent.checkpoint import load_checkpoint
+
+    champion = load_checkpoint(folder / "policy.pt")
+    challenger = load_checkpoint(folder / "challengers" / "next" / "policy.pt")
+    assert champion.contract == challenger.contract and champion.sha256 != challenger.sha256

@@ -33,7 +33,10 @@ def heartbeat_key(state: ServerState) -> str:
 
 async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
     """Write this worker's heartbeat hash once (and sample the group for metrics)."""
-    s, m, key = state.settings, state.models.current, heartbeat_key(state)
+    s, key = state.settings, heartbeat_key(state)
+    champions = state.models.champions()
+    # The default model, else (a worker of per-pair models only) the first pair's.
+    m = state.models.current or next(iter(champions.values()), None)
     # The contracts first: whoever sees this worker's contract id in its heartbeat can
     # then fetch the contract itself. (Another key: on a cluster, maybe another node.)
     await publish_contracts(state)
@@ -49,6 +52,7 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
             "model_version": (m.version or "") if m else "",
             "backend": m.backend if m else "",
             "contract": m.contract_id if m else "",
+            "models": str(len(champions)),
             "processed": str(state.stats.processed),
             "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },

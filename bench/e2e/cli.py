@@ -15,9 +15,10 @@ from pathlib import Path
 from bench.argtypes import positive_floats, positive_ints
 from bench.e2e.cluster_cli import add_cluster_arguments, check_cluster_arguments, run_cluster
 from bench.e2e.floor import NO_FLOOR, floor
+from bench.e2e.lanes import pair_labels
 from bench.e2e.measure import run_scenario
 from bench.e2e.report import document, plot, table
-from bench.e2e.scenarios import scenarios_from
+from bench.e2e.scenarios import Scenario, scenarios_from
 from bench.embedded import redis_for
 
 
@@ -61,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--floor-requests", type=int, default=200_000, help="redis-benchmark requests (default 200000)"
     )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="saturation and drain with one model, then with this many pair models (one per pair, "
+        "the states spread evenly over them), in one run",
+    )
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
     p.add_argument("--plot", type=Path, default=None, help="PNG of latency percentiles against offered rate")
     add_cluster_arguments(p)
@@ -80,6 +88,43 @@ def make_model(folder: Path, hidden: tuple[int, ...] | None) -> tuple[Path, str]
     return save_checkpoint(actor, folder / "bench.pt", contract=PairConfig().contract()), ",".join(
         map(str, actor.hidden)
     )
+
+
+def model_folder(folder: Path, model: Path, sc: Scenario) -> Path:
+    """What ``sc``'s workers serve: ``model`` itself, or a model folder: one model per
+    pair of the scenario's pair labels (each with a contract naming its pair), or the
+    model and a challenger (another seed, the same contract, so it can be scored)."""
+    if sc.models == "single":
+        return model
+    import torch
+
+    from agent.actor import SACActor
+    from agent.checkpoint import load_checkpoint, save_checkpoint
+    from agent.contract import PairContract
+
+    base = load_checkpoint(model)
+    target = folder / f"models-{sc.models}-{sc.pairs}"
+    if target.exists():
+        return target
+    hidden = base.actor.hidden
+    if sc.models == "shadow":
+        save_checkpoint(base.actor, target / "policy.pt", contract=base.contract)
+        torch.manual_seed(1)
+        save_checkpoint(
+            SACActor(hidden=hidden), target / "challengers" / "next" / "policy.pt", contract=base.contract
+        )
+        return target
+    for i, pair in enumerate(pair_labels(1, sc.pairs)):
+        legs = pair.split("/")
+        data = json.loads(base.contract.to_json())
+        data["instruments"] = {"leg_a": legs[0], "leg_b": legs[1]}
+        torch.manual_seed(100 + i)
+        save_checkpoint(
+            SACActor(hidden=hidden),
+            target / "pairs" / f"p{i}" / "policy.pt",
+            contract=PairContract.from_dict(data),
+        )
+    return target
 
 
 def main(args: argparse.Namespace) -> int:
@@ -114,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
         fl = NO_FLOOR if args.no_floor else floor(target.url, args.floor_requests)
         results = []
         for sc in scenarios_from(args):
-            results.append(run_scenario(target.url, model, sc, folder, args.warmup))
+            results.append(run_scenario(target.url, model_folder(folder, model, sc), sc, folder, args.warmup))
             print(f"done: {sc.name}", flush=True)
         print(
             f"\nstatpair e2e through Redis ({target.kind}), {args.backend}, model {described}, "

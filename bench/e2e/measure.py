@@ -171,12 +171,17 @@ def drain(stage: Stage) -> Result:
     for lane in lanes:
         client.xgroup_setid(lane.states, keys.group, id="0")
     (cpu0, nodes0), own0 = stage.readings(), time.process_time()
-    # One more entry per lane wakes every worker blocked on it at once.
+    # One more entry per lane wakes every worker blocked on it at once (with a pair of
+    # the lane's when the states carry pairs: a worker of pair models has no default).
+    pair_of = {r.stream: r.pair for r in topo.routes()}
     for i, lane in enumerate(lanes):
-        client.xadd(
-            lane.states,
-            {"state_f32": np.zeros(STATE_DIM, "<f4").tobytes(), "id": f"m0:{queued + i}:{time.time_ns()}"},
-        )
+        waker: dict[str, bytes | str] = {
+            "state_f32": np.zeros(STATE_DIM, "<f4").tobytes(),
+            "id": f"m0:{queued + i}:{time.time_ns()}",
+        }
+        if pair_of.get(lane.states):
+            waker["pair"] = pair_of[lane.states] or ""
+        client.xadd(lane.states, waker)  # type: ignore[arg-type]  # redis-py's field types
     # Results are read once all are in (the timing comes from their ids): reading
     # them meanwhile would take a core's third from the workers and Redis.
     deadline = time.monotonic() + MAX_SECONDS

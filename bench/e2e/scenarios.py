@@ -25,6 +25,9 @@ class Scenario:
     cluster: bool = False  # on the Redis Cluster (REDIS_CLUSTER=1), else on the single Redis
     shards: int = 1  # SHARDS, with ``cluster``
     split: bool = False  # with ``cluster``: each worker serves its own shards (SERVE_SHARDS), not all
+    # What the workers serve: "single" (one model for every state), "pairs" (one model per
+    # pair of ``pairs``, no default) or "shadow" (one model and a challenger scoring it).
+    models: str = "single"
 
     @property
     def total(self) -> int:
@@ -41,8 +44,28 @@ DEFAULT_SCENARIOS = [
     Scenario("drain, 2 workers", workers=2, count=100_000, drain=True),
     Scenario("1000/s, 1 worker", rate=1000, duration=10),
     Scenario("1000/s, 1 worker, spin", rate=1000, duration=10, idle_spin_ms=2.0),
+    Scenario("1000/s, 1 worker, shadow", rate=1000, duration=10, models="shadow"),
     Scenario("10000/s, 1 worker", rate=10_000, duration=10),
 ]
+
+
+def pair_scenarios(pairs: int, count: int = 100_000) -> list[Scenario]:
+    """``--pairs N``: saturation and drain with one model, then with N pair models,
+    the states spread evenly over the pairs, one after the other in one run."""
+    out = []
+    for drain in (False, True):
+        kind = "drain" if drain else "saturation"
+        out.append(Scenario(f"{kind}, 1 worker, 1 model", count=count, drain=drain, pairs=pairs))
+        out.append(
+            Scenario(
+                f"{kind}, 1 worker, {pairs} pair models",
+                count=count,
+                drain=drain,
+                pairs=pairs,
+                models="pairs",
+            )
+        )
+    return out
 
 
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
@@ -53,7 +76,9 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     if args.idle_spin_ms is not None:
         common["idle_spin_ms"] = args.idle_spin_ms
     rates = args.rates or ([args.rate] if args.rate else [])
-    if rates:
+    if getattr(args, "pairs", None):
+        chosen = [replace(sc, **common) for sc in pair_scenarios(args.pairs, args.count or 100_000)]
+    elif rates:
         chosen = [
             Scenario(
                 f"{rate:g}/s, {workers} worker(s)",

@@ -95,7 +95,8 @@ class Workers:
             "redis_cluster": self.sc.cluster,
             "shards": self.sc.shards if self.sc.cluster else 1,
             "serve_shards": serve_shards(i, self.sc) if self.sc.cluster else "all",
-            "model_path": self.model,
+            # A file: that model for every state; a folder: its models (per pair, a challenger).
+            **({"model_dir": self.model} if self.model.is_dir() else {"model_path": self.model}),
             "jit": self.sc.backend == "jit",
             "states_stream": k.states,
             "results_stream": k.actions,
@@ -144,14 +145,22 @@ class Workers:
                 )
         deadline = time.monotonic() + READY_SECONDS
         beats = [f"{self.keys.heartbeat_prefix}w{i}" for i in range(self.sc.workers)]
-        while not all(client.hget(key, "backend") for key in beats):
+        # Every model loaded: with pair models, each of them (no state may meet a pair
+        # whose model is still compiling: with no default it would be model_unavailable).
+        models = str(self.sc.pairs) if self.sc.models == "pairs" else "1"
+
+        def ready(key: str) -> bool:
+            backend, loaded = client.hmget(key, ["backend", "models"])
+            return bool(backend) and loaded in (models, models.encode())
+
+        while not all(ready(key) for key in beats):
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None:
                     raise RuntimeError(
                         f"worker w{i} exited with {proc.returncode}: {_last_line(self.log(i))}"
                     )
             if time.monotonic() > deadline:
-                waiting = [i for i, key in enumerate(beats) if not client.hget(key, "backend")]
+                waiting = [i for i, key in enumerate(beats) if not ready(key)]
                 raise TimeoutError(
                     f"workers did not become ready within {READY_SECONDS} s: "
                     + "; ".join(f"w{i}: {_last_line(self.log(i))}" for i in waiting)
