@@ -96,6 +96,25 @@ class TrainConfig:
         "the last part of the CSV training window kept out of training episodes to choose the "
         "checkpoint on (0: choose on the whole training window, in sample)",
     )
+    synthetic_episodes: int = _f(
+        0,
+        "domain randomisation: the first this many episodes run on synthetic spreads with a random "
+        "half-life, volatility, regime shifts and drift each, before the training data's episodes",
+    )
+    warm_start: str = _f(
+        "none",
+        "rule: behaviour-clone the z-score rule (tuned on the training episodes' rows; the default rule "
+        "on the synthetic pair) into the actor before SAC starts; none: start from random weights",
+    )
+    bc_steps: int = _f(2000, "gradient steps of the behaviour cloning (--warm-start rule)")
+    bc_weight: float = _f(
+        0.0,
+        "keep the actor near that rule during SAC: the weight of the squared gap to it in the "
+        "actor's loss, relative to |Q| (0: off)",
+    )
+    patience: int = _f(
+        0, "stop after this many validations in a row without a new best (0: run every episode)"
+    )
     experiment: str = _f("statpair-sac", "MLflow experiment (MLFLOW_EXPERIMENT_NAME overrides)")
     quiet: bool = _f(False, "no progress bar")
 
@@ -107,6 +126,13 @@ class TrainConfig:
             raise ConfigError(f"--train-fraction must be between 0 and 1, got {self.train_fraction}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.warm_start not in ("none", "rule"):
+            raise ConfigError(f"--warm-start must be none or rule, got {self.warm_start!r}")
+        for name in ("synthetic_episodes", "bc_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+        if self.bc_weight < 0:
+            raise ConfigError(f"--bc-weight must be at least 0, got {self.bc_weight}")
         for name in (
             "episodes",
             "episode_length",

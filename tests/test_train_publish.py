@@ -68,7 +68,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_strong_incumbent_is_kept_by_a_bad_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = short(tmp_path)
     before = handmade(cfg.out, sign=1.0).read_bytes()
-    with caplog.at_level(logging.INFO, logger="agent.train"):
+    with caplog.at_level(logging.INFO, logger="agent"):
         result = train(cfg, progress=False)
     assert cfg.out.read_bytes() == before  # untouched
     assert result.incumbent_sharpe is not None and result.incumbent_sharpe > 1.0
