@@ -199,6 +199,11 @@ def _run_file(
     print(_title(args.model, contract))
     for line in h.describe():
         print(line)
+    start, stop = h.data.held_out
+    print(
+        f"held out: {stop - start} rows, {h.span()}: one walk forward of {h.data.walk_forward_steps} steps, "
+        f"starting flat; cost {cost:g} per unit of position change"
+    )
     r = report(actor, h, metadata, cost, contract.cost, fixed)
     for line in r.lines():
         print(line)

@@ -58,8 +58,7 @@ class Report:
             f"{TUNED}: {t.params.label()}, chosen from {len(t.grid)} settings by Sharpe "
             f"{t.sharpe:.2f} on one walk over the rows before the test window ({self.split.span(lo, hi)})",
             f"{FIXED}: {self.fixed.label()}",
-            f"test window: one walk forward of {len(self.traces[POLICY])} steps from flat, "
-            f"cost {self.cost:g} per unit of position change for every row",
+            f"the same cost for every row: {self.cost:g} per unit of position change",
             HEADER,
             *(f.row() for f in self.rows),
             self.difference.line(POLICY, TUNED),
