@@ -265,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
+        members = ck.metadata.get("ensemble_of")
         doc = {
             "model": str(args.model),
+            "seed": ck.metadata.get("seed"),
+            "ensemble": len(members) if isinstance(members, list) else None,
             "contract_id": contract.id,
             "cost": cost,
             "feature_cost": contract.cost,

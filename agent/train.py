@@ -30,7 +30,7 @@ from agent.replay import ReplayBuffer
 from agent.sac import SAC
 from agent.train_config import DEFAULT_OUT, DESCRIPTION, ConfigError, TrainConfig, config_from_args
 from agent.train_data import VALIDATION_SEED, plan
-from agent.warmstart import behaviour_clone, rule_reference, rule_states
+from agent.warmstart import behaviour_clone, restrict_inputs, rule_reference, rule_states
 from tracking import MlflowTracker
 
 __all__ = [
@@ -88,6 +88,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     agent = SAC(env.state_dim, cfg.hyper())
+    if restrict_inputs(agent.actor, cfg.input_names()):
+        logger.info("the actor reads %d features: %s", len(cfg.input_names()), ", ".join(cfg.input_names()))
     reference = rule_reference(data.rule) if cfg.bc_weight > 0 else None
     if cfg.warm_start == "rule":
         source = data.train or (lambda r, n: ou_spread(env.config, r, n))

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.actor import DEFAULT_HIDDEN
 from agent.env import PairConfig
+from agent.features import NAMES
 from agent.sac import SACHyper
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,11 @@ class TrainConfig:
         "keep the actor near that rule during SAC: the weight of the squared gap to it in the "
         "actor's loss, relative to |Q| (0: off)",
     )
+    inputs: str = _f(
+        "all",
+        "the features the actor reads, as names of agent.features separated by commas, or all; the "
+        "others keep zero weights (the served actor still takes the 28, the feature set is unchanged)",
+    )
     patience: int = _f(
         0, "stop after this many validations in a row without a new best (0: run every episode)"
     )
@@ -131,6 +137,9 @@ class TrainConfig:
         for name in ("synthetic_episodes", "bc_steps", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+        unknown = [n for n in self.input_names() if n not in NAMES]
+        if unknown:
+            raise ConfigError(f"--inputs: no feature {unknown[0]!r} (the features are: {', '.join(NAMES)})")
         if self.bc_weight < 0:
             raise ConfigError(f"--bc-weight must be at least 0, got {self.bc_weight}")
         for name in (
@@ -143,6 +152,12 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+    def input_names(self) -> tuple[str, ...]:
+        """The features the actor reads (``--inputs``)."""
+        if self.inputs.strip() == "all":
+            return NAMES
+        return tuple(n.strip() for n in self.inputs.split(",") if n.strip())
 
     def column_names(self) -> list[str] | None:
         """``--columns A,B`` as names (the price loader checks there are two, naming the file)."""

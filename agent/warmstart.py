@@ -12,11 +12,28 @@ import torch
 from agent.actor import SACActor
 from agent.baselines import POSITION, Z_FEATURE, RuleParams, zscore_rule
 from agent.env import PairConfig, PairTradingEnv, PathSource
+from agent.features import NAMES
 from agent.sac import Reference
 
 logger = logging.getLogger(__name__)
 
 CLONE_TARGET = 0.95  # tanh never reaches ±1: cloning aims a little inside it
+
+
+def restrict_inputs(actor: SACActor, keep: tuple[str, ...]) -> int:
+    """Zero the actor's first-layer weights of every feature not in ``keep`` and hold them at zero
+    (their gradients are zeroed, so Adam never moves them); return how many features are dropped."""
+    dropped = [i for i, name in enumerate(NAMES) if name not in keep]
+    if not dropped:
+        return 0
+    first = next(m for m in actor.shared if isinstance(m, torch.nn.Linear))
+    mask = torch.ones_like(first.weight)
+    mask[:, dropped] = 0.0
+    with torch.no_grad():
+        first.weight.mul_(mask)
+    # torch types register_hook loosely; the hook keeps the dropped columns' gradients at zero.
+    first.weight.register_hook(lambda grad: grad * mask)  # type: ignore[no-untyped-call]
+    return len(dropped)
 
 
 def rule_reference(params: RuleParams) -> Reference:

@@ -153,3 +153,20 @@ def test_the_lever_flags_are_checked() -> None:
         with pytest.raises(ConfigError, match=message):
             dataclasses.replace(TrainConfig(), **bad).check()
     assert RuleParams().label() == "entry ±2σ, exit ±0.5σ, z over 60 steps"
+
+
+def test_fewer_inputs_keep_the_dropped_features_weights_at_zero(tmp_path: Path) -> None:
+    keep = "z60_lag0,z120,position,unrealised"
+    result = train(levers(tmp_path, REAL, inputs=keep), progress=False)
+    actor = load_checkpoint(result.final_path).actor
+    first = actor.shared[0].weight.detach()
+    from agent.features import NAMES
+
+    kept = [NAMES.index(n) for n in keep.split(",")]
+    dropped = [i for i in range(len(NAMES)) if i not in kept]
+    assert torch.count_nonzero(first[:, dropped]) == 0 and torch.count_nonzero(first[:, kept]) > 0
+    assert actor.state_dim == 28  # the served actor still takes the whole feature set
+    from agent.train_config import ConfigError
+
+    with pytest.raises(ConfigError, match="--inputs: no feature 'z30'"):
+        TrainConfig(inputs="z60_lag0,z30").check()
