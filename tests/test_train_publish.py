@@ -35,6 +35,8 @@ def short(tmp_path: Path, **kw: Any) -> TrainConfig:
         "eval_length": 40,
         "hidden": (16, 16),
         "critic_hidden": (16, 16),
+        "warm_start": "none",  # from random weights: these runs are meant to learn nothing
+        "bc_weight": 0.0,
         "out": tmp_path / "models" / "policy.pt",
         "run_dir": tmp_path / "runs",
         "quiet": True,
