@@ -270,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(args.model),
             "seed": ck.metadata.get("seed"),
             "ensemble": len(members) if isinstance(members, list) else None,
+            # How training chose this checkpoint: its episode and its validation Sharpe.
+            "selection": {
+                "episode": ck.metadata.get("episodes"),
+                "validation_sharpe": ck.metadata.get("eval_score"),
+            },
             "contract_id": contract.id,
             "cost": cost,
             "feature_cost": contract.cost,

@@ -48,7 +48,7 @@ def table(pair: str, docs: list[dict[str, Any]]) -> list[str]:
         "|---|" + "---:|" * len(COLUMNS),
     ]
     if seeds:
-        lines.append(_row(f"policy ({len(seeds)} seeds)", seeds, "policy"))
+        lines.append(_row(f"policy ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})", seeds, "policy"))
     for d in ensembles:
         lines.append(_row(f"ensemble of {d['ensemble']} seeds", [d], "policy"))
     lines += [_row(name, [first], name) for name in BASELINES]
@@ -57,9 +57,14 @@ def table(pair: str, docs: list[dict[str, Any]]) -> list[str]:
     for d in seeds + ensembles:
         diff = d[key]
         what = f"ensemble of {d['ensemble']}" if d.get("ensemble") else f"seed {d.get('seed', '?')}"
+        chosen = d.get("selection") or {}
+        how = ""
+        if chosen.get("validation_sharpe") is not None:
+            val = chosen["validation_sharpe"]
+            how = f"; chosen at episode {chosen['episode']}, validation Sharpe {val:.2f}"
         lines.append(
             f"- {what}: Sharpe − tuned rule {diff['value']:+.2f}, 95% interval "
-            f"[{diff['low']:+.2f}, {diff['high']:+.2f}] (s.e. {diff['se']:.2f})"
+            f"[{diff['low']:+.2f}, {diff['high']:+.2f}] (s.e. {diff['se']:.2f}){how}"
         )
     if seeds:
         mean = statistics.mean(d["scores"]["policy"]["sharpe"] for d in seeds)

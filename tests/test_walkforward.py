@@ -127,6 +127,19 @@ def test_evaluate_prints_the_walk_forward_table_and_writes_json_and_a_plot(
     assert diff["low"] <= diff["value"] <= diff["high"]
     png = (tmp_path / "wf.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # The docs' tables come from such files: mean ± sd over seeds, the rules once, the target checks.
+    from agent.wftable import main as wftable
+
+    second = json.loads((tmp_path / "wf.json").read_text())
+    second["seed"], second["scores"]["policy"]["sharpe"] = 1, doc["scores"]["policy"]["sharpe"] + 0.2
+    (tmp_path / "wf1.json").write_text(json.dumps(second))
+    assert wftable(["wf.json", "wf1.json"]) == 0
+    table = capsys.readouterr().out
+    mean = doc["scores"]["policy"]["sharpe"] + 0.1
+    assert "**SP500/NASDAQ**, test window 2018-05-25 … 2018-12-31 (151 rows)" in table
+    assert f"| policy (2 seeds) | {mean:.2f} ± 0.14 |" in table
+    assert f"| rule (tuned) | {doc['scores']['rule (tuned)']['sharpe']:.2f} |" in table
+    assert "Target: Sharpe ≥ tuned rule's" in table and "- seed 1: Sharpe − tuned rule" in table
 
 
 def test_a_model_without_a_recorded_split_reports_train_and_validation_together(
