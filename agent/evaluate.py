@@ -210,7 +210,8 @@ def _run_file(
     if args.plot:
         from agent.wfplot import plot
 
-        print(f"plot: {plot(r, h.data.spread, _title(args.model, contract), args.plot)}")
+        title = _title(Path(args.model.name), contract)  # the file name: the folder is the reader's business
+        print(f"plot: {plot(r, h.data.spread, title, args.plot)}")
     return {"data": h.as_dict(), **r.as_dict()}
 
 
