@@ -131,7 +131,7 @@ class TrainConfig:
     )
     bc_steps: int = _f(2000, "gradient steps of the behaviour cloning (--warm-start rule)")
     bc_weight: float = _f(
-        1.0,
+        0.3,
         "keep the actor near that rule during SAC: the weight of the squared gap to it in the "
         "actor's loss, relative to |Q| (0: off)",
     )
@@ -141,7 +141,7 @@ class TrainConfig:
         "others keep zero weights (the served actor still takes the 28, the feature set is unchanged)",
     )
     patience: int = _f(
-        8, "stop after this many validations in a row without a new best (0: run every episode)"
+        0, "stop after this many validations in a row without a new best (0: run every episode)"
     )
     experiment: str = _f("statpair-sac", "MLflow experiment (MLFLOW_EXPERIMENT_NAME overrides)")
     quiet: bool = _f(False, "no progress bar")
