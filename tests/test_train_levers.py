@@ -64,6 +64,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_no_row_of_the_test_window_influences_training_or_selection(tmp_path: Path) -> None:
     # Another future: every test-window price scaled by its own random factor.
     rng = np.random.default_rng(7)
@@ -91,6 +92,7 @@ def test_no_row_of_the_test_window_influences_training_or_selection(tmp_path: Pa
     assert c0.id != c1.id
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_same_run_with_every_lever_on(tmp_path: Path) -> None:
     runs = [
         train(levers(tmp_path / name, REAL, seed=seed), progress=False)
