@@ -1,9 +1,10 @@
 """``python -m agent.evaluate MODEL``: judge a policy against the z-score rule and flat
 on data it never trained on, at the same cost.
 
-A model trained on a price file is judged on that file's held-out rows (its
-contract names the file, its sha256 and the split) by one contiguous walk
-forward; a model trained on synthetic paths, on held-out synthetic paths.
+A model trained on a price file is judged walk-forward on that file (its contract names
+the file, its sha256 and the split): one contiguous walk over the test window, against the
+rule tuned on the rows before it, the rule at fixed thresholds and flat (``agent.wfreport``);
+a model trained on synthetic paths, on held-out synthetic paths.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.baselines import Policy, flat, zscore_rule
+from agent.baselines import Policy, RuleParams, flat, zscore_rule
 from agent.contract import ContractError, CsvData, PairContract, SyntheticData
 from agent.data import PriceDataError
 from agent.env import PairConfig
@@ -72,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--exit", type=float, default=0.5, help="z-score rule: exit inside ±exit σ (default 0.5)")
     p.add_argument(
+        "--lookback",
+        type=int,
+        default=60,
+        choices=(20, 60, 120),
+        help="z-score rule: the z-score's window in steps (default 60)",
+    )
+    p.add_argument(
         "--json", type=Path, default=None, metavar="FILE", help="also write every figure to this file"
     )
     csv = p.add_argument_group("a price file (the default for a model trained on one)")
@@ -89,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-other-data",
         action="store_true",
         help="evaluate on a file other than the one the model was trained on (its sha256 differs)",
+    )
+    csv.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="draw the cumulative PnL over the test window, with the split marked, to this PNG",
     )
     csv.add_argument(
         "--train-fraction",
@@ -150,7 +165,7 @@ def _check_flags(args: argparse.Namespace, on_file: bool, contract: PairContract
                 f"(rows {contract.data.train_rows[0]}–{contract.data.train_rows[1] - 1})"
             )
     else:
-        wrong = given("columns", "allow-other-data", "train-fraction")
+        wrong = given("columns", "allow-other-data", "train-fraction", "plot")
         if wrong:
             raise DataError(
                 f"--{wrong[0]} applies to a price file: {args.model} was trained on synthetic paths"
@@ -164,17 +179,23 @@ def _title(model: Path, contract: PairContract) -> str:
 
 def _policies(actor: SACActor, args: argparse.Namespace) -> dict[str, Policy]:
     try:
-        rule = zscore_rule(args.entry, args.exit)
+        rule = zscore_rule(args.entry, args.exit, args.lookback)
     except ValueError as exc:
-        raise DataError(f"--entry/--exit: {exc}") from None
+        raise DataError(f"--entry/--exit/--lookback: {exc}") from None
     return {"policy": actor_policy(actor), "zscore": rule, "flat": flat}
 
 
 def _run_file(
-    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float
+    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float, metadata: dict[str, Any]
 ) -> dict[str, Any]:
+    from agent.wfreport import report
+
     h = held_out(args.model, contract, args.csv, args.columns, args.allow_other_data, args.train_fraction)
-    policies = _policies(actor, args)
+    fixed = RuleParams(args.entry, args.exit, args.lookback)
+    try:
+        fixed.check()
+    except ValueError as exc:
+        raise DataError(f"--entry/--exit/--lookback: {exc}") from None
     print(_title(args.model, contract))
     for line in h.describe():
         print(line)
@@ -183,14 +204,19 @@ def _run_file(
         f"held out: {stop - start} rows, {h.span()}: one walk forward of {h.data.walk_forward_steps} steps, "
         f"starting flat; cost {cost:g} per unit of position change"
     )
-    traces = compare_walk(policies, h.data, cost, feature_cost=contract.cost)
-    for name, trace in traces.items():
-        print(trace.scores.row(name))
-    return {"data": h.as_dict(), "scores": {k: t.scores.as_dict() for k, t in traces.items()}}
+    r = report(actor, h, metadata, cost, contract.cost, fixed)
+    for line in r.lines():
+        print(line)
+    if args.plot:
+        from agent.wfplot import plot
+
+        title = _title(Path(args.model.name), contract)  # the file name: the folder is the reader's business
+        print(f"plot: {plot(r, h.data.spread, title, args.plot)}")
+    return {"data": h.as_dict(), **r.as_dict()}
 
 
 def _run_synthetic(
-    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float
+    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float, metadata: dict[str, Any]
 ) -> dict[str, Any]:
     config = _synthetic_config(contract, args, cost)
     episodes = DEFAULT_EPISODES if args.episodes is None else args.episodes
@@ -235,17 +261,25 @@ def main(argv: list[str] | None = None) -> int:
         on_file = isinstance(contract.data, CsvData) or args.csv is not None
         _check_flags(args, on_file, contract)
         run = _run_file if on_file else _run_synthetic
-        figures = run(ck.actor, contract, args, cost)
+        figures = run(ck.actor, contract, args, cost, ck.metadata)
     except (CheckpointError, ContractError, PriceDataError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
+        members = ck.metadata.get("ensemble_of")
         doc = {
             "model": str(args.model),
+            "seed": ck.metadata.get("seed"),
+            "ensemble": len(members) if isinstance(members, list) else None,
+            # How training chose this checkpoint: its episode and its validation Sharpe.
+            "selection": {
+                "episode": ck.metadata.get("episodes"),
+                "validation_sharpe": ck.metadata.get("eval_score"),
+            },
             "contract_id": contract.id,
             "cost": cost,
             "feature_cost": contract.cost,
-            "zscore_rule": {"entry": args.entry, "exit": args.exit},
+            "zscore_rule": {"entry": args.entry, "exit": args.exit, "lookback": args.lookback},
             "steps_per_year": STEPS_PER_YEAR,
             **figures,
         }

@@ -4,6 +4,7 @@ actor is the served ``SACActor``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from agent.actor import DEFAULT_HIDDEN, SACActor
+
+Reference = Callable[[torch.Tensor], torch.Tensor]  # states (n, 28) → reference actions (n, 1)
 
 
 class QNetwork(nn.Module):
@@ -60,6 +63,7 @@ class SACHyper:
     tau: float = 0.005
     init_alpha: float = 0.1
     target_entropy: float | None = None  # default: −action_dim
+    bc_weight: float = 0.0  # weight of the squared gap to a reference policy in the actor's loss
 
 
 class SAC:
@@ -90,7 +94,10 @@ class SAC:
         out: np.ndarray = action.numpy()
         return out
 
-    def update(self, batch: tuple[np.ndarray, ...]) -> dict[str, float]:
+    def update(self, batch: tuple[np.ndarray, ...], reference: Reference | None = None) -> dict[str, float]:
+        """One gradient step of the critics, the actor and the temperature. With ``reference``
+        and ``bc_weight`` > 0 the actor also pays ``bc_weight`` × its deterministic action's squared
+        gap to the reference's (a behaviour-cloning regulariser, as in TD3+BC)."""
         s, a, r, s2, d = (torch.from_numpy(x) for x in batch)
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
@@ -108,6 +115,12 @@ class SAC:
         new_a, logp = self.actor.sample(s)
         q_new = torch.min(*self.critic(s, new_a))
         actor_loss = (alpha * logp.unsqueeze(-1) - q_new).mean()
+        bc = torch.zeros(())
+        if reference is not None and self.hp.bc_weight > 0:
+            # Scaled by |Q| as TD3+BC does, so the weight means the same whatever the reward scale.
+            scale = q_new.abs().mean().detach().clamp(min=1e-3)
+            bc = (self.actor.deterministic(s) - reference(s)).pow(2).mean()
+            actor_loss = actor_loss + self.hp.bc_weight * scale * bc
         self.actor_opt.zero_grad(set_to_none=True)
         torch.autograd.backward(actor_loss)
         self.actor_opt.step()
@@ -124,4 +137,5 @@ class SAC:
             "actor_loss": actor_loss.item(),
             "alpha": alpha.item(),
             "entropy": -logp.detach().mean().item(),
+            "bc_gap": bc.item(),
         }

@@ -20,16 +20,19 @@ import numpy as np
 import torch
 
 from agent.baselines import zscore_rule
-from agent.checkpoint import CheckpointError, Metadata, load_checkpoint, save_checkpoint
+from agent.checkpoint import Metadata, save_checkpoint
 from agent.contract import ContractError
 from agent.data import PriceDataError
-from agent.env import PairTradingEnv
+from agent.env import PairTradingEnv, ou_spread
+from agent.publish import Gate
+from agent.randomise import randomised_spreads
 from agent.release import check as check_release
 from agent.release import register_best
 from agent.replay import ReplayBuffer
 from agent.sac import SAC
 from agent.train_config import DEFAULT_OUT, DESCRIPTION, ConfigError, TrainConfig, config_from_args
-from agent.train_data import VALIDATION_SEED, Validator, plan
+from agent.train_data import VALIDATION_SEED, plan
+from agent.warmstart import behaviour_clone, restrict_inputs, rule_reference, rule_states
 from tracking import MlflowTracker
 
 __all__ = [
@@ -71,55 +74,6 @@ class Result:
     register_note: str = ""  # what --register did, and why
 
 
-@dataclass
-class Gate:
-    """Who may write the serving file: the score of the model found there at the start
-    (None: there was none, or it could not be loaded) and whether this run wrote it."""
-
-    out: Path
-    incumbent: float | None
-    force: bool = False
-    published: bool = False
-
-    @classmethod
-    def at_start(cls, cfg: TrainConfig, state_dim: int, validate: Validator) -> Gate:
-        if not cfg.out.exists():
-            logger.info("no model at %s yet: this run publishes its best validated model there", cfg.out)
-            return cls(cfg.out, None, cfg.force)
-        try:
-            incumbent = load_checkpoint(cfg.out, state_dim=state_dim)
-        except CheckpointError as exc:
-            logger.warning(
-                "the model at %s cannot be loaded (%s): treating it as absent", cfg.out, exc.reason
-            )
-            return cls(cfg.out, None, cfg.force)
-        sharpe = validate(incumbent.actor).sharpe
-        then = "--force replaces it anyway" if cfg.force else "only a model scoring at least that replaces it"
-        logger.info("the model at %s scores validation Sharpe %.2f: %s", cfg.out, sharpe, then)
-        return cls(cfg.out, sharpe, cfg.force)
-
-    def admits(self, sharpe: float) -> bool:
-        return self.force or self.incumbent is None or sharpe >= self.incumbent
-
-    def note(self, best: float) -> str:
-        """What happened to the serving file, and why."""
-        if not self.published:
-            if self.incumbent is None:
-                return f"not published to {self.out}: the run validated no model"
-            return (
-                f"not published to {self.out}: this run's best validation Sharpe {best:.2f} is below "
-                f"{self.incumbent:.2f}, the score of the model already there on the same paths; "
-                "its checkpoints stay in its run folder (--force publishes anyway)"
-            )
-        if self.incumbent is None:
-            return f"published to {self.out}"
-        how, than = ("", "at least") if best >= self.incumbent else (" with --force", "below")
-        return (
-            f"published to {self.out}{how}: validation Sharpe {best:.2f}, "
-            f"{than} the {self.incumbent:.2f} of the model it replaced"
-        )
-
-
 def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     """Run SAC training; return where the checkpoints went and how good they are."""
     started = time.monotonic()
@@ -131,12 +85,20 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         logger.info("%s", line)
     contract = data.contract
     env = PairTradingEnv(cfg.pair(cfg.episode_length, cfg.train_cost_multiplier), source=data.train)
+    synthetic = PairTradingEnv(env.config, source=randomised_spreads())
     # Scored before seeding: building the incumbent's actor draws from torch's
     # RNG, and a seed must give the same run whether or not a model is there.
     gate = Gate.at_start(cfg, env.state_dim, data.validate)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     agent = SAC(env.state_dim, cfg.hyper())
+    if restrict_inputs(agent.actor, cfg.input_names()):
+        logger.info("the actor reads %d features: %s", len(cfg.input_names()), ", ".join(cfg.input_names()))
+    reference = rule_reference(data.rule) if cfg.bc_weight > 0 else None
+    if cfg.warm_start == "rule":
+        source = data.train or (lambda r, n: ou_spread(env.config, r, n))
+        states = rule_states(data.rule, source, env.config, 8, rng)
+        behaviour_clone(agent.actor, states, data.rule, cfg.bc_steps, rng)
     buffer = ReplayBuffer(cfg.buffer_size, env.state_dim)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = cfg.run_dir / f"sac-{stamp}-seed{cfg.seed}"
@@ -177,16 +139,57 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         if gate.incumbent is not None:
             tracker.log_metrics({"incumbent_eval_sharpe": gate.incumbent}, step=0)
         bar = tqdm(total=cfg.episodes, disable=not show, unit="ep", dynamic_ncols=True)
+        stale = 0  # validations in a row without a new best
+
+        def validate(episode: int, metrics: dict[str, float]) -> float:
+            """Score the actor on the validation data; keep (and maybe publish) a new best."""
+            nonlocal best, stale
+            val = data.validate(agent.actor)
+            metrics.update(
+                {
+                    "eval_reward": val.total_return,
+                    "eval_sharpe": val.sharpe,
+                    "eval_turnover": val.turnover,
+                    "eval_max_drawdown": val.max_drawdown,
+                }
+            )
+            stale += 1
+            if val.sharpe > best:
+                best, stale = val.sharpe, 0
+                extra: dict[str, Any] = {
+                    "eval_metric": "validation_sharpe",
+                    "seed": cfg.seed,
+                    "baseline_zscore_sharpe": baseline.sharpe,
+                    "rule": asdict(data.rule),
+                    **({"split": data.split} if data.split else {}),
+                }
+                if gate.incumbent is not None:
+                    extra["incumbent_eval_sharpe"] = gate.incumbent
+                meta = Metadata(run_id=tracker.run_id, episodes=episode, eval_score=val.sharpe, extra=extra)
+                save_checkpoint(agent.actor, best_path, meta, contract=contract)
+                if gate.admits(val.sharpe):
+                    # the worker hot-reloads this
+                    save_checkpoint(agent.actor, cfg.out, meta, contract=contract)
+                    gate.published = True
+            return val.sharpe
+
+        if cfg.warm_start == "rule":
+            # The clone is a candidate too: SAC has to beat it on validation to replace it.
+            start_metrics: dict[str, float] = {}
+            validate(0, start_metrics)
+            tracker.log_metrics(start_metrics, step=0)
+            history.append({"episode": 0, **start_metrics})
         episode = 0
         for episode in range(1, cfg.episodes + 1):
-            state = env.reset(int(rng.integers(0, 10_000)))
+            on = synthetic if episode <= cfg.synthetic_episodes else env
+            state = on.reset(int(rng.integers(0, 10_000)))
             ep_reward, ep_turnover, done = 0.0, 0.0, False
             while not done:
                 if total_steps < cfg.learning_starts:
                     action = rng.uniform(-1.0, 1.0, size=1)
                 else:
                     action = agent.act(state[None, :])[0]
-                next_state, reward, done, info = env.step(float(action[0]))
+                next_state, reward, done, info = on.step(float(action[0]))
                 buffer.add(state, action, reward * cfg.reward_scale, next_state, False)
                 state = next_state
                 ep_reward += reward
@@ -195,41 +198,16 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
                 if total_steps >= cfg.learning_starts:
                     update_credit += cfg.updates_per_step
                     while update_credit >= 1.0:
-                        last_losses = agent.update(buffer.sample(rng, cfg.batch_size))
+                        last_losses = agent.update(buffer.sample(rng, cfg.batch_size), reference)
                         update_credit -= 1.0
                         updates += 1
-            metrics = {"train_reward": ep_reward, "train_turnover": ep_turnover / env.length, **last_losses}
+            metrics = {"train_reward": ep_reward, "train_turnover": ep_turnover / on.length, **last_losses}
             out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
             if episode % cfg.eval_every == 0 or episode == cfg.episodes or out_of_time:
-                val = data.validate(agent.actor)
-                metrics.update(
-                    {
-                        "eval_reward": val.total_return,
-                        "eval_sharpe": val.sharpe,
-                        "eval_turnover": val.turnover,
-                        "eval_max_drawdown": val.max_drawdown,
-                    }
-                )
-                if val.sharpe > best:
-                    best = val.sharpe
-                    extra: dict[str, Any] = {
-                        "eval_metric": "validation_sharpe",
-                        "seed": cfg.seed,
-                        "baseline_zscore_sharpe": baseline.sharpe,
-                    }
-                    if gate.incumbent is not None:
-                        extra["incumbent_eval_sharpe"] = gate.incumbent
-                    meta = Metadata(
-                        run_id=tracker.run_id, episodes=episode, eval_score=val.sharpe, extra=extra
-                    )
-                    save_checkpoint(agent.actor, best_path, meta, contract=contract)
-                    if gate.admits(val.sharpe):
-                        # the worker hot-reloads this
-                        save_checkpoint(agent.actor, cfg.out, meta, contract=contract)
-                        gate.published = True
+                sharpe = validate(episode, metrics)
                 bar.set_postfix(
                     reward=f"{ep_reward:+.3f}",
-                    sharpe=f"{val.sharpe:.2f}",
+                    sharpe=f"{sharpe:.2f}",
                     best=f"{best:.2f}",
                     zscore=f"{baseline.sharpe:.2f}",
                 )
@@ -239,6 +217,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
             if out_of_time:
                 logger.info(
                     "stopping after %d episodes: --max-minutes %.1f reached", episode, cfg.max_minutes
+                )
+                break
+            if cfg.patience and stale >= cfg.patience:
+                logger.info(
+                    "stopping after %d episodes: no better validation in %d validations (--patience)",
+                    episode,
+                    stale,
                 )
                 break
         bar.close()

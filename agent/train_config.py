@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.actor import DEFAULT_HIDDEN
 from agent.env import PairConfig
+from agent.features import NAMES
 from agent.sac import SACHyper
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,24 @@ DESCRIPTION = (
     "the worker serves, unless the model already there scores better on the same validation paths."
 )
 DEFAULT_OUT = Path("models/policy.pt")  # without MODEL_DIR
+
+
+# The actor's default inputs: the z-scores over three windows and their short mean, the
+# 20-step momentum, the volatility ratio and autocorrelation (is the spread still mean-reverting?),
+# and the position book. Dropped: the lags, which let a small actor fit one window's noise.
+ROBUST_INPUTS = (
+    "z60_lag0",
+    "z20",
+    "z120",
+    "z60_mean5",
+    "mom20",
+    "vol_ratio",
+    "autocorr60",
+    "position",
+    "unrealised",
+    "holding",
+    "cost_vol",
+)
 
 
 class ConfigError(ValueError):
@@ -37,7 +56,7 @@ def _f(default: Any, help: str) -> Any:
 class TrainConfig:
     """Every hyper-parameter of a training run; each is a ``--flag`` of ``python -m agent.train``."""
 
-    episodes: int = _f(300, "training episodes")
+    episodes: int = _f(100, "training episodes")
     episode_length: int = _f(256, "steps per training episode")
     seed: int = _f(0, "seed of torch, the environments and the replay sampling")
     out: Path = field(
@@ -65,17 +84,21 @@ class TrainConfig:
     learning_starts: int = _f(2_000, "random-action steps before learning")
     updates_per_step: float = _f(1.0, "gradient updates per environment step (may be fractional)")
     reward_scale: float = _f(100.0, "multiplier of the PnL reward for learning")
-    eval_every: int = _f(10, "validate every this many episodes")
+    eval_every: int = _f(5, "validate every this many episodes")
     eval_episodes: int = _f(16, "validation paths (synthetic pair)")
     eval_length: int = _f(512, "steps per validation path (synthetic pair)")
     threads: int = _f(1, "torch threads")
-    max_minutes: float = _f(0.0, "stop early after this many minutes (0 = no limit)")
+    max_minutes: float = _f(
+        15.0,
+        "stop after this many minutes (0 = no limit): a guard on a busy machine; a run it stops "
+        "ends at an episode that depends on the machine's speed, so it no longer repeats for its seed",
+    )
     half_life: float = _f(PairConfig.half_life, "spread half-life in steps (synthetic pair)")
     sigma: float = _f(PairConfig.sigma, "spread innovation std per step (synthetic pair)")
     regime_prob: float = _f(PairConfig.regime_prob, "chance of a regime shift per step (synthetic pair)")
     cost: float = _f(PairConfig.cost, "cost per unit of position change")
     train_cost_multiplier: float = _f(
-        3.0,
+        10.0,
         "the cost charged while learning, as a multiple of --cost "
         "(above 1 discourages churn; validation uses --cost)",
     )
@@ -96,6 +119,30 @@ class TrainConfig:
         "the last part of the CSV training window kept out of training episodes to choose the "
         "checkpoint on (0: choose on the whole training window, in sample)",
     )
+    synthetic_episodes: int = _f(
+        0,
+        "domain randomisation: the first this many episodes run on synthetic spreads with a random "
+        "half-life, volatility, regime shifts and drift each, before the training data's episodes",
+    )
+    warm_start: str = _f(
+        "rule",
+        "rule: behaviour-clone the z-score rule (tuned on the training episodes' rows; the default rule "
+        "on the synthetic pair) into the actor before SAC starts; none: start from random weights",
+    )
+    bc_steps: int = _f(2000, "gradient steps of the behaviour cloning (--warm-start rule)")
+    bc_weight: float = _f(
+        0.3,
+        "keep the actor near that rule during SAC: the weight of the squared gap to it in the "
+        "actor's loss, relative to |Q| (0: off)",
+    )
+    inputs: str = _f(
+        ",".join(ROBUST_INPUTS),
+        "the features the actor reads, as names of agent.features separated by commas, or all; the "
+        "others keep zero weights (the served actor still takes the 28, the feature set is unchanged)",
+    )
+    patience: int = _f(
+        0, "stop after this many validations in a row without a new best (0: run every episode)"
+    )
     experiment: str = _f("statpair-sac", "MLflow experiment (MLFLOW_EXPERIMENT_NAME overrides)")
     register: str | None = _f(
         None,
@@ -113,6 +160,16 @@ class TrainConfig:
             raise ConfigError(f"--train-fraction must be between 0 and 1, got {self.train_fraction}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.warm_start not in ("none", "rule"):
+            raise ConfigError(f"--warm-start must be none or rule, got {self.warm_start!r}")
+        for name in ("synthetic_episodes", "bc_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+        unknown = [n for n in self.input_names() if n not in NAMES]
+        if unknown:
+            raise ConfigError(f"--inputs: no feature {unknown[0]!r} (the features are: {', '.join(NAMES)})")
+        if self.bc_weight < 0:
+            raise ConfigError(f"--bc-weight must be at least 0, got {self.bc_weight}")
         for name in (
             "episodes",
             "episode_length",
@@ -123,6 +180,12 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+    def input_names(self) -> tuple[str, ...]:
+        """The features the actor reads (``--inputs``)."""
+        if self.inputs.strip() == "all":
+            return NAMES
+        return tuple(n.strip() for n in self.inputs.split(",") if n.strip())
 
     def column_names(self) -> list[str] | None:
         """``--columns A,B`` as names (the price loader checks there are two, naming the file)."""

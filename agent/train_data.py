@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.baselines import Policy
+from agent.baselines import DEFAULT_RULE, Policy, RuleParams
 from agent.contract import PairContract
 from agent.env import MIN_EPISODE, PairData, PathSource
 from agent.features import WARMUP
 from agent.scoring import Scores, as_policy, compare, walk_forward
 from agent.train_config import TrainConfig
+from agent.walkforward import tune_rule
 
 if TYPE_CHECKING:
     from agent.actor import SACActor
@@ -43,6 +44,9 @@ class Plan:
     episode_steps: int | None = None  # steps of a training episode, when shorter than asked
     held_out: str = "held-out synthetic paths"  # what agent.evaluate judges the model on
     warnings: list[str] = field(default_factory=list)
+    rule: RuleParams = DEFAULT_RULE  # the z-score rule tuned on the training episodes' rows
+    rule_sharpe: float | None = None  # its Sharpe there (None: not tuned, the default rule)
+    split: dict[str, list[int]] = field(default_factory=dict)  # train/validation/test rows, for the record
 
 
 def plan(cfg: TrainConfig) -> Plan:
@@ -103,6 +107,12 @@ def _csv(cfg: TrainConfig, path: Path) -> Plan:
         f"training window: {rows(0, n)}; episodes from {rows(0, fit)}; checkpoint chosen on {chosen}",
         f"held out for agent.evaluate: {rows(n, total)}, {total - n} rows this run never sees",
     ]
+    # The rule a warm start clones is tuned on the episodes' rows only: validation stays unseen.
+    tuned = tune_rule(data.spread, fit, cfg.cost) if fit >= WARMUP + 2 else None
+    if tuned is not None:
+        lines.append(
+            f"z-score rule tuned on the episodes' rows: {tuned.params.label()} (Sharpe {tuned.sharpe:.2f})"
+        )
     # agent.evaluate finds the contract's file in the current directory; elsewhere it needs --csv.
     here = Path(path.name).resolve() == path.resolve()
     return Plan(
@@ -114,4 +124,7 @@ def _csv(cfg: TrainConfig, path: Path) -> Plan:
         episode_steps=min(cfg.episode_length, fit - WARMUP - 1),
         held_out=f"the held-out rows of {path.name}, {rows(n, total)}",
         warnings=warnings,
+        rule=DEFAULT_RULE if tuned is None else tuned.params,
+        rule_sharpe=None if tuned is None else tuned.sharpe,
+        split={"train": [0, fit], "validation": [fit, n] if kept else [], "test": [n, total]},
     )

@@ -114,18 +114,21 @@ def test_evaluation_defaults_to_the_data_the_contract_names(
     assert doc["data"]["matches_contract"] and doc["data"]["held_out_rows"] == [351, 502]
     # The printed figures are the walk forward's, for each policy, at the contract's cost.
     expected = compare_walk(
-        {"policy": _actor(model), "zscore": zscore_rule(), "flat": flat},
+        {"policy": _actor(model), "rule (fixed)": zscore_rule(), "flat": flat},
         held_out(model, contract).data,
         0.0005,
     )
     for name, trace in expected.items():
-        assert doc["scores"][name] == trace.scores.as_dict()
-        assert trace.scores.row(name) in out
+        shown = doc["scores"][name]
+        assert {k: shown[k] for k in trace.scores.as_dict()} == trace.scores.as_dict()
+        s = trace.scores
+        assert f"{name:<13} {s.sharpe:6.2f} {s.total_return:8.4f} {s.max_drawdown:7.4f}" in out
     # --cost charges another cost; the features still report the contract's.
     assert main(["m.pt", "--cost", "0.002", "--json", "dear.json"]) == 0
     dear = json.loads((tmp_path / "dear.json").read_text())
     assert dear["cost"] == 0.002 and dear["feature_cost"] == 0.0005
-    assert dear["scores"]["zscore"]["total_return"] < doc["scores"]["zscore"]["total_return"]
+    fixed = "rule (fixed)"
+    assert dear["scores"][fixed]["total_return"] < doc["scores"][fixed]["total_return"]
 
 
 def _actor(model: Path) -> SACActor:
@@ -215,7 +218,7 @@ def test_a_synthetic_model_on_a_price_file_uses_its_contract_s_spread(
         (["--episodes", "3"], "--episodes applies to synthetic paths; a price file is evaluated by one walk"),
         (["--train-fraction", "0.5"], "--train-fraction: {model}'s contract fixes its training window"),
         (["--columns", "SP500,Nope"], f"{REAL}: no column 'Nope' (the columns are: date, SP500, NASDAQ)"),
-        (["--entry", "0.1"], "--entry/--exit: need 0 <= exit < entry"),
+        (["--entry", "0.1"], "--entry/--exit/--lookback: need 0 <= exit < entry"),
         (["--cost", "-1"], "--cost must be at least 0"),
     ],
 )

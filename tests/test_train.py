@@ -34,6 +34,7 @@ def tiny(tmp_path: Path, **kw: Any) -> TrainConfig:
         "eval_length": 40,
         "hidden": (16, 16),
         "critic_hidden": (16, 16),
+        "bc_steps": 20,
         "out": tmp_path / "models" / "policy.pt",
         "run_dir": tmp_path / "runs",
         "quiet": True,
@@ -53,12 +54,14 @@ def test_smoke_run_gives_a_checkpoint_the_worker_serves(tmp_path: Path) -> None:
     assert result.episodes == 3 and result.out.exists() and result.final_path.exists()
     assert result.best_path.exists() and result.run_id is None
     ck = load_checkpoint(result.out, state_dim=28)
-    assert ck.metadata["eval_metric"] == "validation_sharpe" and ck.metadata["episodes"] >= 1
+    assert ck.metadata["eval_metric"] == "validation_sharpe" and ck.metadata["episodes"] >= 0
     assert ck.metadata["eval_score"] == pytest.approx(result.best_sharpe)
     served = prepare(result.out, jit=True, state_dim=28)
     assert served.backend == "jit" and served.state_dim == 28
     logged = [h for h in result.history if "eval_sharpe" in h]
-    assert len(logged) == 3 and all("critic_loss" in h and "alpha" in h for h in result.history)
+    # The warm start's clone is validated first (episode 0), then every episode's actor.
+    assert [h["episode"] for h in logged] == [0, 1, 2, 3]
+    assert all("critic_loss" in h and "alpha" in h for h in result.history[1:])
     assert result.published and result.updates == 241 and result.warnings == []
 
 
@@ -179,7 +182,7 @@ def test_tracker_wiring_against_sqlite(tmp_path: Path, monkeypatch: pytest.Monke
         "best_eval_sharpe",
     ):
         assert key in run.data.metrics, key
-    assert len(client.get_metric_history(result.run_id, "eval_sharpe")) == 3
+    assert len(client.get_metric_history(result.run_id, "eval_sharpe")) == 4  # the clone, then 3 episodes
     names = {a.path for a in client.list_artifacts(result.run_id)}
     assert names == {"policy.pt", "final.pt"}
     ck = load_checkpoint(result.out)
@@ -200,6 +203,7 @@ def _file(path: Path, rows: list[str], header: str = HEADER) -> Path:
 def _tiny_argv(tmp_path: Path, csv: Path, *more: str) -> list[str]:
     argv = ["--csv", str(csv), "--episodes", "1", "--learning-starts", "20", "--batch-size", "8"]
     argv += ["--hidden", "8,8", "--critic-hidden", "8,8", "--quiet", "--run-dir", str(tmp_path / "runs")]
+    argv += ["--bc-steps", "20"]
     return [*argv, "--out", str(tmp_path / "m.pt"), *more]
 
 

@@ -1,0 +1,156 @@
+"""Walk-forward evaluation: the rule's fast walk is the environment's, its tuning reads no row
+of the test window, the bootstrap interval says what it should, and the report and the plot
+come out of ``agent.evaluate`` for a model trained on a file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent.actor import SACActor
+from agent.baselines import RuleParams, zscore_rule
+from agent.checkpoint import Metadata, save_checkpoint
+from agent.env import PairData
+from agent.evaluate import main
+from agent.features import WARMUP, spread_features
+from agent.heldout import held_out
+from agent.scoring import walk_forward
+from agent.walkforward import RULE_GRID, rule_walk, sharpe_difference, tune_rule
+from agent.wfreport import POLICY, TUNED, report
+
+REAL = Path(__file__).parent / "data" / "sp500_nasdaq_2017_2018.csv"
+
+
+@pytest.mark.parametrize(
+    "params", [RuleParams(2.0, 0.5, 60), RuleParams(1.0, 0.0, 20), RuleParams(1.5, 1.0, 120)]
+)
+def test_the_rule_s_fast_walk_is_the_environment_s(params: RuleParams) -> None:
+    data = PairData.from_csv(REAL)
+    market = spread_features(data.spread).market
+    start, stop = data.held_out
+    fast = rule_walk(data.spread, market, start, stop, params, 0.001)
+    env = walk_forward(zscore_rule(params.entry, params.exit, params.lookback), data, 0.001)
+    assert fast.steps == env.scores.steps and fast.sharpe == pytest.approx(env.scores.sharpe, abs=1e-12)
+    assert fast.total_return == pytest.approx(env.scores.total_return, abs=1e-12)
+    assert fast.turnover == pytest.approx(env.scores.turnover) and fast.turnover > 0
+
+
+def test_rule_tuning_reads_no_row_at_or_after_the_test_window() -> None:
+    data = PairData.from_csv(REAL)
+    test = data.n_train
+    tuned = tune_rule(data.spread, test, 0.0005)
+    assert tuned.rows == (WARMUP, test) and len(tuned.grid) == len(RULE_GRID)
+    assert tuned.sharpe == max(s for _, s in tuned.grid)
+    changed = data.spread.copy()
+    changed[test:] = np.random.default_rng(0).normal(0.0, 1.0, len(changed) - test)  # another future
+    assert tune_rule(changed, test, 0.0005) == tuned
+    changed[test - 1] += 0.05  # the last row before it does count
+    assert tune_rule(changed, test, 0.0005) != tuned
+
+
+def test_the_bootstrap_interval() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.001, 0.01, 1500)
+    same = sharpe_difference(a, a)
+    assert same.value == same.low == same.high == same.se == 0.0
+    better = sharpe_difference(a + 0.002, a)  # the same noise, a clear edge on every step
+    assert better.low > 0 and better.value > 0 and better.low < better.value < better.high
+    # Two independent series of 1500 days: the difference of their Sharpes has a standard error of
+    # about √(2 · 252 / 1500) = 0.58, which the bootstrap should recover.
+    noise = sharpe_difference(a, rng.normal(0.001, 0.01, 1500))
+    assert 0.45 < noise.se < 0.75 and noise.low < noise.value < noise.high
+    assert noise.high - noise.low == pytest.approx(2 * 1.96 * noise.se, rel=0.2)
+    assert sharpe_difference(a, a[::-1], seed=3) == sharpe_difference(a, a[::-1], seed=3)
+    with pytest.raises(ValueError, match="same length"):
+        sharpe_difference(a, a[:-1])
+
+
+def _model(tmp_path: Path, metadata: Metadata | None = None) -> Path:
+    contract = PairData.from_csv(REAL).contract(cost=0.0005)
+    torch.manual_seed(0)
+    return save_checkpoint(SACActor(hidden=(8, 8)), tmp_path / "m.pt", metadata, contract=contract)
+
+
+def test_the_report_s_test_figures_change_with_the_test_rows_and_its_choices_do_not(tmp_path: Path) -> None:
+    meta = Metadata(extra={"split": {"train": [0, 281], "validation": [281, 351], "test": [351, 502]}})
+    model = _model(tmp_path, meta)
+    from agent.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(model)
+    h = held_out(model, ck.contract, REAL)
+    r = report(ck.actor, h, ck.metadata, 0.0005, 0.0005, RuleParams())
+    assert (r.split.validation, r.split.test, r.split.rows) == (281, 351, 502)
+    assert r.tuned == tune_rule(h.data.spread, 351, 0.0005)
+    assert [f.name for f in r.rows] == [POLICY, TUNED, "rule (fixed)", "flat"]
+    moved = h.data.spread.copy()
+    moved[351:] += np.linspace(0.0, 0.2, len(moved) - 351)
+    import dataclasses
+
+    other = dataclasses.replace(h, data=dataclasses.replace(h.data, spread=moved))
+    r2 = report(ck.actor, other, ck.metadata, 0.0005, 0.0005, RuleParams())
+    assert r2.tuned == r.tuned  # chosen before the test window
+    assert r2.rows[0].scores != r.rows[0].scores or r2.rows[1].scores != r.rows[1].scores
+
+
+def test_evaluate_prints_the_walk_forward_table_and_writes_json_and_a_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meta = Metadata(extra={"split": {"train": [0, 281], "validation": [281, 351], "test": [351, 502]}})
+    _model(tmp_path, meta)
+    shutil.copy(REAL, tmp_path / REAL.name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["m.pt", "--json", "wf.json", "--plot", "wf.png"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "split: train 2017-01-03 … 2018-02-13 (281 rows); validation 2018-02-14 … 2018-05-24 (70 rows); "
+        "test 2018-05-25 … 2018-12-31 (151 rows)"
+    ) in out
+    for name in ("policy", "rule (tuned)", "rule (fixed)", "flat"):
+        assert any(line.startswith(f"{name} ") for line in out.splitlines()), name
+    assert "sharpe policy − rule (tuned): " in out and "95% interval" in out
+    doc = json.loads((tmp_path / "wf.json").read_text())
+    assert doc["split"] == {
+        "train": [0, 281],
+        "validation": [281, 351],
+        "test": [351, 502],
+        "test_dates": ["2018-05-25", "2018-12-31"],
+    }
+    assert set(doc["scores"]) == {"policy", "rule (tuned)", "rule (fixed)", "flat"}
+    assert doc["scores"]["flat"]["sharpe"] == 0 and doc["scores"]["flat"]["in_market"] == 0
+    assert doc["tuned_rule"]["tuning_rows"] == [WARMUP, 351]
+    diff = doc["sharpe_difference_policy_minus_tuned_rule"]
+    assert diff["low"] <= diff["value"] <= diff["high"]
+    png = (tmp_path / "wf.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # The docs' tables come from such files: mean ± sd over seeds, the rules once, the target checks.
+    from agent.wftable import main as wftable
+
+    second = json.loads((tmp_path / "wf.json").read_text())
+    second["seed"], second["scores"]["policy"]["sharpe"] = 1, doc["scores"]["policy"]["sharpe"] + 0.2
+    (tmp_path / "wf1.json").write_text(json.dumps(second))
+    assert wftable(["wf.json", "wf1.json"]) == 0
+    table = capsys.readouterr().out
+    mean = doc["scores"]["policy"]["sharpe"] + 0.1
+    assert "**SP500/NASDAQ**, test window 2018-05-25 … 2018-12-31 (151 rows)" in table
+    assert f"| policy (2 seeds) | {mean:.2f} ± 0.14 |" in table
+    assert f"| rule (tuned) | {doc['scores']['rule (tuned)']['sharpe']:.2f} |" in table
+    assert "Target: Sharpe ≥ tuned rule's" in table and "- seed 1: Sharpe − tuned rule" in table
+
+
+def test_a_model_without_a_recorded_split_reports_train_and_validation_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _model(tmp_path)
+    shutil.copy(REAL, tmp_path / REAL.name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["m.pt", "--lookback", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "split: train+validation 2017-01-03 … 2018-05-24 (351 rows); test 2018-05-25" in out
+    assert "rule (fixed): entry ±2σ, exit ±0.5σ, z over 20 steps" in out
+    assert main(["m.pt", "--entry", "1", "--exit", "1"]) == 2
+    assert "error: --entry/--exit/--lookback: need 0 <= exit < entry" in capsys.readouterr().err
