@@ -4,6 +4,7 @@ integration tests, settings built directly, small checkpoints on disk."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -52,6 +53,19 @@ def redis_url(redis_server: Any) -> str:
 
 
 CONTRACT = PairConfig().contract()  # a model trained on the default synthetic pair
+
+
+@pytest.fixture
+def mlflow_settings_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The registry tightens MLflow's HTTP variables process-wide (setdefault) and
+    quiets urllib3's retry lines: undo both, so the tracker's tests see their own."""
+    for name in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"):
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    urllib3 = logging.getLogger("urllib3.connectionpool")
+    level = urllib3.level
+    yield
+    urllib3.setLevel(level)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -1,14 +1,42 @@
-"""Helpers for tests that run `python -m worker` as a real process."""
+"""Helpers for tests that run a worker: in-process (``serving``) or as a real
+`python -m worker` process (``WorkerProcess``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.servers import wait_until
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from worker.server import Server
+    from worker.settings import Settings
+
+
+@asynccontextmanager
+async def serving(settings: Settings, redis: Redis | None = None) -> AsyncIterator[Server]:
+    """A worker (``worker.server.Server``) serving in this event loop until the block
+    ends; then stopped as a signal would, and awaited."""
+    from worker.server import Server
+
+    stop = asyncio.Event()
+    server = Server(settings, redis, stop=stop)
+    task = asyncio.create_task(server.serve())
+    try:
+        yield server
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 

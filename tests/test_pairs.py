@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +16,8 @@ from redis.asyncio import Redis
 from agent.checkpoint import load_checkpoint
 from agent.contract import PairContract
 from tests.conftest import CONTRACT, make_settings, wait_for, write_model
+from tests.helpers import serving
 from worker.client import ActionClient, ActionError
-from worker.server import Server
-from worker.settings import Settings
 from worker.shadow import Shadow, ShadowWork
 
 pytestmark = pytest.mark.integration
@@ -42,18 +39,6 @@ def own_actions(model: Path, rows: np.ndarray) -> np.ndarray:
     actor = load_checkpoint(model).actor
     with torch.inference_mode():
         return actor.deterministic(torch.from_numpy(rows)).numpy()[:, 0]
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Server]:
-    stop = asyncio.Event()
-    server = Server(settings, stop=stop)
-    task = asyncio.create_task(server.serve())
-    try:
-        yield server
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 def pair_models(tmp_path: Path, pairs: list[str], default: bool = True) -> dict[str, Path]:

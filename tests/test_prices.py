@@ -3,10 +3,7 @@ and the price-level client, against a real worker on a real Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +16,10 @@ from agent.contract import PairContract
 from agent.env import PairConfig, synthetic_prices
 from agent.streaming import FeatureBuilder
 from tests.conftest import CONTRACT, make_settings, wait_for, write_model
+from tests.helpers import serving
 from worker.client import ActionClient, ActionError
 from worker.prices import ContractUnavailable, PriceClient
 from worker.protocol import Fixed, Limits, decode_batch, parse_result, route_to
-from worker.server import serve
-from worker.settings import Settings
 
 OTHER = PairConfig(hedge_ratio=1.25).contract()  # another spread: another contract
 LIMITS = Limits(max_field_bytes=16384, default_stream="out", reply_prefix="out:", default_ttl_ms=0)
@@ -46,21 +42,10 @@ def test_a_state_built_for_another_contract_is_refused() -> None:
     )
 
 
-@asynccontextmanager
-async def running(settings: Settings, redis: Redis | None = None) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, redis, stop=stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
-
-
 async def test_the_worker_publishes_its_contract_and_reports_it(tmp_path: Path, fake_redis: Redis) -> None:
     s = make_settings(tmp_path)
     write_model(s.model_dir / "a.pt")
-    async with running(s, fake_redis):
+    async with serving(s, fake_redis):
         await wait_for(lambda: fake_redis.hexists("statpair:contracts", "*"), what="the published contract")
         published = PairContract.from_json(await fake_redis.hget("statpair:contracts", "*"))
         assert published == CONTRACT
@@ -98,7 +83,7 @@ async def test_prices_in_actions_out_across_a_contract_change(
     first = write_model(s.model_dir / "a.pt", seed=1)
     a, b = _prices(400)
     sent: list[tuple[int, np.ndarray, str, float]] = []  # (tick, state, contract, action answered)
-    async with running(s), ActionClient(redis=real_redis, timeout=20) as client:
+    async with serving(s), ActionClient(redis=real_redis, timeout=20) as client:
         await wait_for(lambda: _serves(real_redis, CONTRACT.id), timeout=30, what="the worker to serve")
         prices = PriceClient(client, follow_actions=False)
         assert await prices.warm("X/Y", a[:100], b[:100]) == 41
@@ -151,7 +136,7 @@ async def test_act_with_a_raw_state_and_no_contract_still_works(
 ) -> None:
     s = make_settings(tmp_path, redis_url=redis_url)
     write_model(s.model_dir / "a.pt")
-    async with running(s):
+    async with serving(s):
         await real_redis.xadd("statpair:states", {"state": json.dumps([0.0] * 28), "id": "raw"})
         await wait_for(lambda: real_redis.xlen("statpair:actions"), what="the answer")
     ((_, fields),) = await real_redis.xrange("statpair:actions")

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,19 +42,7 @@ from worker.settings import Settings, describe
 from worker.state import ServerState
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def _process_settings_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The registry tightens MLflow's HTTP variables process-wide (setdefault) and
-    quiets urllib3's retry lines: undo both, so the tracker's tests see their own."""
-    for name in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"):
-        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
-    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
-    urllib3 = logging.getLogger("urllib3.connectionpool")
-    level = urllib3.level
-    yield
-    urllib3.setLevel(level)
+pytestmark = pytest.mark.usefixtures("mlflow_settings_restored")
 
 
 # -- model URIs and settings ---------------------------------------------------------------

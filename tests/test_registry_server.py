@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -33,25 +32,12 @@ from tracking.registry.__main__ import main as registry_cli
 from worker.protocol import parse_result
 from worker.server import Server
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("mlflow_settings_restored")]
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = [0.05 * i for i in range(28)]
 POLL_S = 1.0
 GOOD = {"test_sharpe": 1.2, "test_zscore_sharpe": 0.8, "val_sharpe": 1.0, "val_zscore_sharpe": 0.7}
-
-
-@pytest.fixture(autouse=True)
-def _process_settings_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The registry tightens MLflow's HTTP variables process-wide (setdefault) and
-    quiets urllib3's retry lines: undo both, so the tracker's tests see their own."""
-    for name in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"):
-        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
-    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
-    urllib3 = logging.getLogger("urllib3.connectionpool")
-    level = urllib3.level
-    yield
-    urllib3.setLevel(level)
 
 
 @dataclass

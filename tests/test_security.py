@@ -5,8 +5,7 @@ worker and client over rediss:// with a throwaway CA."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
 from tests.conftest import CONTRACT, make_settings, wait_for, write_model
+from tests.helpers import serving
 from tests.servers import LocalRedisCluster, RedisProcess, make_tls_files, start_acl_redis, start_tls_redis
 from worker.client import ActionClient
 from worker.prices import PriceClient
-from worker.server import serve
-from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -43,17 +41,6 @@ def documented_users() -> list[str]:
     for name, password in PASSWORDS.items():
         rules = [r.replace(name, password) for r in rules]
     return rules
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop=stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def _strategies_are_confined(
@@ -91,7 +78,7 @@ async def test_worker_and_strategies_under_the_documented_acls(tmp_path: Path) -
         )
         write_model(s.model_dir / "m.pt")
         admin = Redis(**server.client_kwargs(), username="default", password="admin-secret")
-        async with running(s):
+        async with serving(s):
             await _strategies_are_confined(
                 server.url_for("strategy-a", "a-secret"),
                 server.url_for("strategy-b", "b-secret"),
@@ -126,7 +113,7 @@ async def test_worker_and_strategies_under_the_acls_on_a_cluster(
     admin = RedisCluster(**acl_cluster.client_kwargs())
     await admin.initialize()
     try:
-        async with running(s):
+        async with serving(s):
             await _strategies_are_confined(
                 acl_cluster.url.replace("redis://", "redis://strategy-a:a-secret@"),
                 acl_cluster.url.replace("redis://", "redis://strategy-b:b-secret@"),
@@ -145,7 +132,7 @@ async def test_worker_and_client_over_tls(tmp_path: Path) -> None:
         ca = server.tls.ca
         s = make_settings(tmp_path, redis_url=server.url, redis_ca_file=ca)
         write_model(s.model_dir / "m.pt")
-        async with running(s), ActionClient(server.url, ca_file=str(ca), timeout=30) as client:
+        async with serving(s), ActionClient(server.url, ca_file=str(ca), timeout=30) as client:
             r = await client.act(np.zeros(28))
             assert r.status == "ok"
         # Without the CA the server's certificate is refused.

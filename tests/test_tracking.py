@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import BlackHole, MlflowServer, Postgres, free_port, wait_until
+from tests.servers import BlackHole, MlflowServer, free_port, postgres_database, wait_until
 from tracking import MlflowTracker, flatten_params, is_finite
 from tracking.mlflow_tracker import mask_url
 
@@ -212,27 +211,8 @@ def test_unreachable_server_never_stalls_training(kind: str) -> None:
 @pytest.fixture(scope="module")
 def postgres_uri() -> Iterator[str]:
     """An empty database for MLflow: on STATPAIR_TEST_PG_DSN's server, else a throwaway cluster."""
-    pytest.importorskip("psycopg2")
-    dsn = os.environ.get("STATPAIR_TEST_PG_DSN", "").strip()
-    name = f"statpair_mlflow_{uuid.uuid4().hex[:8]}"
-    if dsn:
-        import psycopg2
-
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        base = dsn.rsplit("/", 1)[0]
-        yield base.replace("postgresql://", "postgresql+psycopg2://", 1) + f"/{name}"
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
-        return
-    pg = Postgres()
-    try:
-        yield pg.create_database(name).replace("postgresql://", "postgresql+psycopg2://", 1)
-    finally:
-        pg.stop()
+    with postgres_database("statpair_mlflow") as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings, unique, wait_for, write_model
+from tests.helpers import serving
 from tests.servers import need_binary
 from worker.protocol import parse_result
 from worker.server import serve
@@ -26,17 +25,6 @@ pytestmark = pytest.mark.integration
 
 STATE = [0.05 * i for i in range(28)]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop=stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def ask(redis: Redis, n: int = 1, stream: str = "statpair:actions", **fields: str) -> list:
@@ -77,7 +65,7 @@ async def test_cold_start_no_model_then_model_appears(
     tmp_path: Path, real_redis: Redis, redis_url: str
 ) -> None:
     s = make_settings(tmp_path, redis_url=redis_url)
-    async with running(s):
+    async with serving(s):
         (r,) = await ask(real_redis)
         assert r.status == "error" and r.error == "model_unavailable"
         write_model(s.model_dir / "a.pt")
@@ -94,7 +82,7 @@ async def test_load_predict_and_hot_reload(tmp_path: Path, real_redis: Redis, re
     s = make_settings(tmp_path, redis_url=redis_url)
     path = write_model(s.model_dir / "a.pt", seed=1)
     os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
-    async with running(s):
+    async with serving(s):
         first = await ask(real_redis, 3, pair="KO/PEP")
         assert all(r.status == "ok" and r.pair == "KO/PEP" for r in first)
         write_model(s.model_dir / "a.pt", seed=2)
@@ -111,7 +99,7 @@ async def _sha_changed(redis: Redis, old: str) -> bool:
 async def test_force_reload_via_control(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
     s = make_settings(tmp_path, redis_url=redis_url, watch_interval_s=3600)  # watcher effectively off
     write_model(s.model_dir / "a.pt", seed=1)
-    async with running(s):
+    async with serving(s):
         (before,) = await ask(real_redis)
         write_model(s.model_dir / "a.pt", seed=2)
         reply = await control(real_redis, cmd="reload")
@@ -123,7 +111,7 @@ async def test_force_reload_via_control(tmp_path: Path, real_redis: Redis, redis
 async def test_batch_shape_validation(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
     s = make_settings(tmp_path, redis_url=redis_url)
     write_model(s.model_dir / "a.pt")
-    async with running(s):
+    async with serving(s):
         await real_redis.xadd("statpair:states", {"state": json.dumps(STATE[:27]), "id": "bad"})
         (ok,) = await ask(real_redis)
     out = [parse_result(f) for _, f in await real_redis.xrange("statpair:actions")]
@@ -136,7 +124,7 @@ async def test_batch_shape_validation(tmp_path: Path, real_redis: Redis, redis_u
 async def test_benchmark_and_status_via_control(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:
     s = make_settings(tmp_path, redis_url=redis_url)
     write_model(s.model_dir / "a.pt")
-    async with running(s):
+    async with serving(s):
         await ask(real_redis, 2)
         bench = await control(real_redis, cmd="benchmark", batch_sizes="1,32", iters="20", warmup="5")
         status = await control(real_redis, cmd="status")
@@ -151,7 +139,7 @@ async def test_jit_compile_via_env(
     monkeypatch.setenv("STAT_PAIR_RL_JIT", "1")
     s = make_settings(tmp_path, redis_url=redis_url, jit=Settings().jit)
     write_model(s.model_dir / "a.pt")
-    async with running(s):
+    async with serving(s):
         (r,) = await ask(real_redis)
     assert r.backend == "jit" and r.jit_compiled is True
 
@@ -163,7 +151,7 @@ async def test_explicit_model_path_env_override(
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "pinned.pt"))
     s = make_settings(tmp_path, redis_url=redis_url, model_path=Settings().model_path)
     write_model(s.model_dir / "newer.pt", seed=2)
-    async with running(s):
+    async with serving(s):
         (r,) = await ask(real_redis)
     assert r.model_path == str(tmp_path / "pinned.pt")
 
@@ -175,7 +163,7 @@ async def test_reply_to_and_trimming(tmp_path: Path, real_redis: Redis, redis_ur
     for _ in range(600):
         pipe.xadd("statpair:states", {"state": json.dumps(STATE), "reply_to": "statpair:actions:me"})
     await pipe.execute()
-    async with running(s):
+    async with serving(s):
         await wait_for(lambda: _drained(real_redis), what="600 entries answered")
     # MAXLEN ~ trims whole macro-nodes (100 entries by default), so "about" 10.
     assert 10 <= await real_redis.xlen("statpair:actions:me") < 300
@@ -237,7 +225,7 @@ async def test_reply_to_that_is_not_a_stream_is_answered_elsewhere(
     await real_redis.xadd(
         "statpair:states", {"state": json.dumps(STATE), "id": "lost?", "reply_to": "statpair:actions:oops"}
     )
-    async with running(s):
+    async with serving(s):
         (ok,) = await ask(real_redis)  # the batch after it is fine
     by_id = {parse_result(f).id: parse_result(f) for _, f in await real_redis.xrange("statpair:actions")}
     moved = by_id["lost?"]
