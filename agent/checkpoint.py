@@ -18,11 +18,10 @@ from typing import Any
 import torch
 
 from agent.actor import LOG_STD_MAX, LOG_STD_MIN, SACActor
-from agent.contract import CHECKPOINT_KEY, ContractError, PairContract
+from agent.contract import CHECKPOINT_KEY, MAX_CHECKPOINT_BYTES, ContractError, PairContract
 
 FORMAT = "statpair.sac_actor"
 VERSION = 2  # 2: carries the pair contract (feature set 2); 1 had neither
-MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024
 
 
 class CheckpointError(Exception):

@@ -276,6 +276,8 @@ def read_checkpoint_contract(
             names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
             if len(names) != 1:
                 raise ContractError(f"{path}: not a torch checkpoint archive (no single data.pkl)")
+            if archive.getinfo(names[0]).file_size > max_bytes:  # unpacked, not as stored
+                raise ContractError(f"{path}: its payload unpacks to over {max_bytes} bytes")
             raw = archive.read(names[0])
     except (OSError, zipfile.BadZipFile) as exc:
         raise ContractError(f"{path}: cannot read the checkpoint ({exc})") from None

@@ -26,3 +26,25 @@ def positive_floats(text: str) -> list[float]:
     if not values or not all(v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive numbers")
     return values
+
+
+def positive_int(text: str) -> int:
+    """One positive whole number: a count."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """One positive number: a duration."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value

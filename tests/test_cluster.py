@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from tests.conftest import write_model
+from tests.conftest import wait_for, write_model
 from tests.helpers import WorkerProcess
 from tests.servers import LocalRedisCluster
 from worker.client import ActionClient, NotReplicated
@@ -96,7 +96,14 @@ async def test_two_workers_serve_every_shard_one_killed_mid_run(
             first = await _send_pairs(client, 20)
             # SIGKILL one worker while states flow: what it held is reclaimed by the other.
             task = asyncio.create_task(_send_pairs(client, 20))
-            await asyncio.sleep(0.05)
+
+            async def second_batch_flowing() -> bool:
+                answered = 0
+                for reply in list(client._replies.values()):
+                    answered += await admin.xlen(reply.stream)
+                return answered > len(first) * 20 + 2 * len(PAIRS)
+
+            await wait_for(second_batch_flowing, timeout=60, what="the second batch to be answered")
             a.signal(signal.SIGKILL)
             second = await asyncio.wait_for(task, 120)
             # Exactly one result per state on the reply streams (read before close deletes them).

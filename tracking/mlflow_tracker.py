@@ -49,16 +49,26 @@ HTTP_DEFAULTS = {
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (the user name kept, even when empty)."""
+    """The URL with any password (``user:pass@`` or ``?password=``) replaced by ``***``
+    (the user name kept, even when empty). The worker keeps a twin
+    (worker.settings.mask_url): this package imports nothing of the project."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
+        password = parts.password
     except ValueError:  # e.g. an unclosed IPv6 bracket: show nothing rather than the secret
         return "<unparseable url>"
-    host = parts.netloc.rpartition("@")[2]  # host and port as written (IPv6 brackets kept)
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"  # host as written
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}" if sep else k
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # urlunsplit writes unix:///s.sock as unix:/s.sock: keep the form the user wrote
+    return masked.replace(":", "://", 1) if url.startswith(f"{parts.scheme}://") and not netloc else masked
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

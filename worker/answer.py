@@ -30,6 +30,7 @@ from worker.connection import Client
 from worker.model import ServedModel
 from worker.protocol import (
     OK_FIELDS,
+    Entries,
     Request,
     batch_tail,
     dead_letter_fields,
@@ -42,7 +43,6 @@ from worker.state import ServerState
 
 logger = logging.getLogger(__name__)
 
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
 # (entries by outcome: "ok" or an error code, infer seconds, batch latency seconds, queue_ms per entry)
 BatchObserver = Callable[[Counter[str], float, float, list[float]], None]
 
@@ -212,7 +212,7 @@ class Batch:
     ) -> int:
         """Queue an ok result in the current group (its entry is acknowledged with it);
         returns its index among all ok results."""
-        k = self._index.get(stream) or self._key(stream)
+        k = self._key(stream)
         self.oks[self._count_at] += 1
         if pair is None:
             self.oks += (k, cid, entry_id, action, discrete, queue_ms)
@@ -351,14 +351,21 @@ class Answerer:
         outcome = Counter[str](r.error or "internal" for _, r, _ in errors)
         if ok:
             outcome["ok"] = ok
+        # Published and acknowledged: nothing below may raise into the loop, which would
+        # answer the batch again.
         if failed:
             in_order = [i for served in out.served for i in served.where]  # as the script numbered them
             sent = [(j, reqs[i], queue[i]) for j, i in enumerate(in_order)] + errors
-            await self._answer_elsewhere(failed, sent, outcome)
-        self._count(outcome, dead, out.infer_s, latency, queue)
-        by_model = self.state.stats.by_model
-        for served in out.served:
-            by_model[self.state.models.route_key(served.model)] += len(served.where)
+            try:
+                await self._answer_elsewhere(failed, sent, outcome)
+            except Exception as exc:  # noqa: BLE001 - the entries are acknowledged already
+                logger.error(
+                    "%d answers re-routed to %s were lost: %s", len(failed), self.streams.results, exc
+                )
+        try:
+            self._count(outcome, dead, out, latency, queue)
+        except Exception:  # an observer (metrics) must not undo a publish
+            logger.exception("counting a published batch failed")
         return ahead
 
     async def _publish(self, batch: Batch, ids: list[str], read_more: int) -> tuple[Entries, list[int]]:
@@ -408,12 +415,14 @@ class Answerer:
         await batch.run(self.state.redis, self.script, [])
 
     def _count(
-        self, outcome: Counter[str], dead: int, infer_s: float, latency: float, queue: list[float]
+        self, outcome: Counter[str], dead: int, out: Outcome, latency: float, queue: list[float]
     ) -> None:
         outcome = +outcome  # drop the codes that re-routing took to zero
         st = self.state.stats
         st.batches += 1
         st.results.update(outcome)
         st.dead_lettered += dead
+        for served in out.served:
+            st.by_model[self.state.models.route_key(served.model)] += len(served.where)
         for observe in self.observers:
-            observe(outcome, infer_s, latency, queue)
+            observe(outcome, out.infer_s, latency, queue)

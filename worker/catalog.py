@@ -97,6 +97,18 @@ class Catalog:
         return model.contract.pair or DEFAULT
 
     @property
+    def primary(self) -> ServedModel | None:
+        """The model that speaks for the worker (heartbeat, /readyz, metrics' model
+        info): the default, else (a worker of per-pair models only) the first pair's."""
+        if self.default.current is not None:
+            return self.default.current
+        return next(iter(self._routes.values()), None)
+
+    @property
+    def has_challengers(self) -> bool:
+        return bool(self._challengers) or self._challenger_all is not None
+
+    @property
     def any_loaded(self) -> bool:
         """Whether this worker answers some pair (a model-less worker defers to peers)."""
         return self.default.current is not None or bool(self._routes)
@@ -128,7 +140,7 @@ class Catalog:
         for role, _, uris in places:
             for uri in (u.strip() for u in uris.split(",")):
                 if uri:
-                    wanted[f"{role}:{uri}"] = (role, _registry_manager(uri, self.s))
+                    wanted[f"{role}:{uri}"] = (role, _registry_manager(uri, self.s, role))
         for name in [n for n in self.slots if n != DEFAULT and n not in wanted]:
             logger.info("model %s is gone: no longer served", name)
             del self.slots[name]
@@ -238,6 +250,8 @@ class Catalog:
                     "slot": name,
                     "role": slot.role,
                     "pair": None if m is None else m.contract.pair,
+                    # what its answers are counted under (statpair_pair_answers_total{pair})
+                    "route": None if m is None or slot.role != "champion" else self.route_key(m),
                     "serves": _serves(name, slot, m),
                     "path": None if m is None else m.path,
                     "sha256": None if m is None else m.sha256,
@@ -271,10 +285,15 @@ def _folder_manager(folder: Path, jit: bool) -> Callable[[], ModelManager]:
     return lambda: ModelManager(None, folder, jit, source=FolderSource(None, folder))
 
 
-def _registry_manager(uri: str, s: Settings) -> Callable[[], ModelManager]:
+def _registry_manager(uri: str, s: Settings, role: Role) -> Callable[[], ModelManager]:
+    # A challenger's downloads apart: it may be another alias of the default's model name
+    # (models:/statpair-policy@challenger), whose cache a cold start would read from.
+    cache = s.model_cache_dir / "challengers" if role == "challenger" else s.model_cache_dir
+
     def make() -> ModelManager:
         from worker.registry_source import RegistrySource  # only with a registry URI: imports mlflow
 
-        return ModelManager(None, s.model_dir, s.jit, source=RegistrySource.from_settings(s, uri=uri))
+        source = RegistrySource.from_settings(s, uri=uri, cache_dir=cache)
+        return ModelManager(None, s.model_dir, s.jit, source=source)
 
     return make

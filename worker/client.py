@@ -228,17 +228,23 @@ class ActionClient:
         await self._discover()
         pairs = list(pairs) if pairs is not None else [None] * len(states)
         contracts = list(contracts) if contracts is not None else [None] * len(states)
+        if not len(states) == len(pairs) == len(contracts):
+            raise ValueError(
+                f"{len(states)} states, {len(pairs)} pairs and {len(contracts)} contracts differ"
+            )
         shards = [shard_of(p, self.shards) for p in pairs]
         waiter = _Waiter(len(shards))
-        registered = [self._register(shard, waiter, i) for i, shard in enumerate(shards)]
-        by_shard: dict[int, list[dict[FieldT, EncodableT]]] = {}
-        for cid, state, pair, contract, shard in zip(
-            registered, states, pairs, contracts, shards, strict=True
-        ):
-            by_shard.setdefault(shard, []).append(
-                self._fields(state, pair, cid, contract, self._reply(shard))
-            )
+        registered: list[str] = []
         try:
+            by_shard: dict[int, list[dict[FieldT, EncodableT]]] = {}
+            for i, (state, pair, contract, shard) in enumerate(
+                zip(states, pairs, contracts, shards, strict=True)
+            ):
+                cid = self._register(shard, waiter, i)
+                registered.append(cid)
+                by_shard.setdefault(shard, []).append(
+                    self._fields(state, pair, cid, contract, self._reply(shard))
+                )
             async with asyncio.timeout(self.timeout):
                 await asyncio.gather(*(self._send_many(shard, f) for shard, f in by_shard.items()))
                 results = await waiter.future if registered else []
@@ -294,7 +300,7 @@ class ActionClient:
 
     async def _read_replies(self, reply: _Replies) -> None:
         # Callers time out on their own; the reader retries until no one waits.
-        while self._waiting:
+        while self._waiting and not self._closed.is_set():
             resp = await retrying(
                 lambda: xread(self.redis, reply.stream, reply.last, 1000, self.block_ms),
                 self._closed,

@@ -55,9 +55,7 @@ def status(state: ServerState) -> dict[str, Any]:
         "models": [
             {
                 **row,
-                "answered": st.by_model.get(row["pair"] or "default", 0)
-                if row.get("role") == "champion"
-                else None,
+                "answered": None if row.get("route") is None else st.by_model.get(row["route"], 0),
             }
             for row in models.status()
         ],

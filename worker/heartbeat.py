@@ -35,8 +35,7 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
     """Write this worker's heartbeat hash once (and sample the group for metrics)."""
     s, key = state.settings, heartbeat_key(state)
     champions = state.models.champions()
-    # The default model, else (a worker of per-pair models only) the first pair's.
-    m = state.models.current or next(iter(champions.values()), None)
+    m = state.models.primary
     # The contracts first: whoever sees this worker's contract id in its heartbeat can
     # then fetch the contract itself. (Another key: on a cluster, maybe another node.)
     await publish_contracts(state)

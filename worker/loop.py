@@ -12,14 +12,14 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from worker.answer import Answerer, Entries, Outcome, Served
+from worker.answer import Answerer, Outcome, Served
 from worker.connection import xreadgroup
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
-from worker.protocol import GONE, Decoded, decode_batch
+from worker.protocol import GONE, Decoded, Entries, decode_batch
 from worker.recovery import Recovery, poison_requests, split_poison
 from worker.retry import TRANSIENT, Backoff, pause, retrying
-from worker.shadow import ShadowWork
+from worker.shadow import Shadow, ShadowWork
 from worker.shards import Streams
 from worker.state import ServerState
 
@@ -258,14 +258,19 @@ class Worker:
         out = Outcome(entries, dec.reqs, now_ms, t_read)
         infer(out, dec, models.any_loaded)
         ahead = await self.answerer.answer(out, read_more)
-        shadow = self.state.shadow
-        if shadow is not None:  # after the answers are out, never before
-            for served in out.served:
-                pairs = [out.reqs[i].pair for i in served.where]
-                if any(shadow.challenger_for(p) is not None for p in set(pairs)):
-                    ids = [out.reqs[i].entry_id for i in served.where]
-                    shadow.offer(ShadowWork(pairs, ids, served.rows, served.actions, served.model))
+        if self.state.shadow is not None and models.has_challengers:  # after the answers, never before
+            try:
+                self._offer_shadow(self.state.shadow, out)
+            except Exception:
+                logger.exception("offering a batch to the challenger failed")
         return ahead
+
+    def _offer_shadow(self, shadow: Shadow, out: Outcome) -> None:
+        for served in out.served:
+            pairs = [out.reqs[i].pair for i in served.where]
+            if any(shadow.challenger_for(p) is not None for p in set(pairs)):
+                ids = [out.reqs[i].entry_id for i in served.where]
+                shadow.offer(ShadowWork(pairs, ids, served.rows, served.actions, served.model))
 
 
 def _newer(a: bytes, b: bytes) -> bool:

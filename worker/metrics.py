@@ -128,7 +128,7 @@ class Metrics:
         self.batch_size.observe(len(queue_ms))
 
     def on_model(self, models: Catalog) -> None:
-        m = models.current
+        m = models.primary
         self._inc(self.reloads, "reloads", models.reloads)
         self._inc(self.reload_failures, "failures", models.reload_failures)
         self.model_loaded.set(1 if m else 0)
@@ -243,7 +243,7 @@ def serve_http(host: str, port: int, metrics: Metrics, state: ServerState) -> Th
             if path == "/healthz":
                 ok, text = state.redis_up, "ok" if state.redis_up else "redis unreachable"
             else:
-                m = state.models.current
+                m = state.models.primary
                 ok, text = m is not None, f"serving {m.sha256} ({m.backend})" if m else "no model loaded"
             start_response(
                 "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]

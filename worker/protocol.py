@@ -73,6 +73,9 @@ def _text(value: bytes, name: str, limit: int) -> str:
     return text
 
 
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+"""A read: entry ids and their fields, as redis-py returns them."""
+
 # The fields of an entry whose payload is gone (XDEL'ed or trimmed while still
 # pending). Compared by identity, so no field set a client sends can look like it.
 GONE: dict[bytes, bytes] = {}

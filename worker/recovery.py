@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from worker.protocol import GONE, Limits, Request, decode_entry
+from worker.protocol import GONE, Entries, Limits, Request, decode_entry
 from worker.shards import Streams
 from worker.state import ServerState
 
@@ -26,8 +26,6 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
 end
 return -1
 """
-
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 class Recovery:

@@ -86,7 +86,9 @@ class RegistrySource:
         self._said: str | None = None  # the last once-only message, so it is not repeated
 
     @classmethod
-    def from_settings(cls, s: Settings, uri: str | None = None) -> RegistrySource:
+    def from_settings(
+        cls, s: Settings, uri: str | None = None, cache_dir: Path | None = None
+    ) -> RegistrySource:
         """The registry source of MODEL_URI, or of ``uri`` (a per-pair model, a challenger)."""
         if importlib.util.find_spec("mlflow") is None:
             raise ConfigError("MODEL_URI needs MLflow's client: pip install mlflow-skinny (or mlflow)")
@@ -98,7 +100,7 @@ class RegistrySource:
         return cls(
             parse_uri(uri),
             s.mlflow_tracking_uri,
-            s.model_cache_dir,
+            cache_dir or s.model_cache_dir,
             poll_s=s.registry_poll_s,
             timeout_s=s.registry_timeout_s,
             download_timeout_s=s.registry_download_timeout_s,

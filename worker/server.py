@@ -11,7 +11,8 @@ import errno
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import torch
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -73,6 +74,7 @@ class Server:
         self._http: ThreadingWSGIServer | None = None
         self._background: list[asyncio.Task[None]] = []
         self._signals: list[int] = []
+        self._one_offs: set[asyncio.Future[object]] = set()
 
     async def serve(self) -> ServerState:
         """Run until stopped (or the bounded mode ends); the state holds the counters."""
@@ -136,8 +138,20 @@ class Server:
 
     def _advertise(self, _models: Catalog) -> None:
         """After a swap, publish the new model (heartbeat, contract) now, not at the next beat."""
-        task = asyncio.ensure_future(beat(self.state, self.metrics))
-        task.add_done_callback(_quiet)
+        self._one_off(beat(self.state, self.metrics), "publishing the new model")
+
+    def _one_off(self, work: Coroutine[Any, Any, object], what: str) -> None:
+        """A task nobody awaits: held until done (so it is not collected mid-run), its
+        failure logged (the periodic heartbeat, or the next watch, does it again)."""
+        task = asyncio.ensure_future(work)
+        self._one_offs.add(task)
+
+        def done(t: asyncio.Future[object]) -> None:
+            self._one_offs.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                logger.warning("%s failed: %s", what, t.exception())
+
+        task.add_done_callback(done)
 
     def _install_signals(self) -> None:
         loop, stop, models = asyncio.get_running_loop(), self.state.stop, self.state.models
@@ -157,7 +171,9 @@ class Server:
                 loop.add_signal_handler(sig, stopper(sig))
                 self._signals.append(sig)
         with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(models.check(force=True)))
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: self._one_off(models.check(force=True), "SIGHUP reload")
+            )
             self._signals.append(signal.SIGHUP)
 
     def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -247,12 +263,6 @@ class Server:
                 await worker.recovery.forget(self.settings.consumer)
         except (RedisError, OSError) as exc:
             logger.info("left the group as it was (%s)", exc)
-
-
-def _quiet(task: asyncio.Future[None]) -> None:
-    """A one-off beat that failed: the periodic heartbeat publishes it again soon."""
-    if not task.cancelled() and task.exception() is not None:
-        logger.debug("publishing the new model failed: %s", task.exception())
 
 
 async def serve(

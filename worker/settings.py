@@ -207,7 +207,7 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
     log_level: str = Field("INFO", description="Logging level.")
 
-    @field_validator("jit", mode="before")
+    @field_validator("jit", "redis_cluster", mode="before")
     @classmethod
     def _boolean(cls, value: object) -> object:
         if isinstance(value, str):
@@ -218,11 +218,6 @@ class Settings(BaseSettings):
                 return False
             raise ValueError(f"must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}")
         return value
-
-    @field_validator("redis_cluster", mode="before")
-    @classmethod
-    def _cluster_boolean(cls, value: object) -> object:
-        return cls._boolean(value)
 
     @field_validator("serve_shards")
     @classmethod
@@ -335,18 +330,26 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and status)."""
+    """The URL with any password (``user:pass@`` or ``?password=``) replaced by ``***``,
+    for logs, status and errors. (tracking/ keeps a twin: it imports nothing of the
+    project, and the worker imports nothing of the tracker.)"""
     try:
         parts = urlsplit(url)
-    except ValueError:
+        password = parts.password
+    except ValueError:  # e.g. an unclosed IPv6 bracket: show nothing rather than the secret
         return "<unparseable url>"
-    if parts.password is None:
+    netloc = parts.netloc
+    if password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"  # host as written
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}" if sep else k
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # urlunsplit writes unix:///s.sock as unix:/s.sock: keep the form the user wrote
+    return masked.replace(":", "://", 1) if url.startswith(f"{parts.scheme}://") and not netloc else masked
 
 
 def describe(exc: ValidationError) -> str:

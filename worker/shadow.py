@@ -32,7 +32,6 @@ class Divergence:
     """How a challenger's actions differ from the champion's on one pair."""
 
     dead_band: float
-    window: int = WINDOW
     n: int = 0
     disagree: int = 0
     sum_abs: float = 0.0
@@ -42,7 +41,7 @@ class Divergence:
     sxx: float = 0.0
     syy: float = 0.0
     sxy: float = 0.0
-    recent: deque[tuple[float, float]] = field(default_factory=deque)  # (champion, challenger)
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=WINDOW))  # (ours, theirs)
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # per batch
     dropped: int = 0
     incomparable: int = 0  # states not scored: the challenger has another contract
@@ -66,8 +65,6 @@ class Divergence:
         self.syy += float((y * y).sum())
         self.sxy += float((x * y).sum())
         self.recent.extend(zip(x.tolist(), y.tolist(), strict=True))
-        while len(self.recent) > self.window:
-            self.recent.popleft()
 
     def figures(self) -> dict[str, Any]:
         """All-time and sliding-window figures (None where there is nothing yet)."""

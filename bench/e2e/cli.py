@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.argtypes import positive_floats, positive_ints
+from bench.argtypes import positive_float, positive_floats, positive_int, positive_ints
 from bench.e2e.cluster_cli import add_cluster_arguments, check_cluster_arguments, run_cluster
 from bench.e2e.floor import NO_FLOOR, floor
 from bench.e2e.lanes import pair_labels
@@ -35,14 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rates", type=positive_floats, default=None, help="a sweep of offered rates, comma-separated"
     )
-    p.add_argument("--count", type=int, default=None, help="states sent as fast as possible")
+    p.add_argument("--count", type=positive_int, default=None, help="states sent as fast as possible")
     p.add_argument(
         "--drain",
         action="store_true",
         help="queue --count states first, then time the workers emptying the queue",
     )
-    p.add_argument("--duration", type=float, default=10.0, help="seconds at a fixed rate (default 10)")
-    p.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
+    p.add_argument(
+        "--duration", type=positive_float, default=10.0, help="seconds at a fixed rate (default 10)"
+    )
+    p.add_argument("--producers", type=positive_int, default=1, help="producer processes (default 1)")
     p.add_argument(
         "--idle-spin-ms",
         type=float,
@@ -64,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pairs",
-        type=int,
+        type=positive_int,
         default=None,
         help="saturation and drain with one model, then with this many pair models (one per pair, "
         "the states spread evenly over them), in one run",
@@ -134,6 +136,22 @@ def main(args: argparse.Namespace) -> int:
     problem = check_cluster_arguments(args)
     if problem is None and args.cluster is None and args.workers and len(args.workers) > 1:
         problem = f"--workers {','.join(map(str, args.workers))}: one count without --cluster"
+    if problem is None and args.pairs is not None:
+        others = [
+            f
+            for f, v in (
+                ("--cluster", args.cluster),
+                ("--rate", args.rate),
+                ("--rates", args.rates),
+                ("--drain", args.drain or None),
+                ("--workers", args.workers),
+            )
+            if v is not None
+        ]
+        if others:
+            problem = "--pairs runs its own scenarios (one worker, saturation and drain): " + (
+                f"not with {', '.join(others)}"
+            )
     if problem:
         print(f"python -m bench e2e: error: {problem}", file=sys.stderr)
         return 2

@@ -22,7 +22,15 @@ from worker.settings import env_name
 READY_SECONDS = 120  # loading and scripting the model, on a busy machine
 
 # Inherited settings that would pick another model than the benchmark's.
-_MODEL_SOURCE = ("model_path", "model_dir", "jit")
+_MODEL_SOURCE = (
+    "model_path",
+    "model_dir",
+    "model_uri",
+    "pair_model_uris",
+    "challenger_uris",
+    "mlflow_tracking_uri",
+    "jit",
+)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from tracking.mlflow_tracker import mask_url
 from tracking.registry.client import Registry, guard
 from tracking.registry.refs import (
     TAG_CONTRACT,
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         if args.json:
             print(json.dumps([v.as_json() for v in versions], indent=2))
             return 0
-        print(f"{args.name} at {registry.tracking_uri}: {len(versions)} versions")
+        print(f"{args.name} at {mask_url(registry.tracking_uri)}: {len(versions)} versions")
         print(table(versions))
         for alias in sorted({a for v in versions for a in v.aliases}):
             history = registry.history(args.name, alias)
