@@ -9,6 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.extras import require
+
+require(__name__, "python -m agent.ensemble", "train", ("torch",))
+# Only once the extra is known to be there: the imports below need it.
 import torch
 
 from agent.actor import SACActor

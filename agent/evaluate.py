@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.extras import require
+
+require(__name__, "python -m agent.evaluate", "train", ("torch",))
+# Only once the extra is known to be there: the imports below need it.
 from agent.baselines import Policy, RuleParams, flat, zscore_rule
 from agent.contract import ContractError, CsvData, PairContract, SyntheticData
 from agent.data import PriceDataError

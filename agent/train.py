@@ -16,6 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.extras import require
+
+require(__name__, "python -m agent.train", "train", ("torch", "tqdm"))
+# Only once the extra is known to be there: the imports below need it.
 import numpy as np
 import torch
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -141,8 +143,21 @@ def test_the_worker_without_its_extra_says_which() -> None:
     out = _run_without_extras("import runpy; runpy.run_module('worker', run_name='__main__')")
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        "python -m worker needs the worker extra: pip install 'statpair[worker]' "
-        "(missing: torch, pydantic_settings, prometheus_client)"
+        "python -m worker needs the worker extra: pip install torch==2.13.0 (the CPU build) first, "
+        "then pip install 'statpair[worker]' (missing: torch, pydantic_settings, prometheus_client)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [("agent.train", "torch, tqdm"), ("agent.evaluate", "torch"), ("agent.ensemble", "torch")],
+)
+def test_the_trainer_without_its_extra_says_which(command: str, missing: str) -> None:
+    out = _run_without_extras(f"import runpy; runpy.run_module({command!r}, run_name='__main__')")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"python -m {command} needs the train extra: pip install torch==2.13.0 (the CPU build) first, "
+        f"then pip install 'statpair[train]' (missing: {missing})"
     )
 
 
