@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent / "pairdata"
+MIN_FOLD_ROWS = 1000  # about four years of days: enough for a training, a validation and a test window
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,34 @@ def path(name: str) -> Path:
     return pair.path
 
 
-def export(name: str, out: Path) -> Path:
-    """Copy pair ``name``'s file to ``out`` (a folder takes the file's own name)."""
+def fold_rows(rows: int, fold: int, train_fraction: float = 0.7) -> int:
+    """The rows of expanding-window fold ``fold`` of a file of ``rows`` rows: fold 0 is the whole
+    file, fold k the first ``int(r * train_fraction)`` rows of fold k−1's ``r``. The trainer
+    holds out the last ``1 − train_fraction`` of the rows it is given, so fold k's test window
+    ends exactly where fold k−1's begins: the folds' test windows are contiguous and disjoint."""
+    if fold < 0:
+        raise PairError(f"a fold is 0 (the whole file) or more, got {fold}")
+    if not 0.0 < train_fraction < 1.0:
+        raise PairError(f"the train fraction must be in (0, 1), got {train_fraction}")
+    for _ in range(fold):
+        rows = int(rows * train_fraction)
+    return rows
+
+
+def export(name: str, out: Path, fold: int = 0, train_fraction: float = 0.7) -> Path:
+    """Write pair ``name``'s file to ``out`` (a folder takes the file's own name, ``NAME-foldK.csv``
+    for fold K > 0): the header and the first ``fold_rows`` rows, byte for byte."""
     src = path(name)
-    dest = out / src.name if out.is_dir() else out
-    shutil.copyfile(src, dest)
+    lines = src.read_bytes().splitlines(keepends=True)
+    keep = fold_rows(len(lines) - 1, fold, train_fraction)
+    if keep < MIN_FOLD_ROWS:
+        raise PairError(
+            f"fold {fold} of {name} would keep {keep} rows: at least {MIN_FOLD_ROWS} are needed "
+            "to train, validate and test on"
+        )
+    file = src.name if fold == 0 else f"{src.stem}-fold{fold}{src.suffix}"
+    dest = out / file if out.is_dir() else out
+    dest.write_bytes(b"".join(lines[: keep + 1]))
     return dest
 
 
@@ -111,6 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument(
         "--out", type=Path, default=Path("."), help="a file or folder (default: the current folder)"
     )
+    ex.add_argument(
+        "--fold",
+        type=int,
+        default=0,
+        metavar="K",
+        help="expanding-window fold K: 0 the whole file; K the first rows of fold K-1 up to its "
+        "test window, so that each fold's test window (the trainer's held-out last 30%%) is the "
+        "stretch just before fold K-1's (default 0)",
+    )
+    ex.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.7,
+        metavar="F",
+        help="the --train-fraction the folds will be trained with (default 0.7, the trainer's)",
+    )
     args = p.parse_args(argv)
     try:
         if args.command == "list":
@@ -119,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{pair.name:<13} {pair.legs[0] + '/' + pair.legs[1]:<13} {rows} rows  {pair.why}")
                 print(f"{'':<13} source: {pair.source}; licence: {pair.licence}")
         else:
-            print(export(args.name, args.out))
+            print(export(args.name, args.out, args.fold, args.train_fraction))
     except PairError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -89,6 +89,24 @@ class Report:
             },
             "scores": {f.name: f.as_dict() for f in self.rows},
             "sharpe_difference_policy_minus_tuned_rule": self.difference.as_dict(),
+            "daily": self.daily(),
+        }
+
+    def daily(self) -> dict[str, Any]:
+        """Each policy's step-by-step walk over the test window (net PnL, position change, position
+        held): what ``agent.wftable`` joins across expanding-window folds."""
+        first = next(iter(self.traces.values()))
+        return {
+            "rows": [int(first.rows[0]), int(first.rows[-1]) + 1],
+            "dates": list(first.dates) if first.dates is not None else None,
+            "series": {
+                name: {
+                    "pnl": t.pnl.tolist(),
+                    "turnover": t.turnover.tolist(),
+                    "position": t.positions.tolist(),
+                }
+                for name, t in self.traces.items()
+            },
         }
 
 

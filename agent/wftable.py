@@ -1,16 +1,24 @@
 """``python -m agent.wftable FILE.json …``: the walk-forward tables of docs/policy.md from the
-``agent.evaluate --json`` files of several models: per pair, the policy's figures as mean ± sd
-over its seeds (an ensemble on its own row), the rules and flat, and the issue's target checks."""
+``agent.evaluate --json`` files of several models: per pair and test window, the policy's figures
+as mean ± sd over its seeds (an ensemble on its own row), the rules and flat, and the issue's
+target checks; and, for a pair evaluated on several expanding-window folds
+(``agent.pairs export --fold``), the folds' test windows joined into one out-of-sample walk."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from agent.scoring import scores
+from agent.walkforward import IN_MARKET, sharpe_difference
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("sharpe", "Sharpe", 2),
@@ -20,6 +28,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("in_market", "in market", 2),
 )
 BASELINES = ("rule (tuned)", "rule (fixed)", "flat")
+POLICY, TUNED = "policy", "rule (tuned)"
 
 
 def _cell(values: list[float], digits: int) -> str:
@@ -80,24 +89,98 @@ def table(pair: str, docs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _joined(series: list[dict[str, list[float]]]) -> dict[str, float]:
+    """The figures of one policy over several test windows walked one after the other."""
+    pnl = np.concatenate([np.asarray(s["pnl"], dtype=np.float64) for s in series])
+    turnover = np.concatenate([np.asarray(s["turnover"], dtype=np.float64) for s in series])
+    position = np.concatenate([np.asarray(s["position"], dtype=np.float64) for s in series])
+    out: dict[str, float] = dict(scores(pnl[None, :], turnover[None, :]).as_dict())
+    out["in_market"] = float(np.mean(np.abs(position) > IN_MARKET))
+    return out
+
+
+def _pnl(series: list[dict[str, list[float]]]) -> np.ndarray:
+    return np.concatenate([np.asarray(s["pnl"], dtype=np.float64) for s in series])
+
+
+def joined_table(pair: str, folds: list[list[dict[str, Any]]]) -> list[str]:
+    """One pair's expanding-window folds (each a list of its models' evaluate JSON, the folds in
+    time order) joined: each seed's test windows walked one after the other, each window with the
+    rule tuned before it. Only seeds evaluated on every fold count."""
+    firsts = [docs[0] for docs in folds]
+    for a, b in itertools.pairwise(firsts):
+        if a["daily"]["dates"] and b["daily"]["dates"] and a["daily"]["dates"][-1] >= b["daily"]["dates"][0]:
+            raise ValueError(f"{pair}: the folds' test windows overlap ({a['model']}, {b['model']})")
+    by_seed = [{d.get("seed"): d for d in docs if not d.get("ensemble")} for docs in folds]
+    seeds = sorted(set.intersection(*(set(m) for m in by_seed)) - {None})
+    spans = ", ".join(f"{d['split']['test_dates'][0]} … {d['split']['test_dates'][1]}" for d in firsts)
+    rows = sum(len(d["daily"]["series"][POLICY]["pnl"]) for d in firsts)
+    lines = [
+        f"**{pair}, {len(folds)} folds joined**: test windows {spans} ({rows} steps)",
+        "",
+        "| | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    policy = [_joined([m[s]["daily"]["series"][POLICY] for m in by_seed]) for s in seeds]
+    if seeds:
+        cells = [_cell([p[c] for p in policy], n) for c, _, n in COLUMNS]
+        lines.append(
+            f"| policy ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}) | " + " | ".join(cells) + " |"
+        )
+    base = {name: _joined([d["daily"]["series"][name] for d in firsts]) for name in BASELINES}
+    for name in BASELINES:
+        lines.append(f"| {name} | " + " | ".join(f"{base[name][c]:.{n}f}" for c, _, n in COLUMNS) + " |")
+    lines.append("")
+    tuned = _pnl([d["daily"]["series"][TUNED] for d in firsts])
+    for s in seeds:
+        diff = sharpe_difference(_pnl([m[s]["daily"]["series"][POLICY] for m in by_seed]), tuned)
+        lines.append(
+            f"- seed {s}: Sharpe − tuned rule {diff.value:+.2f}, 95% interval "
+            f"[{diff.low:+.2f}, {diff.high:+.2f}] (s.e. {diff.se:.2f})"
+        )
+    if seeds:
+        mean = statistics.mean(p["sharpe"] for p in policy)
+        rule = base[TUNED]
+        turnover = statistics.mean(p["turnover"] for p in policy)
+        ratio = turnover / rule["turnover"] if rule["turnover"] > 0 else float("inf")
+        lines += [
+            "",
+            f"Joined: Sharpe ≥ tuned rule's {'yes' if mean >= rule['sharpe'] else 'no'} "
+            f"({mean:.2f} vs {rule['sharpe']:.2f}); Sharpe > 0 {'yes' if mean > 0 else 'no'}; "
+            f"turnover ≤ 3× the tuned rule's {'yes' if ratio <= 3 else 'no'} ({ratio:.1f}×)",
+        ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agent.wftable", description=__doc__)
     p.add_argument("files", type=Path, nargs="+", help="JSON files written by agent.evaluate --json")
     args = p.parse_args(argv)
-    pairs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    # pair -> test window's first date -> that window's models
+    pairs: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for path in args.files:
         try:
             doc = json.loads(path.read_text())
-            pairs["/".join(doc["data"]["columns"])].append(doc)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            doc.setdefault("model", str(path))
+            pairs["/".join(doc["data"]["columns"])][doc["split"]["test_dates"][0]].append(doc)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             print(
                 f"error: {path}: not an agent.evaluate --json file of a price-file model ({exc})",
                 file=sys.stderr,
             )
             return 2
-    for pair, docs in pairs.items():
-        print("\n".join(table(pair, docs)))
-        print()
+    for pair, windows in pairs.items():
+        for start in sorted(windows):
+            print("\n".join(table(pair, windows[start])))
+            print()
+        if len(windows) > 1:
+            folds = [windows[start] for start in sorted(windows)]
+            try:
+                print("\n".join(joined_table(pair, folds)))
+            except (ValueError, KeyError, TypeError) as exc:
+                print(f"error: {exc} (the daily walks of agent.evaluate --json are needed)", file=sys.stderr)
+                return 2
+            print()
     return 0
 
 

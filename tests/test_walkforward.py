@@ -123,6 +123,13 @@ def test_evaluate_prints_the_walk_forward_table_and_writes_json_and_a_plot(
     assert set(doc["scores"]) == {"policy", "rule (tuned)", "rule (fixed)", "flat"}
     assert doc["scores"]["flat"]["sharpe"] == 0 and doc["scores"]["flat"]["in_market"] == 0
     assert doc["tuned_rule"]["tuning_rows"] == [WARMUP, 351]
+    # the daily walks, joined across folds by agent.wftable: one value a step, adding up to the figures
+    daily = doc["daily"]
+    assert daily["rows"] == [351, 501] and len(daily["dates"]) == 150 and daily["dates"][0] == "2018-05-25"
+    for name, walk in daily["series"].items():
+        assert len(walk["pnl"]) == len(walk["turnover"]) == len(walk["position"]) == 150
+        assert sum(walk["pnl"]) == pytest.approx(doc["scores"][name]["total_return"], abs=1e-12)
+        assert sum(walk["turnover"]) / 150 == pytest.approx(doc["scores"][name]["turnover"], abs=1e-12)
     diff = doc["sharpe_difference_policy_minus_tuned_rule"]
     assert diff["low"] <= diff["value"] <= diff["high"]
     png = (tmp_path / "wf.png").read_bytes()

@@ -53,3 +53,31 @@ def test_an_altered_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         pairs.path("ko_pep")
     with pytest.raises(pairs.PairError, match="cannot read the shipped file"):
         pairs.path("xom_cvx")
+
+
+@pytest.mark.parametrize("name", ["xom_cvx", "sp500_nasdaq"])
+def test_expanding_folds_have_contiguous_disjoint_test_windows(name: str, tmp_path: Path) -> None:
+    whole = pairs.path(name).read_bytes()
+    files = [pairs.export(name, tmp_path, fold) for fold in range(3)]
+    assert [f.name for f in files] == [f"{name}.csv", f"{name}-fold1.csv", f"{name}-fold2.csv"]
+    held = []
+    for fold, file in enumerate(files):
+        raw = file.read_bytes()
+        assert whole.startswith(raw) and raw.endswith(b"\n")  # the first rows, byte for byte
+        table = load_prices(file)
+        assert len(table) == pairs.fold_rows(len(load_prices(files[0])), fold)
+        held.append(PairData.from_csv(file).held_out)
+    # fold k's test window ends exactly where fold k-1's begins: one walk over the three, no row twice
+    assert held[2][1] == held[1][0] and held[1][1] == held[0][0]
+    assert held[0][1] == len(load_prices(files[0]))
+
+
+def test_a_fold_too_short_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert pairs.main(["export", "ko_pep", "--out", str(tmp_path), "--fold", "9"]) == 2
+    assert capsys.readouterr().err == (
+        "error: fold 9 of ko_pep would keep 232 rows: "
+        "at least 1000 are needed to train, validate and test on\n"
+    )
+    assert pairs.main(["export", "ko_pep", "--out", str(tmp_path), "--fold", "-1"]) == 2
+    assert "a fold is 0 (the whole file) or more, got -1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
