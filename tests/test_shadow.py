@@ -50,7 +50,7 @@ async def test_divergence_equals_a_direct_computation() -> None:
     shadow = Shadow(lambda pair: chall if pair == "A/B" else None, 1.0, 0.1, 8)  # type: ignore[arg-type, return-value]
     works = [_work(50, champ, ["A/B", "C/D"], seed=s) for s in range(4)]
     for w in works:
-        await shadow.score(w)
+        shadow.score(w)
     rows = np.concatenate([w.rows[[p == "A/B" for p in w.pairs]] for w in works])
     x, y = champ.infer(rows).astype(np.float64), chall.infer(rows).astype(np.float64)
     side = lambda a: np.where(a > 0.1, 1, np.where(a < -0.1, -1, 0))  # noqa: E731
@@ -70,9 +70,50 @@ async def test_divergence_equals_a_direct_computation() -> None:
 async def test_a_challenger_of_another_contract_is_not_scored() -> None:
     champ, other = Linear(np.ones(28) * 0.01, "aaa"), Linear(np.ones(28) * 0.02, "bbb", contract_id="c2")
     shadow = Shadow(lambda pair: other, 1.0, 0.1, 8)  # type: ignore[arg-type, return-value]
-    await shadow.score(_work(10, champ, ["A/B"]))
+    shadow.score(_work(10, champ, ["A/B"]))
     figures = shadow.status()["pairs"]["*"]  # a challenger for every pair
     assert figures["states"] == 0 and figures["incomparable"] == 10
+
+
+async def test_a_challenger_for_every_pair_keeps_naming_the_champion_it_is_scored_against() -> None:
+    default, xom = Linear(np.ones(28) * 0.01, "default"), Linear(np.ones(28) * 0.03, "xom", contract_id="c2")
+    chall = Linear(np.ones(28) * 0.02, "chall")  # contract c1, like the default: no pair of its own
+    shadow = Shadow(lambda pair: chall, 1.0, 0.1, 1)  # type: ignore[arg-type, return-value]
+    shadow.score(_work(4, default, ["GLD/SLV"]))
+    shadow.score(_work(3, xom, ["XOM/CVX"]))  # built for another contract: not scored
+    figures = shadow.status()["pairs"]["*"]
+    assert (figures["champion"], figures["states"], figures["incomparable"]) == ("default", 4, 3)
+    # offered: the XOM states are counted incomparable and never queued, so never "dropped"
+    shadow.offer(_work(5, xom, ["XOM/CVX"]))
+    assert shadow.queue.qsize() == 0 and shadow.dropped == 0
+    shadow.offer(_work(2, default, ["GLD/SLV"]))  # fills the queue of one
+    shadow.offer(_work(6, default, ["GLD/SLV", "XOM/CVX"]))  # mixed: 6 states of the default's
+    figures = shadow.status()["pairs"]["*"]
+    assert (figures["dropped"], figures["incomparable"], shadow.dropped) == (6, 8, 6)
+
+
+async def test_one_stream_write_per_drain() -> None:
+    champ, chall = Linear(np.ones(28) * 0.01, "aaa"), Linear(np.ones(28) * 0.02, "bbb")
+    writes: list[list[dict[str, str]]] = []
+
+    async def record(records: list[dict[str, str]]) -> None:
+        writes.append(records)
+
+    shadow = Shadow(lambda pair: chall, 1.0, 0.1, 8, record=record)  # type: ignore[arg-type, return-value]
+    works = [_work(10, champ, ["A/B"], seed=s) for s in range(5)]
+    for w in works:
+        shadow.offer(w)
+    stop = asyncio.Event()
+    task = asyncio.create_task(shadow.run(stop))
+    await wait_for(
+        lambda: shadow.status()["pairs"].get("*", {}).get("states") == 50, what="the five groups scored"
+    )
+    stop.set()
+    await task
+    assert len(writes) == 1 and [r["entry_id"] for r in writes[0]] == [i for w in works for i in w.entry_ids]
+    first = writes[0][0]
+    assert (first["champion"], first["challenger"], first["pair"]) == ("aaa", "bbb", "A/B")
+    assert float(first["champion_action"]) == pytest.approx(works[0].actions[0], abs=1e-9)
 
 
 async def test_sampling_and_shedding() -> None:

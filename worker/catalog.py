@@ -120,6 +120,13 @@ class Catalog:
             out[DEFAULT] = self.default.current
         return out
 
+    def challengers(self) -> list[ServedModel]:
+        """Every challenger loaded: one per pair that has its own, and the one for every pair."""
+        out = list(self._challengers.values())
+        if self._challenger_all is not None:
+            out.append(self._challenger_all)
+        return out
+
     # -- loading ---------------------------------------------------------------------------
 
     def _discover(self) -> None:

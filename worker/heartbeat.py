@@ -51,7 +51,8 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
             "model_version": (m.version or "") if m else "",
             "backend": m.backend if m else "",
             "contract": m.contract_id if m else "",
-            "models": str(len(champions)),
+            "models": str(len(champions)),  # the default and the per-pair models: what answers
+            "challengers": str(len(state.models.challengers())),
             "processed": str(state.stats.processed),
             "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },

@@ -101,7 +101,9 @@ class Divergence:
             "states": n,
             "disagree_share": self.disagree / n,
             "mean_abs_delta": self.sum_abs / n,
-            "p95_abs_delta": (p95_bin + 1) * 2.0 / HIST_BINS,  # the bin's upper edge: within 0.005
+            # The upper edge of the bin holding the nearest-rank p95: at most one bin (0.005) above it;
+            # the window's p95 interpolates, so the two can differ by a little more on the same states.
+            "p95_abs_delta": (p95_bin + 1) * 2.0 / HIST_BINS,
             "correlation": corr,
         }
 
@@ -148,6 +150,9 @@ class ShadowWork:
 
 
 ChallengerFor = Callable[[str | None], ServedModel | None]
+# One scored state for the statpair:shadow stream: its fields, in order.
+ShadowRecord = dict[str, str]
+DRAIN = 64  # queued groups scored together: their stream entries go out in one round trip
 
 
 class Shadow:
@@ -159,7 +164,7 @@ class Shadow:
         fraction: float,
         dead_band: float,
         queue_size: int,
-        record: Callable[[ShadowWork, list[int], np.ndarray, ServedModel], Awaitable[None]] | None = None,
+        record: Callable[[list[ShadowRecord]], Awaitable[None]] | None = None,
         seed: int | None = None,
     ) -> None:
         self.challenger_for = challenger_for
@@ -171,6 +176,7 @@ class Shadow:
         self.dropped = 0
         self.failed = 0
         self._rng = random.Random(seed)
+        self._warned: set[tuple[str, str]] = set()  # (challenger, champion contract): bounded by models
 
     def _div(self, challenger: ServedModel) -> Divergence:
         """A challenger's figures, by the pair it shadows (``*``: every pair): bounded by
@@ -181,21 +187,38 @@ class Shadow:
             div = self.pairs[key] = Divergence(self.dead_band)
         return div
 
+    def _comparable(self, pair: str | None, champion: ServedModel) -> ServedModel | None:
+        """The challenger that can score a state of ``pair`` the champion answered, or None: no
+        challenger for the pair, or one of another contract (counted incomparable)."""
+        challenger = self.challenger_for(pair)
+        if challenger is None:
+            return None
+        if challenger.contract_id != champion.contract_id:
+            # The state was built for the champion's contract: to a challenger with another
+            # spread or feature set it means something else. Not comparable.
+            self._incomparable(pair, champion, challenger)
+            return None
+        return challenger
+
     def offer(self, work: ShadowWork) -> None:
-        """After the champion's answers are published: keep a sample for the challenger,
-        or count it dropped when the queue is full (never wait)."""
-        if self.fraction < 1.0:
-            keep = [i for i in range(len(work.entry_ids)) if self._rng.random() < self.fraction]
-            if not keep:
-                return
-            if len(keep) < len(work.entry_ids):
-                work = ShadowWork(
-                    [work.pairs[i] for i in keep],
-                    [work.entry_ids[i] for i in keep],
-                    work.rows[keep],
-                    [work.actions[i] for i in keep],
-                    work.champion,
-                )
+        """After the champion's answers are published: keep a sample of the states a
+        challenger can score, or count them dropped when the queue is full (never wait)."""
+        keep = [
+            i
+            for i, pair in enumerate(work.pairs)
+            if (self.fraction >= 1.0 or self._rng.random() < self.fraction)
+            and self._comparable(pair, work.champion) is not None
+        ]
+        if not keep:
+            return
+        if len(keep) < len(work.entry_ids):
+            work = ShadowWork(
+                [work.pairs[i] for i in keep],
+                [work.entry_ids[i] for i in keep],
+                work.rows[keep],
+                [work.actions[i] for i in keep],
+                work.champion,
+            )
         try:
             self.queue.put_nowait(work)
         except asyncio.QueueFull:
@@ -206,27 +229,37 @@ class Shadow:
                     self._div(challenger).dropped += 1
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Score queued work until stopped, yielding to the event loop between groups."""
+        """Score queued work until stopped, yielding to the event loop between drains; the
+        stream entries of everything scored in one drain go out in one round trip."""
         while not stop.is_set():
             try:
                 work = await asyncio.wait_for(self.queue.get(), timeout=0.5)
             except TimeoutError:
                 continue
-            await self.score(work)
+            batch = [work]
+            while len(batch) < DRAIN and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            records: list[ShadowRecord] = []
+            for w in batch:
+                records += self.score(w)
+            if records and self.record is not None:
+                try:
+                    await self.record(records)
+                except Exception as exc:  # noqa: BLE001 - the stream is a convenience: count, go on
+                    self.failed += len(records)
+                    logger.warning("shadow stream not written: %s", exc)
             await asyncio.sleep(0)
 
-    async def score(self, work: ShadowWork) -> None:
+    def score(self, work: ShadowWork) -> list[ShadowRecord]:
+        """Score one answered group against its challengers; return the stream entries of the
+        states scored (empty when the stream is off)."""
         by_challenger: dict[int, tuple[ServedModel, list[int]]] = {}
         for i, pair in enumerate(work.pairs):
-            challenger = self.challenger_for(pair)
-            if challenger is None:
-                continue
-            if challenger.contract_id != work.champion.contract_id:
-                # The state was built for the champion's contract: to a challenger with
-                # another spread or feature set it means something else. Not comparable.
-                self._incomparable(work.champion, challenger)
-                continue
-            by_challenger.setdefault(id(challenger), (challenger, []))[1].append(i)
+            # Asked again: a model may have been swapped since the group was offered.
+            challenger = self._comparable(pair, work.champion)
+            if challenger is not None:
+                by_challenger.setdefault(id(challenger), (challenger, []))[1].append(i)
+        records: list[ShadowRecord] = []
         for challenger, where in by_challenger.values():
             t0 = time.perf_counter()
             try:
@@ -242,23 +275,35 @@ class Shadow:
             div.add(ours, theirs)
             div.latency_ms.append(ms)
             if self.record is not None:
-                try:
-                    await self.record(work, where, theirs, challenger)
-                except Exception as exc:  # noqa: BLE001 - the stream is a convenience: count, go on
-                    self.failed += len(where)
-                    logger.warning("shadow stream not written: %s", exc)
+                records += [
+                    {
+                        "entry_id": work.entry_ids[i],
+                        "pair": work.pairs[i] or "",
+                        "champion_action": f"{work.actions[i]:.9g}",
+                        "challenger_action": f"{float(theirs[j]):.9g}",
+                        "champion": work.champion.sha256,
+                        "challenger": challenger.sha256,
+                    }
+                    for j, i in enumerate(where)
+                ]
+        return records
 
-    def _incomparable(self, champion: ServedModel, challenger: ServedModel) -> None:
+    def _incomparable(self, pair: str | None, champion: ServedModel, challenger: ServedModel) -> None:
+        """Count a state the challenger cannot score (its figures keep naming the champion it
+        does score against); warn once per challenger and champion contract."""
         div = self._div(challenger)
-        div.champion, div.challenger = champion.sha256, challenger.sha256
+        div.challenger = challenger.sha256
         div.incomparable += 1
-        if div.incomparable == 1:
+        key = (challenger.sha256, champion.contract_id)
+        if key not in self._warned:
+            self._warned.add(key)
             logger.warning(
-                "challenger %s (contract %s) cannot be scored on %s's live states, built for contract %s: "
-                "compare them offline with python -m bench replay --challenger",
+                "challenger %s (contract %s) cannot be scored on %s's states: they are built for "
+                "champion %s's contract %s; compare them offline with python -m bench replay --challenger",
                 challenger.sha256,
                 challenger.contract_id,
-                challenger.contract.pair or "every pair",
+                pair or "the default pair",
+                champion.sha256,
                 champion.contract_id,
             )
 
@@ -272,28 +317,14 @@ class Shadow:
         }
 
 
-def record_to(
-    redis: Any, stream: str, maxlen: int
-) -> Callable[[ShadowWork, list[int], np.ndarray, ServedModel], Awaitable[None]]:
-    """A recorder that writes each scored state to ``stream`` (SHADOW_STREAM): its
-    entry id, pair, both actions and both models, for scoring the challenger offline."""
+def record_to(redis: Any, stream: str, maxlen: int) -> Callable[[list[ShadowRecord]], Awaitable[None]]:
+    """A recorder that writes scored states to ``stream`` (SHADOW_STREAM), one pipeline per
+    drain: each state's entry id, pair, both actions and both models, for scoring offline."""
 
-    async def record(work: ShadowWork, where: list[int], theirs: np.ndarray, challenger: ServedModel) -> None:
+    async def record(records: list[ShadowRecord]) -> None:
         pipe = redis.pipeline(transaction=False)
-        for j, i in enumerate(where):
-            pipe.xadd(
-                stream,
-                {
-                    "entry_id": work.entry_ids[i],
-                    "pair": work.pairs[i] or "",
-                    "champion_action": f"{work.actions[i]:.9g}",
-                    "challenger_action": f"{float(theirs[j]):.9g}",
-                    "champion": work.champion.sha256,
-                    "challenger": challenger.sha256,
-                },
-                maxlen=maxlen,
-                approximate=True,
-            )
+        for fields in records:
+            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
         await pipe.execute()
 
     return record
