@@ -112,7 +112,7 @@ def joined_table(pair: str, folds: list[list[dict[str, Any]]]) -> list[str]:
         if a["daily"]["dates"] and b["daily"]["dates"] and a["daily"]["dates"][-1] >= b["daily"]["dates"][0]:
             raise ValueError(f"{pair}: the folds' test windows overlap ({a['model']}, {b['model']})")
     by_seed = [{d.get("seed"): d for d in docs if not d.get("ensemble")} for docs in folds]
-    seeds = sorted(set.intersection(*(set(m) for m in by_seed)) - {None})
+    seeds: list[int] = sorted(s for s in set.intersection(*(set(m) for m in by_seed)) if s is not None)
     spans = ", ".join(f"{d['split']['test_dates'][0]} … {d['split']['test_dates'][1]}" for d in firsts)
     rows = sum(len(d["daily"]["series"][POLICY]["pnl"]) for d in firsts)
     lines = [
