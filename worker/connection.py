@@ -18,6 +18,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 _hiredis_pack: Callable[..., bytes] | None
 try:
@@ -26,6 +27,26 @@ except ImportError:  # hiredis missing: keep redis-py's Python packer
     _hiredis_pack = None
 
 Client = Redis | RedisCluster
+
+
+class ClosedTransportMixin:
+    """A send on a connection whose transport has closed under it fails as a
+    ``ConnectionError``, which the worker's and the client's retries handle.
+
+    Under uvloop (the worker's event loop) that send raises ``RuntimeError: unable to
+    perform operation on <TCPTransport closed=True …>; the handler is closed`` where
+    asyncio's own loop raises an ``OSError`` or nothing (MagicStack/uvloop#506). It
+    happened in a Redis Cluster failover: a primary's connection closed while the
+    worker reclaimed entries, and the RuntimeError ended the worker. redis-py has
+    already dropped the connection when it re-raises, so a retry reconnects."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except RuntimeError as exc:
+            if "handler is closed" not in str(exc):
+                raise
+            raise RedisConnectionError(f"the connection closed while sending ({exc})") from exc
 
 
 class HiredisPackMixin:
@@ -47,10 +68,13 @@ _classes: dict[type, type] = {}
 
 
 def _fast(cls: type[AbstractConnection]) -> type[AbstractConnection]:
-    if _hiredis_pack is None:
-        return cls
+    """``cls`` with a closed transport's send failing as a ConnectionError, packing with
+    hiredis when it is installed."""
     if cls not in _classes:
-        _classes[cls] = type(f"HiredisPack{cls.__name__}", (HiredisPackMixin, cls), {})
+        mixins: tuple[type, ...] = (ClosedTransportMixin,)
+        if _hiredis_pack is not None:
+            mixins += (HiredisPackMixin,)
+        _classes[cls] = type(f"Statpair{cls.__name__}", (*mixins, cls), {})
     return _classes[cls]
 
 
