@@ -76,17 +76,20 @@ def table(pair: str, docs: list[dict[str, Any]]) -> list[str]:
             f"[{diff['low']:+.2f}, {diff['high']:+.2f}] (s.e. {diff['se']:.2f}){how}"
         )
     if seeds:
-        mean = statistics.mean(d["scores"]["policy"]["sharpe"] for d in seeds)
-        rule = first["scores"]["rule (tuned)"]
-        turnover = statistics.mean(d["scores"]["policy"]["turnover"] for d in seeds)
-        ratio = turnover / rule["turnover"] if rule["turnover"] > 0 else float("inf")
-        lines += [
-            "",
-            f"Target: Sharpe ≥ tuned rule's {'yes' if mean >= rule['sharpe'] else 'no'} "
-            f"({mean:.2f} vs {rule['sharpe']:.2f}); Sharpe > 0 {'yes' if mean > 0 else 'no'}; "
-            f"turnover ≤ 3× the tuned rule's {'yes' if ratio <= 3 else 'no'} ({ratio:.1f}×)",
-        ]
+        lines += ["", _target("Target", [d["scores"]["policy"] for d in seeds], first["scores"][TUNED])]
     return lines
+
+
+def _target(label: str, policy: list[dict[str, Any]], rule: dict[str, Any]) -> str:
+    """The issue's checks on the policy's mean over seeds against the tuned rule."""
+    mean = statistics.mean(p["sharpe"] for p in policy)
+    turnover = statistics.mean(p["turnover"] for p in policy)
+    ratio = turnover / rule["turnover"] if rule["turnover"] > 0 else float("inf")
+    return (
+        f"{label}: Sharpe ≥ tuned rule's {'yes' if mean >= rule['sharpe'] else 'no'} "
+        f"({mean:.2f} vs {rule['sharpe']:.2f}); Sharpe > 0 {'yes' if mean > 0 else 'no'}; "
+        f"turnover ≤ 3× the tuned rule's {'yes' if ratio <= 3 else 'no'} ({ratio:.1f}×)"
+    )
 
 
 def _joined(series: list[dict[str, list[float]]]) -> dict[str, float]:
@@ -139,16 +142,7 @@ def joined_table(pair: str, folds: list[list[dict[str, Any]]]) -> list[str]:
             f"[{diff.low:+.2f}, {diff.high:+.2f}] (s.e. {diff.se:.2f})"
         )
     if seeds:
-        mean = statistics.mean(p["sharpe"] for p in policy)
-        rule = base[TUNED]
-        turnover = statistics.mean(p["turnover"] for p in policy)
-        ratio = turnover / rule["turnover"] if rule["turnover"] > 0 else float("inf")
-        lines += [
-            "",
-            f"Joined: Sharpe ≥ tuned rule's {'yes' if mean >= rule['sharpe'] else 'no'} "
-            f"({mean:.2f} vs {rule['sharpe']:.2f}); Sharpe > 0 {'yes' if mean > 0 else 'no'}; "
-            f"turnover ≤ 3× the tuned rule's {'yes' if ratio <= 3 else 'no'} ({ratio:.1f}×)",
-        ]
+        lines += ["", _target("Joined", policy, base[TUNED])]
     return lines
 
 
