@@ -85,20 +85,26 @@ async def test_sigkill_mid_run_entries_are_reclaimed(
         ids += await produce(real_redis, n // 2)
         # Kill w-a while it holds a batch it has read but not acknowledged: freeze it,
         # look at its pending entries, and either kill it or let it go on and retry.
+        # w-b is frozen meanwhile, so that w-a, the only reader, is busy with the new
+        # entries (on a loaded host w-b could otherwise read them all first).
+        b.signal(signal.SIGSTOP)
         owned: list = []
-        for _ in range(200):
-            a.signal(signal.SIGSTOP)
-            owned = await real_redis.xpending_range(
-                "statpair:states", "statpair-workers", "-", "+", 10_000, consumername="w-a"
-            )
-            if owned:
-                a.signal(signal.SIGKILL)
-                break
-            a.signal(signal.SIGCONT)
-            ids += await produce(real_redis, 10)
+        try:
+            for _ in range(200):
+                a.signal(signal.SIGSTOP)
+                owned = await real_redis.xpending_range(
+                    "statpair:states", "statpair-workers", "-", "+", 10_000, consumername="w-a"
+                )
+                if owned:
+                    a.signal(signal.SIGKILL)
+                    break
+                a.signal(signal.SIGCONT)
+                ids += await produce(real_redis, 50)
+        finally:
+            b.signal(signal.SIGCONT)
         assert owned, "never caught w-a with a batch in hand"
         assert a.wait(30) == -signal.SIGKILL
-        ids += await produce(real_redis, n - len(ids))
+        ids += await produce(real_redis, max(0, n - len(ids)))
 
         async def all_answered() -> bool:
             got = await answered(real_redis)
