@@ -119,7 +119,10 @@ def export(name: str, out: Path, fold: int = 0, train_fraction: float = 0.7) -> 
         )
     file = src.name if fold == 0 else f"{src.stem}-fold{fold}{src.suffix}"
     dest = out / file if out.is_dir() else out
-    dest.write_bytes(b"".join(lines[: keep + 1]))
+    try:
+        dest.write_bytes(b"".join(lines[: keep + 1]))
+    except OSError as exc:
+        raise PairError(f"{dest}: cannot write it ({exc.strerror or exc})") from None
     return dest
 
 

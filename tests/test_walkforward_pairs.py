@@ -80,4 +80,6 @@ def test_a_fold_too_short_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert pairs.main(["export", "ko_pep", "--out", str(tmp_path), "--fold", "-1"]) == 2
     assert "a fold is 0 (the whole file) or more, got -1" in capsys.readouterr().err
+    assert pairs.main(["export", "ko_pep", "--out", str(tmp_path / "no" / "such" / "folder")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}/no/such/folder: cannot write it (")
     assert not list(tmp_path.iterdir())
