@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
 
 from tests.conftest import make_settings, wait_for, write_model
 from worker.client import ActionClient, ActionError
@@ -81,3 +82,27 @@ async def test_act_many_reaches_an_idle_worker_as_one_read(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@pytest.mark.integration
+async def test_a_reply_stream_it_may_not_read_fails_the_call_at_once(
+    real_redis: Redis, redis_url: str
+) -> None:
+    """An error no retry cures on the reply stream (here an ACL that lets the strategy add
+    states but not read its replies) reaches the caller as that error, not as a timeout."""
+    await real_redis.execute_command(
+        "ACL", "SETUSER", "noreplies", "reset", "on", ">pw", "~statpair:states", "+xadd"
+    )
+    try:
+        url = redis_url.replace("redis://", "redis://noreplies:pw@")
+        async with ActionClient(url, timeout=30) as client:
+            with pytest.raises(NoPermissionError):
+                await client.act(STATE, pair="KO/PEP")
+    finally:
+        await real_redis.execute_command("ACL", "DELUSER", "noreplies")
+        await real_redis.delete("statpair:states")
+
+
+def test_shards_need_a_cluster() -> None:
+    with pytest.raises(ValueError, match="shards=4 needs a Redis Cluster"):
+        ActionClient("redis://127.0.0.1:1/0", shards=4)

@@ -4,13 +4,16 @@ retry loop handles; any other RuntimeError is left alone."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.connection import ClosedTransportMixin, _fast, redis_client
-from worker.retry import TRANSIENT
+from worker.retry import TRANSIENT, retrying
 
 CLOSED = (
     "unable to perform operation on <TCPTransport closed=True reading=False 0x55e>; the handler is closed"
@@ -60,3 +63,17 @@ def test_every_client_the_worker_builds_has_it() -> None:
     cluster = redis_client("redis://127.0.0.1:1", cluster=True)
     assert isinstance(cluster, RedisCluster)
     assert issubclass(cluster.nodes_manager.connection_kwargs["connection_class"], ClosedTransportMixin)
+
+
+async def test_wrong_credentials_are_not_retried() -> None:
+    """redis-py's AuthenticationError is a ConnectionError, but no retry cures it."""
+    calls = 0
+
+    async def op() -> None:
+        nonlocal calls
+        calls += 1
+        raise AuthenticationError("invalid username-password pair or user is disabled.")
+
+    with pytest.raises(AuthenticationError):
+        await retrying(op, asyncio.Event(), "reading states")
+    assert calls == 1

@@ -206,6 +206,13 @@ def _worker(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
         ({"STAT_PAIR_RL_JIT": "maybe"}, ["STAT_PAIR_RL_JIT", "1/true/yes/on"]),
         ({"REDIS_URL": "redis://user:hunter2@127.0.0.1:1/0", "BLOCK_MS": "5000"}, ["BLOCK_MS", "5 s"]),
         ({"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0x", "READ_COUNT": "lots"}, ["READ_COUNT", "integer"]),
+        ({"SHARDS": "4"}, ["SHARDS and SERVE_SHARDS need REDIS_CLUSTER=1"]),
+        (
+            {"REDIS_CLUSTER": "1", "SHARDS": "4", "SERVE_SHARDS": "3-1"},
+            ["SERVE_SHARDS='3-1'", "runs backwards"],
+        ),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://127.0.0.1:1/1"}, ["database '1'", "database 0 only"]),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "unix:///tmp/redis.sock"}, ["REDIS_CLUSTER=1", "TCP"]),
     ],
 )
 def test_misconfiguration_is_one_sentence_and_exit_2(env: dict[str, str], names: list[str]) -> None:
@@ -213,6 +220,30 @@ def test_misconfiguration_is_one_sentence_and_exit_2(env: dict[str, str], names:
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and all(n in lines[0] for n in names), out.stderr
+    assert "Traceback" not in out.stderr and "hunter2" not in out.stderr + out.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"REDIS_CLUSTER": "1"}, "is not a cluster node (cluster mode is not enabled there)"),
+        ({"USER": "nosuchuser"}, "refused REDIS_URL's user name and password"),
+    ],
+)
+def test_a_redis_it_cannot_use_is_one_sentence(
+    tmp_path: Path, redis_url: str, env: dict[str, str], says: str
+) -> None:
+    """A plain Redis named as a cluster node, or credentials Redis refuses: no retry
+    cures either, so the worker says which setting to fix and exits 2 (not a traceback,
+    not a retry loop)."""
+    url = redis_url
+    if env.pop("USER", None):
+        url = redis_url.replace("redis://", "redis://nosuchuser:hunter2@")
+    out = _worker({"REDIS_URL": url, "MODEL_DIR": str(tmp_path), **env})
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("invalid configuration: ") and says in last, out.stderr
     assert "Traceback" not in out.stderr and "hunter2" not in out.stderr + out.stdout
 
 

@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from worker.settings import ConfigError, Settings, describe, settings_help
 
@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         _run(serve(settings, max_messages=args.max_messages, burst=args.burst))
     except ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except AuthenticationError as exc:
+        print(
+            f"invalid configuration: Redis at {settings.redis_url_masked} refused REDIS_URL's user name "
+            f"and password ({exc})",
+            file=sys.stderr,
+        )
         return 2
     except RedisError as exc:  # an error reply no retry can cure (e.g. WRONGTYPE on the stream)
         logging.getLogger("worker").error("stopped: Redis answered an error no retry can cure: %s", exc)

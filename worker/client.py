@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from worker.connection import Client, redis_client, xread
@@ -78,6 +79,10 @@ class _Waiter:
             if self.left == 0 and not self.future.done():
                 self.future.set_result(cast(list[Result], self.results))  # all filled now
 
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
 
 @dataclass
 class _Replies:
@@ -118,7 +123,9 @@ class ActionClient:
             )
         self.redis: Client = redis
         self.cluster = isinstance(redis, RedisCluster)
-        self.shards = shards if self.cluster else 1
+        if shards != 1 and not self.cluster:
+            raise ValueError(f"shards={shards} needs a Redis Cluster (cluster=True): one Redis is one shard")
+        self.shards = shards
         self.token = uuid.uuid4().hex[:12]
         self._streams = [
             Streams.of(s, self.shards, states_stream, "", "", reply_prefix, self.cluster)
@@ -132,7 +139,8 @@ class ActionClient:
         self.wait_ms = wait_ms
         self.resent = 0  # durable mode: states sent again (no replica had them in time, or a failover)
         self._ids = itertools.count()
-        self._waiting: dict[bytes, tuple[_Waiter, int]] = {}  # request id → its call, its index
+        # request id → its call, its index in the call, its shard
+        self._waiting: dict[bytes, tuple[_Waiter, int, int]] = {}
         self._closed = asyncio.Event()
         self._discovered = not self.cluster
 
@@ -182,10 +190,12 @@ class ActionClient:
 
     def _register(self, shard: int, waiter: _Waiter, index: int) -> str:
         cid = f"{self.token}-{next(self._ids)}"
-        self._waiting[cid.encode()] = (waiter, index)
+        self._waiting[cid.encode()] = (waiter, index, shard)
         reply = self._reply(shard)
         if reply.reader is None or reply.reader.done():
-            reply.reader = asyncio.create_task(self._read_replies(reply), name=f"replies-{reply.stream}")
+            reply.reader = asyncio.create_task(
+                self._read_replies(reply, shard), name=f"replies-{reply.stream}"
+            )
         return cid
 
     async def act(
@@ -298,8 +308,22 @@ class ActionClient:
             logger.warning("sending %d state(s) to %s again: %s", len(entries), stream, why)
             await asyncio.sleep(backoff.next_delay())
 
-    async def _read_replies(self, reply: _Replies) -> None:
-        # Callers time out on their own; the reader retries until no one waits.
+    async def _read_replies(self, reply: _Replies, shard: int) -> None:
+        """Read one shard's reply stream while calls wait. Connection errors are retried
+        (callers time out on their own); any other error (an ACL that denies the reply
+        stream, a cluster's MOVED to a client not in cluster mode) fails the calls waiting
+        on this shard at once, with that error, instead of leaving them to time out."""
+        try:
+            await self._read_replies_until_done(reply)
+        except Exception as exc:  # noqa: BLE001 - handed to every caller waiting on this stream
+            if "MOVED" in str(exc) and not self.cluster:
+                exc = ResponseError(f"{exc}: the Redis is a cluster: use ActionClient(..., cluster=True)")
+            logger.warning("reading %s failed: %s", reply.stream, exc)
+            for waiter, _, where in list(self._waiting.values()):
+                if where == shard:
+                    waiter.fail(exc)
+
+    async def _read_replies_until_done(self, reply: _Replies) -> None:
         while self._waiting and not self._closed.is_set():
             resp = await retrying(
                 lambda: xread(self.redis, reply.stream, reply.last, 1000, self.block_ms),

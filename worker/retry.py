@@ -11,7 +11,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import AuthenticationError, ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -62,7 +62,8 @@ async def retrying(
 ) -> T | None:
     """Run ``op`` until it succeeds (its result) or ``stop`` is set (None).
 
-    A transient error is retried after a backoff pause, with one log line per
+    A transient error is retried after a backoff pause (wrong credentials are not
+    transient, though redis-py's AuthenticationError is a ConnectionError), with one log line per
     retry: a warning when ``loud``, else a debug line (a worker's other Redis
     loops stay quiet so an outage is reported once per retry, by the consume
     loop). Any other error propagates. ``backoff`` may be shared across calls
@@ -72,6 +73,8 @@ async def retrying(
     while not stop.is_set():
         try:
             result = await op()
+        except AuthenticationError:
+            raise  # a ConnectionError, but no retry cures wrong credentials: the caller says so
         except TRANSIENT as exc:
             if on_error is not None:
                 on_error(exc)

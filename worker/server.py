@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from prometheus_client.exposition import ThreadingWSGIServer
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.catalog import Catalog
 from worker.connection import Client, redis_client
@@ -41,6 +42,24 @@ def settle_heap(_models: object = None) -> None:
     start-up and after each model swap."""
     gc.collect()
     gc.freeze()
+
+
+async def discover_cluster(redis: RedisCluster, url: str) -> None:
+    """Learn the cluster's slots. No node reachable is a connection error (retried, as
+    on one Redis); a node that is not in cluster mode, or refused credentials, is a
+    setting to fix (one line, exit 2), not a traceback."""
+    try:
+        await redis.initialize()
+    except RedisClusterException as exc:
+        why = str(exc)
+        if "Cluster mode is not enabled" in why:
+            raise ConfigError(
+                f"REDIS_CLUSTER=1 but {url} is not a cluster node (cluster mode is not enabled there): "
+                "unset REDIS_CLUSTER, or name a node of the cluster"
+            ) from None
+        if "WRONGPASS" in why or "invalid username-password" in why or "NOAUTH" in why:
+            raise ConfigError(f"the cluster at {url} refused REDIS_URL's user name and password") from None
+        raise RedisConnectionError(why) from exc
 
 
 class Server:
@@ -108,7 +127,13 @@ class Server:
         if isinstance(state.redis, RedisCluster):
             # Before the first script call: concurrent first calls on an uninitialised
             # cluster client can race (redis-py#3935). Retried like any Redis call.
-            await retrying(state.redis.initialize, state.stop, "discovering the cluster", backoff=Backoff())
+            cluster = state.redis
+            await retrying(
+                lambda: discover_cluster(cluster, s.redis_url_masked),
+                state.stop,
+                "discovering the cluster",
+                backoff=Backoff(),
+            )
         logger.info(
             "worker %s: %s stream %s group %s, jit=%s",
             s.consumer,
@@ -189,6 +214,9 @@ class Server:
                 return
             except asyncio.CancelledError:
                 raise
+            except AuthenticationError as exc:  # no restart cures it; the consume loop stops the worker
+                logger.error("background task %s stopped: Redis refused the credentials (%s)", name, exc)
+                return
             except Exception:
                 delay = backoff.next_delay()
                 logger.exception("background task %s failed; restarting it in %.1f s", name, delay)
@@ -261,7 +289,7 @@ class Server:
             await redis.delete(heartbeat_key(self.state))
             for worker in self.workers:
                 await worker.recovery.forget(self.settings.consumer)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             logger.info("left the group as it was (%s)", exc)
 
 

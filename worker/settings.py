@@ -28,10 +28,11 @@ class ConfigError(Exception):
     """A setting the worker cannot run with: one sentence naming the variable."""
 
 
-def parse_shards(text: str, shards: int) -> list[int]:
-    """``all``, or shard numbers and ranges: ``0,2,5``, ``0-3``."""
+def parse_shards(text: str, shards: int | None) -> list[int]:
+    """``all``, or shard numbers and ranges: ``0,2,5``, ``0-3`` (``shards`` None: the syntax
+    only, no bound)."""
     if text.strip().lower() == "all":
-        return list(range(shards))
+        return list(range(shards or 0))
     out: set[int] = set()
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
@@ -41,8 +42,10 @@ def parse_shards(text: str, shards: int) -> list[int]:
             raise ValueError(
                 f"must be 'all' or shard numbers and ranges such as 0,2,5 or 0-3, got {text!r}"
             ) from None
-        if not 0 <= first <= last < shards:
-            raise ValueError(f"shard {part.strip()!r} is outside 0..{shards - 1}")
+        if first > last:
+            raise ValueError(f"the range {part.strip()!r} runs backwards (write {last}-{first})")
+        if first < 0 or (shards is not None and last >= shards):
+            raise ValueError(f"shard {part.strip()!r} is outside 0..{(shards or MAX_SHARDS) - 1}")
         out.update(range(first, last + 1))
     return sorted(out)
 
@@ -222,15 +225,31 @@ class Settings(BaseSettings):
     @field_validator("serve_shards")
     @classmethod
     def _shard_list(cls, value: str) -> str:
-        parse_shards(value, MAX_SHARDS)  # the syntax; the bound is checked against SHARDS below
+        parse_shards(value, None)  # the syntax; the bound is checked against SHARDS below
         return value
 
     @model_validator(mode="after")
     def _shards_fit(self) -> Settings:
+        if not self.redis_cluster:
+            if self.shards != 1 or self.serve_shards.strip().lower() != "all":
+                raise ValueError(
+                    "SHARDS and SERVE_SHARDS need REDIS_CLUSTER=1: one Redis holds the unsharded streams"
+                )
+            return self
         try:
             parse_shards(self.serve_shards, self.shards)
         except ValueError as exc:
             raise ValueError(f"SERVE_SHARDS={self.serve_shards!r}: {exc} (SHARDS={self.shards})") from None
+        url = urlsplit(self.redis_url)
+        if url.scheme.lower() == "unix":
+            raise ValueError(
+                "REDIS_CLUSTER=1 needs a redis:// or rediss:// REDIS_URL: cluster nodes talk TCP"
+            )
+        if url.path.strip("/") not in ("", "0"):
+            raise ValueError(
+                f"REDIS_CLUSTER=1 with database {url.path.strip('/')!r} in REDIS_URL: "
+                "a Redis Cluster has database 0 only"
+            )
         return self
 
     @property
