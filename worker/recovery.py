@@ -41,17 +41,21 @@ class Recovery:
         return int(removed) >= 0
 
     async def forget_departed(self) -> list[str]:
-        """Remove consumers that hold nothing and have not read for CLAIM_IDLE_MS: workers
-        that stopped without leaving (killed, or exited while holding entries that
-        were claimed since). A live worker reads every BLOCK_MS; were one removed
-        anyway, Redis would re-add it on its next read."""
+        """Remove consumers that hold nothing, have not read for CLAIM_IDLE_MS and have no
+        heartbeat: workers that stopped without leaving (killed, or exited while holding
+        entries that were claimed since). The heartbeat is what tells a live worker: on
+        Redis 7.0 a blocked read that finds nothing does not reset a consumer's idle time,
+        so a live worker on a quiet stream looks idle. Were one removed anyway, Redis
+        would re-add it on its next read."""
         redis, s = self.state.redis, self.s
         consumers: list[dict[str, Any]] = await redis.xinfo_consumers(self.streams.states, s.group)
         gone = []
         for c in consumers:
             name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
             idle = name != s.consumer and int(c["pending"]) == 0 and int(c["idle"]) > s.claim_idle_ms
-            if idle and await self.forget(name):
+            if not idle or await redis.exists(f"{s.heartbeat_prefix}{name}"):
+                continue
+            if await self.forget(name):
                 gone.append(name)
         if gone:
             logger.info("removed %d departed consumer(s) from the group: %s", len(gone), ", ".join(gone[:5]))
