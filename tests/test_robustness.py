@@ -371,6 +371,31 @@ async def test_departed_consumers_are_forgotten_but_not_those_holding_entries(
 
 
 @pytest.mark.integration
+async def test_the_states_stream_is_trimmed_of_what_every_group_acknowledged(
+    tmp_path: Path, real_redis: Redis
+) -> None:
+    """Without trimming the states stream only grows. The reclaim pass trims what every
+    group is done with, and never an entry a group still needs: pending, or not yet read."""
+    s = make_settings(tmp_path)
+    w = Worker(ServerState(s, real_redis, ModelManager(None, s.model_dir, False)))
+    await w.ensure_group()
+    ids = await add(real_redis, 3000)
+    read = await real_redis.xreadgroup(s.group, "w1", {"statpair:states": ">"}, count=2500)
+    got = [eid for eid, _ in read[0][1]]
+    await real_redis.xack("statpair:states", s.group, *got[:2000])  # 500 still pending
+    await w.recovery.trim_answered()
+    left = [eid for eid, _ in await real_redis.xrange("statpair:states")]
+    assert len(left) < 3000 and ids[2000] in left  # trimmed, up to the oldest pending entry at most
+    assert left == ids[ids.index(left[0]) :]  # what is left is a whole tail: nothing needed went
+    # A second group that has read nothing yet: nothing more may go.
+    await real_redis.xgroup_create("statpair:states", "audit", id="0")
+    before = await real_redis.xlen("statpair:states")
+    await real_redis.xack("statpair:states", s.group, *got[2000:])
+    await w.recovery.trim_answered()
+    assert await real_redis.xlen("statpair:states") == before
+
+
+@pytest.mark.integration
 async def test_a_destroyed_group_is_recreated_without_answering_again(
     tmp_path: Path, real_redis: Redis, redis_url: str
 ) -> None:

@@ -74,11 +74,14 @@ async def test_worker_and_strategies_under_the_documented_acls(tmp_path: Path) -
     server = start_acl_redis(tmp_path / "redis", documented_users(), admin_password="admin-secret")
     try:
         s = make_settings(
-            tmp_path, redis_url=server.url_for("statpair-worker", "w-secret"), metrics_port=None
+            tmp_path,
+            redis_url=server.url_for("statpair-worker", "w-secret"),
+            metrics_port=None,
+            claim_interval_s=0.05,
         )
         write_model(s.model_dir / "m.pt")
         admin = Redis(**server.client_kwargs(), username="default", password="admin-secret")
-        async with serving(s):
+        async with serving(s) as worker:
             await _strategies_are_confined(
                 server.url_for("strategy-a", "a-secret"),
                 server.url_for("strategy-b", "b-secret"),
@@ -89,6 +92,11 @@ async def test_worker_and_strategies_under_the_documented_acls(tmp_path: Path) -
             await admin.xadd("statpair:control", {"cmd": "status", "id": "acl"})
             await wait_for(lambda: admin.xlen("statpair:control:replies"), what="the status reply")
             assert await admin.exists("statpair:workers:w1")
+            # Reclaim passes (claiming, forgetting departed consumers, trimming the states
+            # stream) ran under the worker's user, and Redis denied it nothing.
+            await wait_for(lambda: worker.state.stats.reclaim_passes >= 3, what="reclaim passes")
+            denied = [e for e in await admin.execute_command("ACL", "LOG") if b"statpair-worker" in e]
+            assert denied == []
         # ... and so does leaving the group on a clean exit.
         assert await admin.xinfo_consumers("statpair:states", s.group) == []
         await admin.aclose()

@@ -209,6 +209,9 @@ class Worker:
         async for entries in self.recovery.claim():
             await self.handle(entries, await self.recovery.delivery_counts(entries))
         await self.recovery.forget_departed()
+        if self.s.trim_states:
+            await self.recovery.trim_answered()
+        self.state.stats.reclaim_passes += 1
 
     async def handle(
         self, entries: Entries, counts: dict[bytes, int] | None = None, read_more: int = 0

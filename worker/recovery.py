@@ -61,6 +61,26 @@ class Recovery:
             logger.info("removed %d departed consumer(s) from the group: %s", len(gone), ", ".join(gone[:5]))
         return gone
 
+    async def trim_answered(self) -> None:
+        """Trim the states stream of what every group is done with (XTRIM MINID ~): the
+        entries before the oldest one a group still needs — its oldest pending entry,
+        or, with none pending, its last delivered one (everything after that it has not
+        read yet). Without it the states stream only grows. Approximate, so Redis trims
+        whole macro-nodes cheaply; never an entry a group has not acknowledged."""
+        redis, stream = self.state.redis, self.streams.states
+        keep: tuple[int, int] | None = None
+        for group in await redis.xinfo_groups(stream):
+            if int(group["pending"]):
+                first = (await redis.xpending(stream, group["name"]))["min"]
+            else:
+                first = group["last-delivered-id"]
+            text = first.decode() if isinstance(first, bytes) else str(first)
+            ms, _, seq = text.partition("-")
+            at = (int(ms), int(seq or 0))
+            keep = at if keep is None else min(keep, at)
+        if keep is not None and keep > (0, 0):
+            await redis.xtrim(stream, minid=f"{keep[0]}-{keep[1]}", approximate=True)
+
     async def delivery_counts(self, entries: Entries) -> dict[bytes, int]:
         """How often each of our pending entries has been delivered (XPENDING)."""
         ids = [eid for eid, _ in entries]

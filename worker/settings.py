@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         "clients read it.",
     )
     results_maxlen: int = Field(100_000, ge=1, description="Approximate MAXLEN of each result stream.")
+    trim_states: bool = Field(
+        True,
+        description="At each reclaim pass, trim the states stream of the entries every consumer group "
+        "has acknowledged (XTRIM MINID ~); off: the stream keeps every state until trimmed by hand.",
+    )
     dead_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of the dead-letter stream.")
     read_count: int = Field(128, ge=1, le=10_000, description="Most entries read (and inferred) per batch.")
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK; must stay below the 5 s socket timeout.")
@@ -210,7 +215,7 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
     log_level: str = Field("INFO", description="Logging level.")
 
-    @field_validator("jit", "redis_cluster", mode="before")
+    @field_validator("jit", "redis_cluster", "trim_states", mode="before")
     @classmethod
     def _boolean(cls, value: object) -> object:
         if isinstance(value, str):

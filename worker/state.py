@@ -32,6 +32,7 @@ class Stats:
     batches: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
+    reclaim_passes: int = 0  # reclaim passes run (each also forgets departed consumers and trims)
     failed: int = 0  # entry processings that raised (left pending for redelivery)
     redis_errors: int = 0
     spun: int = 0  # reads answered while busy-waiting (IDLE_SPIN_MS) instead of sleeping
