@@ -62,6 +62,7 @@ class Catalog:
         self.slots: dict[str, Slot] = {DEFAULT: Slot(DEFAULT, "champion", default)}
         self.refused: dict[str, str] = {}  # slot name → why it is not loaded (MAX_MODELS, a pair taken twice)
         self._routes: dict[str, ServedModel] = {}
+        self._owners: dict[str, str] = {}  # pair → the slot serving it
         self._challengers: dict[str, ServedModel] = {}
         self._challenger_all: ServedModel | None = None
         self.on_change: list[Callable[[Catalog], None]] = []
@@ -165,6 +166,7 @@ class Catalog:
                 continue
             role, make = wanted[name]
             manager = make()
+            manager.admit = _same_pair
             manager.on_change.append(lambda _m: self._notify())
             self.slots[name] = Slot(name, role, manager)
             self.refused.pop(name, None)
@@ -182,9 +184,18 @@ class Catalog:
 
     def _rebuild(self) -> None:
         routes: dict[str, ServedModel] = {}
+        owners: dict[str, str] = {}
         challengers: dict[str, ServedModel] = {}
         everyone: ServedModel | None = None
-        for name, slot in sorted(self.slots.items()):
+
+        def incumbent_first(item: tuple[str, Slot]) -> tuple[bool, str]:
+            # A pair stays with the slot that served it: a second model for it is refused,
+            # whichever folder name sorts first.
+            name, slot = item
+            pair = slot.model.contract.pair if slot.model is not None else None
+            return (pair is None or self._owners.get(pair) != name, name)
+
+        for name, slot in sorted(self.slots.items(), key=incumbent_first):
             model = slot.model
             if name == DEFAULT or model is None:
                 continue
@@ -197,7 +208,7 @@ class Catalog:
                 elif pair in routes:
                     self._refuse(name, f"pair {pair} already has a model ({routes[pair].path})")
                 else:
-                    routes[pair] = model
+                    routes[pair], owners[pair] = model, name
                     self.refused.pop(name, None)
             elif pair is None:
                 everyone = everyone or model
@@ -207,6 +218,7 @@ class Catalog:
             routes != self._routes or challengers != self._challengers or everyone is not self._challenger_all
         )
         self._routes, self._challengers, self._challenger_all = routes, challengers, everyone
+        self._owners = owners
         if changed:
             self._notify()
 
@@ -286,6 +298,17 @@ def _serves(name: str, slot: Slot, model: ServedModel | None) -> str | None:
     if slot.role == "challenger":
         return f"shadows {pair}" if pair else "shadows every pair"
     return pair
+
+
+def _same_pair(new: ServedModel, old: ServedModel | None) -> str | None:
+    """A per-pair or challenger slot keeps its pair: a model for another pair dropped into
+    its folder (or promoted to its registry alias) is refused, and the slot's model stays."""
+    if old is None or new.contract.pair == old.contract.pair:
+        return None
+    return (
+        f"its contract is for {new.contract.pair or 'no pair'}, the model it would replace serves "
+        f"{old.contract.pair or 'every pair'}: put it where that pair's model goes"
+    )
 
 
 def _folder_manager(folder: Path, jit: bool) -> Callable[[], ModelManager]:

@@ -117,6 +117,9 @@ def prepare(
     )
 
 
+FALLBACKS = 4  # candidates tried in one check while nothing is served
+
+
 class ModelManager:
     """Asks its source what to serve and keeps ``current`` pointing at a good model."""
 
@@ -132,6 +135,9 @@ class ModelManager:
         self._attempted: Hashable | None = None
         self._lock = asyncio.Lock()
         self._warned_missing = False
+        self._attempted_failed = False  # the last check tried a candidate and it failed to load
+        # A rule a loaded model must pass to replace the current one (the reason it fails, or None).
+        self.admit: Callable[[ServedModel, ServedModel | None], str | None] | None = None
         self.on_change: list[Callable[[ModelManager], None]] = []  # after each attempt (metrics)
 
     @classmethod
@@ -144,66 +150,92 @@ class ModelManager:
         return cls(s.model_path, s.model_dir, s.jit)
 
     async def check(self, force: bool = False) -> bool:
-        """Load what the source offers if it changed (or ``force``). True when a new model was swapped in."""
+        """Load what the source offers if it changed (or ``force``). True when a new model was
+        swapped in. With nothing served yet, a candidate that fails to load is followed at once
+        by the next one the source offers (a folder's next-newest file), a few at most."""
         async with self._lock:
-            try:
-                candidate = await self.source.poll(force)
-            except SourceError as exc:
-                logger.error("model update failed: %s%s", exc, self._kept())
-                self._failed(str(exc))
-                return False
-            if candidate is None:
-                if not self._warned_missing and self.current is None:
-                    logger.warning(
-                        "no model at %s: answering model_unavailable until one appears",
-                        self.source.describe(),
-                    )
-                    self._warned_missing = True
-                return False
-            if not force and candidate.key == self._attempted:
-                return False
-            self._attempted = candidate.key
-            state_dim = self.current.state_dim if self.current is not None else None
-            try:
-                model = await asyncio.to_thread(
-                    prepare,
-                    candidate.path,
-                    self.jit,
-                    state_dim,
-                    sha256=candidate.sha256,
-                    provenance=candidate.provenance,
+            passed_over: str | None = None
+            for _ in range(FALLBACKS):
+                swapped = await self._check_once(force)
+                if self._attempted_failed:
+                    passed_over = passed_over or self.last_error
+                if swapped or self.current is not None or not self._attempted_failed:
+                    if swapped and passed_over and self.current is not None:
+                        # Still worth seeing: the newest file is broken, an older one serves.
+                        self.last_error = f"{passed_over} (passed over: serving {self.current.path})"
+                        self._notify()
+                    return swapped
+            return False
+
+    async def _check_once(self, force: bool) -> bool:
+        """One look at the source: load and swap in its candidate if it is new."""
+        self._attempted_failed = False
+        try:
+            candidate = await self.source.poll(force)
+        except SourceError as exc:
+            logger.error("model update failed: %s%s", exc, self._kept())
+            self._failed(str(exc))
+            return False
+        if candidate is None:
+            if not self._warned_missing and self.current is None:
+                logger.warning(
+                    "no model at %s: answering model_unavailable until one appears",
+                    self.source.describe(),
                 )
-            except CheckpointError as exc:
-                logger.error("model load failed: %s%s", exc, self._kept())
-                self._failed(str(exc), candidate)
-                return False
-            except Exception as exc:
-                logger.exception("model load failed unexpectedly: %s", candidate.path)
-                self._failed(f"{candidate.path}: {type(exc).__name__}: {exc}", candidate)
-                return False
-            previous = self.current
-            self.current = model  # one atomic reference swap
-            self.reloads += 1
-            self.last_error = None
-            self._warned_missing = False
-            self.source.accepted(candidate)
-            origin = ""
-            if model.version:
-                p = model.provenance
-                run = p.get("run_id") or "?"
-                origin = f" ({p.get('name')} version {model.version} of {p.get('uri')}, run {run})"
-            logger.info(
-                "%s model %s%s (sha %s, state_dim %d, backend %s)%s",
-                "loaded" if previous is None else "reloaded",
-                model.path,
-                origin,
-                model.sha256,
-                model.state_dim,
-                model.backend,
-                f", replacing {_name(previous)}" if previous else "",
+                self._warned_missing = True
+            return False
+        if not force and candidate.key == self._attempted:
+            return False
+        self._attempted = candidate.key
+        state_dim = self.current.state_dim if self.current is not None else None
+        try:
+            model = await asyncio.to_thread(
+                prepare,
+                candidate.path,
+                self.jit,
+                state_dim,
+                sha256=candidate.sha256,
+                provenance=candidate.provenance,
             )
-            self._notify()
-            return True
+        except CheckpointError as exc:
+            logger.error("model load failed: %s%s", exc, self._kept())
+            self._failed(str(exc), candidate)
+            self._attempted_failed = True
+            return False
+        except Exception as exc:
+            logger.exception("model load failed unexpectedly: %s", candidate.path)
+            self._failed(f"{candidate.path}: {type(exc).__name__}: {exc}", candidate)
+            self._attempted_failed = True
+            return False
+        refusal = self.admit(model, self.current) if self.admit is not None else None
+        if refusal is not None:
+            logger.error("model %s not swapped in: %s%s", candidate.path, refusal, self._kept())
+            self._failed(f"{candidate.path}: {refusal}", candidate)
+            self._attempted_failed = True
+            return False
+        previous = self.current
+        self.current = model  # one atomic reference swap
+        self.reloads += 1
+        self.last_error = None
+        self._warned_missing = False
+        self.source.accepted(candidate)
+        origin = ""
+        if model.version:
+            p = model.provenance
+            run = p.get("run_id") or "?"
+            origin = f" ({p.get('name')} version {model.version} of {p.get('uri')}, run {run})"
+        logger.info(
+            "%s model %s%s (sha %s, state_dim %d, backend %s)%s",
+            "loaded" if previous is None else "reloaded",
+            model.path,
+            origin,
+            model.sha256,
+            model.state_dim,
+            model.backend,
+            f", replacing {_name(previous)}" if previous else "",
+        )
+        self._notify()
+        return True
 
     def _failed(self, error: str, candidate: Candidate | None = None) -> None:
         self.reload_failures += 1

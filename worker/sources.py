@@ -4,7 +4,7 @@ MODEL_DIR) is here; the registry's is worker/registry_source.py."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,9 @@ class FileSig:
     inode: int
 
 
+MAX_PASSED_OVER = 16  # broken files passed over in one folder before a model is served
+
+
 def _signature(path: Path) -> FileSig | None:
     try:
         st = path.stat()
@@ -26,8 +29,9 @@ def _signature(path: Path) -> FileSig | None:
     return FileSig(str(path), st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def discover(model_path: Path | None, model_dir: Path) -> Path | None:
-    """MODEL_PATH if given, else the newest ``*.pt`` in MODEL_DIR (hidden files skipped)."""
+def discover(model_path: Path | None, model_dir: Path, skip: Collection[FileSig] = ()) -> Path | None:
+    """MODEL_PATH if given, else the newest ``*.pt`` in MODEL_DIR (hidden files skipped, and
+    the files whose signature is in ``skip``)."""
     if model_path is not None:
         return model_path
     try:
@@ -38,7 +42,7 @@ def discover(model_path: Path | None, model_dir: Path) -> Path | None:
     chosen = None
     for p in candidates:
         sig = _signature(p)
-        if sig is None:
+        if sig is None or sig in skip:
             continue
         key = (sig.mtime_ns, p.name)
         if best is None or key > best:
@@ -87,22 +91,30 @@ class FolderSource:
     def __init__(self, model_path: Path | None, model_dir: Path) -> None:
         self.model_path = model_path
         self.model_dir = model_dir
+        # Until a model from here is served, files that failed to load are passed over, so a
+        # broken newest file cannot leave the folder unserved when an older one is good (a
+        # worker restarted with it). Once one is served, the newest file is the candidate
+        # again: a broken new file is refused and the served model stays.
+        self._served = False
+        self._failed: set[FileSig] = set()
 
     def describe(self) -> str:
         return str(self.model_path or f"{self.model_dir}/*.pt")
 
     async def poll(self, force: bool = False) -> Candidate | None:
-        path = discover(self.model_path, self.model_dir)
+        path = discover(self.model_path, self.model_dir, () if self._served else self._failed)
         sig = _signature(path) if path is not None else None
         if sig is None:
             return None
         return Candidate(Path(sig.path), sig, {"source": "folder"})
 
     def accepted(self, candidate: Candidate) -> None:
-        pass
+        self._served = True
+        self._failed.clear()
 
     def rejected(self, candidate: Candidate, reason: str) -> None:
-        pass
+        if not self._served and isinstance(candidate.key, FileSig) and len(self._failed) < MAX_PASSED_OVER:
+            self._failed.add(candidate.key)
 
     def status(self) -> dict[str, Any]:
         if self.model_path is not None:
