@@ -142,3 +142,38 @@ async def test_act_with_a_raw_state_and_no_contract_still_works(
     ((_, fields),) = await real_redis.xrange("statpair:actions")
     r = parse_result(fields)
     assert r.status == "ok" and r.contract == CONTRACT.id
+
+
+@pytest.mark.integration
+async def test_resend_asks_again_without_feeding_the_tick_twice(
+    tmp_path: Path, real_redis: Redis, redis_url: str
+) -> None:
+    """After a lost answer the strategy resends the last tick's state: the same state, the
+    same action, and the features still count the tick once (tick again would not)."""
+    s = make_settings(tmp_path, redis_url=redis_url)
+    write_model(s.model_dir / "a.pt", seed=1)
+    a, b = _prices(200)
+    async with serving(s), ActionClient(redis=real_redis, timeout=20) as client:
+        await wait_for(lambda: _serves(real_redis, CONTRACT.id), timeout=30, what="the worker to serve")
+        prices = PriceClient(client)
+        with pytest.raises(ValueError, match="no warmed-up tick of X/Y"):
+            await prices.resend("X/Y")
+        await prices.warm("X/Y", a[:150], b[:150])
+        first = await prices.tick("X/Y", a[150], b[150])
+        ticks = len(prices._books["X/Y"].history)
+        again = await prices.resend("X/Y")
+        assert first is not None and again.action == first.action and again.id != first.id
+        assert len(prices._books["X/Y"].history) == ticks  # not fed twice
+        fresh = FeatureBuilder(CONTRACT)
+        for t in range(151):
+            fresh.update(a[t], b[t], 0.0)
+        assert np.array_equal(prices._books["X/Y"].builder.row64(), fresh.row64())
+
+
+async def test_a_tick_that_is_not_numbers_is_a_clear_error(fake_redis: Redis) -> None:
+    async with ActionClient(redis=fake_redis, timeout=1) as client:
+        prices = PriceClient(client)
+        with pytest.raises(TypeError, match="KO/PEP: the price of leg A must be a number, got '14.2'"):
+            await prices.tick("KO/PEP", "14.2", 20.0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="the pair is a label"):
+            await prices.tick(None, 14.2, 20.0)  # type: ignore[arg-type]

@@ -47,6 +47,7 @@ class _Book:
     held_into_last: float = 0.0  # the position the last tick was fed with
     last: tuple[float, float] | None = None  # the last tick's prices
     entry: tuple[float, float] | None = None  # prices whose spread is the position's entry
+    state: np.ndarray | None = None  # the last tick's state, for resend()
 
 
 class PriceClient:
@@ -128,17 +129,35 @@ class PriceClient:
 
         Raises ``ActionError`` for an error answer (after one retry on
         ``contract_mismatch``), ``TimeoutError`` when no worker answers in time."""
+        if not isinstance(pair, str) or not pair:
+            raise TypeError(f"the pair is a label such as 'KO/PEP', got {pair!r}")
+        for leg, price in (("A", price_a), ("B", price_b)):
+            if isinstance(price, bool) or not isinstance(price, int | float | np.integer | np.floating):
+                raise TypeError(f"{pair}: the price of leg {leg} must be a number, got {price!r}")
         book = await self._book(pair)
         state = self._feed(book, price_a, price_b)
+        book.state = state
         if state is None:
             return None
+        return await self._ask(pair, book, state)
+
+    async def resend(self, pair: str) -> Result:
+        """Ask again for the action of ``pair``'s last tick, without feeding it again: after
+        a ``TimeoutError`` (or any lost answer) call this, not ``tick`` with the same prices,
+        which would count the tick twice in the features."""
+        book = self._books.get(pair)
+        if book is None or book.state is None:
+            raise ValueError(f"no warmed-up tick of {pair} to send again")
+        return await self._ask(pair, book, book.state)
+
+    async def _ask(self, pair: str, book: _Book, state: np.ndarray) -> Result:
         try:
             result = await self.client.act(state, pair=pair, contract=book.contract.id)
         except ActionError as exc:
             if exc.code != "contract_mismatch":
                 raise
             book = await self._rebuild(pair, book)
-            state = book.builder.row64().astype(np.float32)
+            state = book.state = book.builder.row64().astype(np.float32)
             result = await self.client.act(state, pair=pair, contract=book.contract.id)
         if self.follow_actions and result.action is not None:
             book.position = max(-1.0, min(1.0, result.action))
