@@ -173,7 +173,7 @@ async def test_resend_asks_again_without_feeding_the_tick_twice(
 async def test_a_tick_that_is_not_numbers_is_a_clear_error(fake_redis: Redis) -> None:
     async with ActionClient(redis=fake_redis, timeout=1) as client:
         prices = PriceClient(client)
-        with pytest.raises(TypeError, match="KO/PEP: the price of leg A must be a number, got '14.2'"):
+        with pytest.raises(TypeError, match=r"KO/PEP: the price of leg A must be a number, got '14\.2'"):
             await prices.tick("KO/PEP", "14.2", 20.0)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="the pair is a label"):
             await prices.tick(None, 14.2, 20.0)  # type: ignore[arg-type]
