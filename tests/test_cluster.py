@@ -111,6 +111,10 @@ async def test_two_workers_serve_every_shard_one_killed_mid_run(
             for reply in client._replies.values():
                 for _, fields in await admin.xrange(reply.stream):
                     seen[parse_result(fields).id] += 1
+        # A client that shards otherwise than the workers is told so before it sends anything.
+        async with ActionClient(cluster3.url, cluster=True, shards=SHARDS + 1, timeout=60) as wrong:
+            with pytest.raises(ValueError, match=f"the workers shard the streams into {SHARDS} "):
+                await wrong.act(np.zeros(28), "KO/PEP")
     finally:
         a.close()
         b.signal(signal.SIGTERM)

@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from worker.connection import Client, redis_client, xread
-from worker.protocol import Result, encode_state, parse_result
+from worker.protocol import SHARDS_FIELD, Result, encode_state, parse_result
 from worker.retry import TRANSIENT, Backoff, retrying
 from worker.shards import Streams, shard_of
 
@@ -110,6 +110,7 @@ class ActionClient:
         durable: bool = False,
         wait_ms: int = 200,
         ca_file: str | None = None,
+        contracts_key: str = "statpair:contracts",
     ) -> None:
         self._owns_redis = redis is None
         if redis is None:
@@ -137,6 +138,7 @@ class ActionClient:
         self.block_ms = block_ms
         self.durable = durable
         self.wait_ms = wait_ms
+        self.contracts_key = contracts_key  # the workers' CONTRACTS_KEY: where they say their SHARDS
         self.resent = 0  # durable mode: states sent again (no replica had them in time, or a failover)
         self._ids = itertools.count()
         # request id → its call, its index in the call, its shard
@@ -149,6 +151,13 @@ class ActionClient:
         (reads go straight to a stream's node; concurrent first calls can race, redis-py#3935)."""
         if not self._discovered and isinstance(self.redis, RedisCluster):
             await self.redis.initialize()
+            (theirs,) = await self.redis.hmget(self.contracts_key, SHARDS_FIELD)
+            if theirs is not None and int(theirs) != self.shards:
+                raise ValueError(
+                    f"the workers shard the streams into {int(theirs)} (SHARDS), this client into "
+                    f"{self.shards}: its states would go where no worker reads; "
+                    f"use ActionClient(..., cluster=True, shards={int(theirs)})"
+                )
             self._discovered = True
 
     @property

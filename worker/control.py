@@ -73,6 +73,10 @@ def status(state: ServerState) -> dict[str, Any]:
         "redis_errors": st.redis_errors,
         "uptime_s": round(time.time() - st.started_at, 3),
         "redis": state.settings.redis_url_masked,
+        # With REDIS_CLUSTER: the shards this worker reads, of SHARDS (check every shard has a reader).
+        "shards": {"served": state.settings.served_shards, "of": state.settings.shards}
+        if state.settings.redis_cluster
+        else None,
     }
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
-from worker.protocol import ANY_PAIR
+from worker.protocol import ANY_PAIR, SHARDS_FIELD
 from worker.retry import pause, retrying
 from worker.state import ServerState
 
@@ -51,6 +51,7 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
             "model_version": (m.version or "") if m else "",
             "backend": m.backend if m else "",
             "contract": m.contract_id if m else "",
+            "shards": ",".join(map(str, s.served_shards)) if s.redis_cluster else "",
             "models": str(len(champions)),  # the default and the per-pair models: what answers
             "challengers": str(len(state.models.challengers())),
             "processed": str(state.stats.processed),
@@ -85,6 +86,9 @@ async def publish_contracts(state: ServerState) -> None:
         (ANY_PAIR if route == "default" else route): model.contract.to_json()
         for route, model in state.models.champions().items()
     }
+    if fields and state.settings.redis_cluster:
+        # How the workers shard the streams: a client sharding otherwise is told, not left waiting.
+        fields[SHARDS_FIELD] = str(state.settings.shards)
     gone = published - {str(f) for f in fields}
     if fields:
         await state.redis.hset(key, mapping=fields)

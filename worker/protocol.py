@@ -22,6 +22,7 @@ ErrorCode = Literal[
 ]
 
 ANY_PAIR = "*"  # the contracts hash field of a model that answers every pair (see CONTRACTS_KEY)
+SHARDS_FIELD = "#shards"  # the contracts hash field holding the workers' SHARDS (not a pair label)
 MAX_ID_CHARS = 128
 MAX_PAIR_CHARS = 64
 MAX_CONTRACT_CHARS = 64
