@@ -19,6 +19,8 @@ from tests.helpers import serving
 from tests.servers import LocalRedisCluster, RedisProcess, make_tls_files, start_acl_redis, start_tls_redis
 from worker.client import ActionClient
 from worker.prices import PriceClient
+from worker.server import serve
+from worker.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -129,6 +131,15 @@ async def test_worker_and_strategies_under_the_acls_on_a_cluster(
                 True,
                 shards=4,
             )
+        # A wrong password is a setting to fix, said in one sentence, not a retry loop.
+        wrong = make_settings(
+            tmp_path / "wrong",
+            redis_url=acl_cluster.url.replace("redis://", "redis://statpair-worker:nope@"),
+            redis_cluster=True,
+            shards=4,
+        )
+        with pytest.raises(ConfigError, match="refused REDIS_URL's user name and password"):
+            await serve(wrong)
     finally:
         await admin.aclose()
 
