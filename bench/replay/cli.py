@@ -1,4 +1,4 @@
-"""``python -m bench replay``: its flags, the offline walk forward, the Redis and the
+"""``python -m bench replay``: its flags, the offline reference walk forward, the Redis and the
 worker it streams through (as ``bench e2e`` starts them), the verdict and the exit code:
 0 serving equals offline, 1 it does not (or the live side failed), 2 bad input."""
 
@@ -19,11 +19,10 @@ from agent.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from agent.contract import ContractError, CsvData
 from agent.data import PriceDataError
 from agent.heldout import DataError, HeldOut, held_out
-from agent.scoring import walk_forward
 from bench.e2e.scenarios import Scenario
 from bench.e2e.workers import Keys, Workers
 from bench.embedded import redis_for
-from bench.replay.compare import Challenge, challenge, checks, replayed
+from bench.replay.compare import Challenge, challenge, checks, reference, replayed
 from bench.replay.live import Live, stream
 from bench.replay.report import Run, document, text
 
@@ -108,7 +107,10 @@ def main(args: argparse.Namespace) -> int:
             _load(args.serve, "--serve")  # a clear error here, not a worker that never starts
         held = _held(args, ck)
         cost = ck.contract.cost
-        offline = walk_forward(ck.actor, held.data, cost, feature_cost=cost)
+        # The model as the worker serves it (TorchScript with jit) and as the strategy
+        # reads its actions: with the eager actor, ulp differences grew along the walk.
+        ref = reference(args.model, held.data, cost, args.backend)
+        offline = ref.trace
         rival: Challenge | None = None
         if args.challenger is not None:
             other = _load(args.challenger, "--challenger")
@@ -150,7 +152,19 @@ def main(args: argparse.Namespace) -> int:
     rep = replayed(live, len(offline), cost)
     found, diffs = checks(offline, held.data.spread[start:stop], live, rep, ck, cost)
     run = Run(
-        args.model, ck, served, held, offline, live, rep, found, diffs, target.kind, args.backend, rival
+        args.model,
+        ck,
+        served,
+        held,
+        offline,
+        live,
+        rep,
+        found,
+        diffs,
+        target.kind,
+        args.backend,
+        rival,
+        reference_backend=ref.backend,
     )
     print("\n".join(text(run)))
     if args.json:

@@ -47,6 +47,7 @@ class Run:
     redis: str
     backend: str
     challenger: Challenge | None = None
+    reference_backend: str = "eager"  # what ran the offline walk: the worker's compilation of the model
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,14 @@ def text(run: Run) -> list[str]:
     lines.append(
         f"held out: {stop - start} rows, {h.span()}: {len(run.offline)} steps, starting flat; "
         f"cost {c.cost:g} per unit of position change"
+    )
+    if run.reference_backend == run.backend:
+        how = "TorchScript" if run.backend == "jit" else "eager"
+    else:  # TorchScript failed on it, as it would in the worker
+        how = "eager: TorchScript failed on it"
+    lines.append(
+        f"offline: agent.evaluate's walk forward of the model as the worker serves it ({how}), "
+        "each action read from the wire's 9 significant digits"
     )
     served = "" if run.served == run.model else f" serving {run.served} (--serve)"
     lines.append(
@@ -134,6 +143,7 @@ def document(run: Run) -> dict[str, Any]:
         "served_contract_id": live.contract.id if live.contract else None,
         "served_model_sha256": sorted(live.model_sha256),
         "backend": run.backend,
+        "reference_backend": run.reference_backend,
         "worker_backends": sorted(live.backends),
         "redis": run.redis,
         "cost": run.ck.contract.cost,
