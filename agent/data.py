@@ -28,6 +28,10 @@ _ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 _SLASH_DATE = re.compile(r"^\d{4}/\d{2}/\d{2}$")
 _COMPACT_DATE = re.compile(r"^\d{8}$")
 DATE_FORMATS = "YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD or YYYY-MM-DD HH:MM[:SS]"
+# Real prices move by less than this factor from one row to the next: a larger jump
+# is a typo (``1e308``, a misplaced decimal point) or an unadjusted split, and one such
+# row moves the fitted hedge ratio, even flips its sign.
+MAX_JUMP = 10.0
 
 
 class PriceDataError(ValueError):
@@ -92,23 +96,34 @@ def _read_rows(path: Path, raw: bytes) -> tuple[list[str], list[tuple[int, list[
         raise PriceDataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t", key=first.count)
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    # strict: a quote left open at the end of the file is an error, not a last field
+    # that swallowed every row after it.
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
+    line = 1  # where the row being read starts: a quoted field can run over several lines
     try:
         for fields in reader:
             if not any(f.strip() for f in fields):
+                line = reader.line_num + 1
                 continue  # blank line
             if header is None:
                 header = [f.strip() for f in fields]
-                continue
-            if len(fields) != len(header):
+            elif len(fields) != len(header):
                 raise PriceDataError(
-                    f"{path} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}"
+                    f"{path} line {line}: {len(fields)} fields, the header has {len(header)}"
+                    + _runs_on(line, reader.line_num)
                 )
-            rows.append((reader.line_num, [f.strip() for f in fields]))
+            else:
+                rows.append((line, [f.strip() for f in fields]))
+            line = reader.line_num + 1
     except csv.Error as exc:
-        raise PriceDataError(f"{path} line {reader.line_num}: not readable as CSV ({exc})") from None
+        if reader.line_num > line:
+            raise PriceDataError(
+                f"{path} line {line}: an unclosed quote: the quoted field that starts on this line "
+                f"runs on to line {reader.line_num}, where the CSV reader gave up ({exc})"
+            ) from None
+        raise PriceDataError(f"{path} line {line}: not readable as CSV ({exc})") from None
     if header is None:
         raise PriceDataError(f"{path}: the file is empty")
     seen: dict[str, str] = {}
@@ -122,6 +137,13 @@ def _read_rows(path: Path, raw: bytes) -> tuple[list[str], list[tuple[int, list[
     if not rows:
         raise PriceDataError(f"{path}: the file has a header but no rows")
     return header, rows
+
+
+def _runs_on(start: int, end: int) -> str:
+    """Why a row has the wrong number of fields, when a quote made it span lines."""
+    if end <= start:
+        return ""
+    return f" (a quoted field runs on from this line to line {end}: an unclosed or stray quote?)"
 
 
 def _date_column(header: list[str], rows: list[tuple[int, list[str]]]) -> int | None:
@@ -215,6 +237,7 @@ def load_prices(path: str | Path, columns: Sequence[str] | None = None) -> Price
         kept.append((line, when, prices[0], prices[1]))
     if date_j is not None:
         _check_order(path, [(line, when) for line, when, _, _ in kept])
+    _check_jumps(path, (header[ja], header[jb]), [(line, a, b) for line, _, a, b in kept])
     dates = None if date_j is None else tuple(when.isoformat() for _, when, _, _ in kept if when is not None)
     table = PriceTable(
         path=path,
@@ -249,6 +272,43 @@ def _check_order(path: Path, dated: list[tuple[int, date | datetime | None]]) ->
                 f"{path} line {line}: the date {when.isoformat()} comes before {prev.isoformat()} "
                 f"on line {prev_line}: dates must ascend"
             )
+
+
+def _check_jumps(path: Path, names: tuple[str, str], rows: list[tuple[int, float, float]]) -> None:
+    """Fail on the first price that moves by more than ``MAX_JUMP``× from one kept row
+    to the next (in time order, leg A before leg B)."""
+    if len(rows) < 2:
+        return
+    jumps = np.abs(np.diff(np.log([(a, b) for _, a, b in rows]), axis=0)) > math.log(MAX_JUMP)
+    if not jumps.any():
+        return
+    step, leg = (int(i) for i in np.argwhere(jumps)[0])  # row-major: the earliest step first
+    before, after = rows[step], rows[step + 1]
+    # Name the row out of line: the one the price jumps to (a spike there jumps back
+    # on the next step; a wrong scale from there on does not), except a bad first
+    # row: the file's first step jumps and the one after it is calm.
+    first_row_odd = step == 0 and len(jumps) > 1 and not jumps[1, leg]
+    bad = before[0] if first_row_odd else after[0]
+    old, new = before[1 + leg], after[1 + leg]
+    if new > old:
+        moves = f"jumps from {old:g} to {new:g} (×{_factor(new / old)})"
+    else:
+        moves = f"falls from {old:g} to {new:g} (÷{_factor(old / new)})"
+    raise PriceDataError(
+        f"{path} line {bad}: {names[leg]} {moves} from line {before[0]} to line {after[0]}: "
+        f"real prices move less than {MAX_JUMP:g}× from one row to the next "
+        "(a typo, or a split the prices are not adjusted for?); fix or drop the row"
+    )
+
+
+def _factor(ratio: float) -> str:
+    """A ratio as a person writes it: 12, 930, 7.6e306 (no ``+``, no leading zeros)."""
+    if ratio < 100:
+        return f"{ratio:.2g}"
+    if ratio < 1e6:
+        return f"{ratio:.0f}"
+    mantissa, exponent = f"{ratio:.2g}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _iso(when: date | datetime | None) -> str:

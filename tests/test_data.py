@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent import pairs
 from agent.data import PriceDataError, load_prices
 from agent.env import MIN_EPISODE, PairConfig, PairData, PairTradingEnv, rows_needed
 from agent.features import WARMUP
@@ -185,3 +186,91 @@ def test_held_out_range_split_dates_and_one_walk_forward() -> None:
     a2[351:] *= 1.5
     other = PairData.from_prices(a2, t.b)
     assert other.hedge_ratio == data.hedge_ratio and np.array_equal(other.spread[:351], data.spread[:351])
+
+
+def _edited(tmp_path: Path, edit: object) -> Path:
+    rows = _real_rows()
+    edit(rows)  # type: ignore[operator]
+    return _write(tmp_path / "bad.csv", "date,SP500,NASDAQ", rows)
+
+
+def _scaled(rows: list[list[str]], start: int, factor: float) -> None:
+    """Leg A from row ``start`` on in other units (cents, an unadjusted split)."""
+    for r in rows[start:]:
+        r[1] = repr(float(r[1]) * factor)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (  # one absurd price: its row is named, the move and both lines given
+            lambda r: r[99].__setitem__(1, "1e308"),
+            r"bad.csv line 101: SP500 jumps from 2404.39 to 1e\+308 \(×4.2e304\) from line 100 to line 101: "
+            r"real prices move less than 10× from one row to the next \(a typo, or a split the prices are "
+            r"not adjusted for\?\); fix or drop the row$",
+        ),
+        (
+            lambda r: r[99].__setitem__(2, "5.9"),
+            r"bad.csv line 101: NASDAQ falls from 6163.02 to 5.9 \(÷1045\) from line 100 to line 101: ",
+        ),
+        # From line 101 on in cents: the row where the units change.
+        (lambda r: _scaled(r, 99, 100.0), r"bad.csv line 101: SP500 jumps from 2404.39 to 241507 \(×100\)"),
+        # A bad first row jumps only into the second: the first is named.
+        (
+            lambda r: r[0].__setitem__(1, "22.5"),
+            r"bad.csv line 2: SP500 jumps from 22.5 to 2270.75 \(×101\) from line 2 to line 3",
+        ),
+        # Across a row dropped for a missing value: the two kept rows are compared.
+        (
+            lambda r: (r[98].__setitem__(1, ""), r[99].__setitem__(1, "1e308")),
+            r"bad.csv line 101: SP500 jumps from 2398.42 to 1e\+308 \(×4.2e304\) from line 99 to line 101",
+        ),
+    ],
+)
+def test_a_price_that_jumps_tenfold_in_a_row_is_refused(tmp_path: Path, edit: object, message: str) -> None:
+    with pytest.raises(PriceDataError, match=message) as err:
+        load_prices(_edited(tmp_path, edit))
+    assert "\n" not in str(err.value)
+
+
+def test_moves_just_inside_tenfold_are_kept(tmp_path: Path) -> None:
+    # ×9 from line 101 on (a 1:9 split, unadjusted): odd, but not the absurd kind.
+    t = load_prices(_edited(tmp_path, lambda r: _scaled(r, 99, 9.0)))
+    assert len(t) == 502 and t.a[99] / t.a[98] > 8.9
+    with pytest.raises(PriceDataError, match=r"line 101: SP500 jumps from 2404.39 to 26565.8 \(×11\)"):
+        load_prices(_edited(tmp_path, lambda r: _scaled(r, 99, 11.0)))
+
+
+def _with_line(source: Path, tmp_path: Path, line: int, text: str) -> Path:
+    lines = source.read_text().splitlines()
+    lines[line - 1] = text
+    out = tmp_path / "quote.csv"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_an_unclosed_quote_names_the_line_it_opens_on(tmp_path: Path) -> None:
+    # KO/PEP: the 141 kB after line 101 overflow the CSV reader's 131072-character field.
+    ko_pep = _with_line(pairs.path("ko_pep"), tmp_path, 101, '2000-05-24,"14.2,20.1')
+    with pytest.raises(PriceDataError) as err:
+        load_prices(ko_pep)
+    assert str(err.value) == (
+        f"{ko_pep} line 101: an unclosed quote: the quoted field that starts on this line runs on to "
+        "line 5365, where the CSV reader gave up (field larger than field limit (131072))"
+    )
+    # A short file: the quote runs to its end (it was a last field that swallowed every row).
+    for text in ('2017-05-25,"2415.07,6205.26', '2017-05-25,2415.07,"6205.26'):
+        with pytest.raises(PriceDataError, match=r"quote.csv line 101: an unclosed quote: .* to line 503, "):
+            load_prices(_with_line(REAL, tmp_path, 101, text))
+    # A stray quote further down closes it: the row's fields run over four lines.
+    rows = REAL.read_text().splitlines()
+    rows[100], rows[103] = '2017-05-25,2415.07,"6205.26', '2017-05-31,2411.8",6198.52'
+    (tmp_path / "stray.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(
+        PriceDataError,
+        match=r"stray.csv line 101: 4 fields, the header has 3 \(a quoted field runs on from this line to "
+        r"line 104: an unclosed or stray quote\?\)$",
+    ):
+        load_prices(tmp_path / "stray.csv")
+    # Quoted fields that close are fine.
+    assert len(load_prices(_with_line(REAL, tmp_path, 101, '"2017-05-25","2415.07","6205.26"'))) == 502
