@@ -9,7 +9,10 @@ import contextlib
 import hashlib
 import io
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,11 +153,7 @@ def load_checkpoint(
         raise CheckpointError(path, f"cannot read file: {exc.strerror or exc}") from exc
     if not data:
         raise CheckpointError(path, "file is empty")
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt?): {first}") from exc
+    payload = _torch_load(path, data)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, f"not a {FORMAT} checkpoint")
     version = payload.get("version")
@@ -182,6 +181,48 @@ def load_checkpoint(
         mtime=st.st_mtime,
         size=len(data),
     )
+
+
+def _torch_load(path: Path, data: bytes) -> Any:
+    """``torch.load`` with ``weights_only``, its failures said plainly. (torch's own
+    message for a file it will not load that way suggests ``weights_only=False``,
+    which would run whatever code the file holds: never the fix for a checkpoint.)"""
+    unreadable = "not a readable checkpoint"
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        if data.startswith(b"PK\x03\x04"):
+            raise CheckpointError(path, f"{unreadable}: a zip archive cut short (truncated or corrupt?)")
+        raise CheckpointError(
+            path,
+            f"{unreadable}: not a torch zip archive, so not a statpair checkpoint "
+            f"(it starts with {data[:8]!r})",
+        )
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # what the weights-only unpickler refuses
+        # from None: torch's message (the cause) tells the reader to load it with
+        # weights_only=False, which runs any code the file holds.
+        raise CheckpointError(
+            path,
+            f"{unreadable}: it holds objects that a weights_only load refuses, so not a statpair "
+            f"checkpoint ({_refused(str(exc))})",
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            path, f"{unreadable}: a zip archive torch cannot read (truncated or corrupt?): {_first(exc)}"
+        ) from exc
+
+
+def _refused(message: str) -> str:
+    """What torch's weights-only unpickler refused, out of its long message."""
+    _, found, rest = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in rest.splitlines() if line.strip()] if found else []
+    return lines[0].split(". ")[0][:200] if lines else "its unpickler gave no reason"
+
+
+def _first(exc: Exception) -> str:
+    """The first sentence of a torch error, without its C++ source location."""
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(exc).strip())
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
 
 
 def _contract(path: Path, payload: dict[str, Any], state_dim: int) -> PairContract:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,10 +58,29 @@ def test_rejects_truncated(tmp_path: Path, keep: float) -> None:
     assert "t.pt" in str(info.value)
 
 
-def test_rejects_garbage(tmp_path: Path) -> None:
+def test_rejects_garbage_saying_it_is_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "g.pt").write_bytes(b"this is not a model" * 100)
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(tmp_path / "g.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'g.pt'}: not a readable checkpoint: not a torch zip archive, so not a statpair "
+        "checkpoint (it starts with b'this is ')"
+    )
+    assert info.value.__context__ is None  # refused before torch.load: no torch message behind it
+
+
+def test_a_file_weights_only_refuses_is_not_a_checkpoint_and_no_unsafe_advice(tmp_path: Path) -> None:
+    torch.save({"state_dict": np.zeros(3)}, tmp_path / "numpy.pt")  # a numpy array: refused
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "numpy.pt")
+    message = str(info.value)
+    assert message.startswith(
+        f"{tmp_path / 'numpy.pt'}: not a readable checkpoint: it holds objects that a weights_only load "
+        "refuses, so not a statpair checkpoint (Unsupported global: GLOBAL numpy."
+    )
+    # torch's own message says to re-run with weights_only=False: never repeated, nor chained.
+    assert "False" not in message and "\n" not in message and len(message) < 300
+    assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
 def test_rejects_non_checkpoint_torch_file(tmp_path: Path) -> None:
@@ -75,7 +95,11 @@ def test_rejects_non_checkpoint_torch_file(tmp_path: Path) -> None:
 def test_rejects_pickled_code(tmp_path: Path) -> None:
     # A whole pickled module (arbitrary classes) is refused by weights_only.
     torch.save(_actor(), tmp_path / "module.pt")
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"weights_only load refuses, so not a statpair checkpoint \(Unsupported global: "
+        r"GLOBAL agent\.actor\.SACActor was not an allowed global by default\)$",
+    ):
         load_checkpoint(tmp_path / "module.pt")
 
 
