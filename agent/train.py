@@ -48,6 +48,7 @@ __all__ = [
     "TrainConfig",
     "config_from_args",
     "main",
+    "new_run_dir",
     "summary",
     "train",
 ]
@@ -105,7 +106,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         behaviour_clone(agent.actor, states, data.rule, cfg.bc_steps, rng)
     buffer = ReplayBuffer(cfg.buffer_size, env.state_dim)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = cfg.run_dir / f"sac-{stamp}-seed{cfg.seed}"
+    run_dir = new_run_dir(cfg.run_dir, f"sac-{stamp}-seed{cfg.seed}")
     best_path, final_path = run_dir / "best.pt", run_dir / "final.pt"
     warnings = list(data.warnings)
     for w in warnings:
@@ -273,6 +274,21 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         held_out=data.held_out,
         register_note=registered,
     )
+
+
+def new_run_dir(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``name-2``, ``name-3``… when taken. Made
+    exclusively (``mkdir`` without ``exist_ok``): two runs started in the same second
+    with the same seed get a folder each and never overwrite each other's checkpoints."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1001):
+        folder = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: {name} and 999 numbered folders beside it are taken")
 
 
 def summary(result: Result) -> str:

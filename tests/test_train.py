@@ -7,17 +7,19 @@ import dataclasses
 import os
 import subprocess
 import sys
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+import agent.train
 from agent.actor import DEFAULT_HIDDEN, STATE_DIM, SACActor
 from agent.checkpoint import load_checkpoint
 from agent.features import STATE_DIM as FEATURES_STATE_DIM
 from agent.sac import SACHyper
-from agent.train import DESCRIPTION, TrainConfig, config_from_args, train
+from agent.train import DESCRIPTION, TrainConfig, config_from_args, new_run_dir, train
 from worker.model import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +74,37 @@ def test_seeded_training_is_reproducible(tmp_path: Path) -> None:
     wa, wb, wc = (load_checkpoint(r.final_path).actor.state_dict() for r in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_two_runs_in_the_same_second_with_the_same_seed_get_a_folder_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Frozen:
+            return cls(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(agent.train, "datetime", Frozen)
+    cfg = tiny(tmp_path, episodes=1)
+    a = train(cfg, progress=False)
+    files = {p: p.stat().st_ino for p in (a.best_path, a.final_path)}
+    b = train(cfg, progress=False)
+    runs = tmp_path / "runs"
+    assert a.best_path.parent == a.final_path.parent == runs / "sac-20260102-030405-seed0"
+    assert b.best_path.parent == b.final_path.parent == runs / "sac-20260102-030405-seed0-2"
+    assert b.best_path.exists() and b.final_path.exists()
+    # The first run's files are still the ones it wrote (a checkpoint is replaced by a new file).
+    assert {p: p.stat().st_ino for p in files} == files
+
+
+def test_a_run_folder_is_never_reused(tmp_path: Path) -> None:
+    taken = tmp_path / "runs" / "sac-x-seed0"
+    taken.mkdir(parents=True)
+    (taken / "best.pt").write_bytes(b"another run's")
+    made = [new_run_dir(tmp_path / "runs", "sac-x-seed0") for _ in range(2)]
+    assert made == [tmp_path / "runs" / "sac-x-seed0-2", tmp_path / "runs" / "sac-x-seed0-3"]
+    assert all(m.is_dir() and not any(m.iterdir()) for m in made)
+    assert (taken / "best.pt").read_bytes() == b"another run's"
 
 
 def test_cli_flags_override_every_field(tmp_path: Path) -> None:
