@@ -85,6 +85,16 @@ class Spread(_Model):
         return np.array([log(x) - beta * log(y) - alpha for x, y in zip(a, b, strict=True)], dtype=np.float64)
 
 
+def spread_formula(a: str, b: str, hedge_ratio: float, intercept: float) -> str:
+    """``log A − β·log B − α`` as printed, a negative β or α folded into its sign:
+    ``log KO + 0.0611315·log PEP + 0.33``, never ``− -0.0611315``."""
+
+    def term(value: float) -> str:
+        return f"{'+' if value < 0 else '−'} {abs(value):.6g}"
+
+    return f"log {a} {term(hedge_ratio)}·log {b} {term(intercept)}"
+
+
 class CsvData(_Model):
     """A user's price file; the hedge ratio and intercept were fitted on ``train_rows`` only."""
 

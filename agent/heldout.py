@@ -11,7 +11,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.contract import CsvData, PairContract
+from agent.contract import CsvData, PairContract, spread_formula
 from agent.data import PriceTable, load_prices, parse_date
 from agent.env import PairData
 from agent.features import WARMUP
@@ -64,7 +64,7 @@ class HeldOut:
         return [
             f"data: {t.path} ({check})",
             f"      {t.describe()}",
-            f"spread: log {a} − {d.hedge_ratio:.6g}·log {b} − {d.intercept:.6g} ({how})",
+            f"spread: {spread_formula(a, b, d.hedge_ratio, d.intercept)} ({how})",
         ]
 
     def as_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.baselines import DEFAULT_RULE, Policy, RuleParams
-from agent.contract import PairContract
+from agent.contract import PairContract, spread_formula
 from agent.env import MIN_EPISODE, PairData, PathSource
 from agent.features import WARMUP
 from agent.scoring import Scores, as_policy, compare, walk_forward
@@ -102,8 +102,7 @@ def _csv(cfg: TrainConfig, path: Path) -> Plan:
     chosen = f"validation {rows(fit, n)}" if kept else f"the whole window, in sample, {rows(WARMUP, n)}"
     lines = [
         f"data: {table.describe()}",
-        f"spread: log {a} − {data.hedge_ratio:.6g}·log {b} − {data.intercept:.6g}, "
-        "fitted on the training window",
+        f"spread: {spread_formula(a, b, data.hedge_ratio, data.intercept)}, fitted on the training window",
         f"training window: {rows(0, n)}; episodes from {rows(0, fit)}; checkpoint chosen on {chosen}",
         f"held out for agent.evaluate: {rows(n, total)}, {total - n} rows this run never sees",
     ]

@@ -19,7 +19,13 @@ import pytest
 import torch
 
 from agent.actor import SACActor
-from agent.contract import CHECKPOINT_KEY, ContractError, PairContract, read_checkpoint_contract
+from agent.contract import (
+    CHECKPOINT_KEY,
+    ContractError,
+    PairContract,
+    read_checkpoint_contract,
+    spread_formula,
+)
 from agent.env import SYNTHETIC_INTERCEPT, PairConfig, PairData, synthetic_prices
 from agent.features import NAMES, WARMUP
 from agent.streaming import FeatureBuilder
@@ -257,3 +263,18 @@ def test_the_contract_command_refuses_a_bad_or_old_file_in_one_line(tmp_path: Pa
         out = _contract_cli(str(path))
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {path}: {reason}"), out.stderr
+
+
+@pytest.mark.parametrize(
+    ("beta", "alpha", "text"),
+    [
+        (0.871901, -0.332605, "log KO − 0.871901·log PEP + 0.332605"),
+        (-0.0611315, 0.25, "log KO + 0.0611315·log PEP − 0.25"),
+        (-0.0611315, -1.5, "log KO + 0.0611315·log PEP + 1.5"),
+        (1.0, -0.0, "log KO − 1·log PEP − 0"),
+    ],
+)
+def test_the_spread_formula_folds_a_negative_coefficient_into_its_sign(
+    beta: float, alpha: float, text: str
+) -> None:
+    assert spread_formula("KO", "PEP", beta, alpha) == text

@@ -22,6 +22,8 @@ from agent.evaluate import compare_walk, main, walk_forward
 from agent.features import NAMES, WARMUP
 from agent.heldout import DataError, held_out
 from agent.streaming import FeatureBuilder
+from agent.train_config import TrainConfig
+from agent.train_data import plan
 
 REAL = Path(__file__).parent / "data" / "sp500_nasdaq_2017_2018.csv"
 
@@ -264,3 +266,26 @@ def test_both_commands_spell_the_columns_flag_alike() -> None:
     for parser in (evaluate_parser(), train_parser()):
         text = parser.format_help()
         assert "--columns A,B" in text and "--csv-columns" not in text
+
+
+def test_a_negative_hedge_ratio_and_intercept_print_with_one_sign(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """log SP500 ≈ β·log NASDAQ + α, so against INV = 0.01/NASDAQ the fitted hedge ratio
+    is −β and the intercept α + β·log 0.01 < 0: printed as ``+ β`` and ``+ |α'|``."""
+    lines = _rows()
+    inverse = [lines[0].replace("NASDAQ", "INV")]
+    for line in lines[1:]:
+        day, sp, nasdaq = line.split(",")
+        inverse.append(f"{day},{sp},{0.01 / float(nasdaq)!r}")
+    prices = tmp_path / "inverse.csv"
+    prices.write_text("\n".join(inverse) + "\n")
+    contract = PairData.from_csv(prices).contract(cost=0.0005)
+    beta, alpha = contract.spread.hedge_ratio, contract.spread.intercept
+    assert beta < 0 and alpha < 0
+    expected = f"spread: log SP500 + {-beta:.6g}·log INV + {-alpha:.6g}"
+    assert main([str(_model(tmp_path / "m.pt", contract)), "--csv", str(prices)]) == 0
+    out = capsys.readouterr().out
+    assert f"{expected} (from the model's contract)" in out and "− -" not in out
+    trained = plan(TrainConfig(csv=prices, out=tmp_path / "policy.pt", run_dir=tmp_path / "runs"))
+    assert f"{expected}, fitted on the training window" in trained.lines
