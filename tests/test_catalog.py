@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_settings, write_model
 from tests.test_pairs import contract_for
 from worker.catalog import Catalog
@@ -29,6 +31,9 @@ async def test_a_broken_newest_file_falls_back_to_the_older_good_one(tmp_path: P
     model = catalog.route("KO/PEP")
     assert model is not None and model.path == str(good)  # not the default: it has none anyway
     assert catalog.last_error is not None and "b.pt" in catalog.last_error
+    failures, reloads = catalog.reload_failures, catalog.reloads
+    await catalog.check()  # the next look: neither the broken file nor the served one is loaded again
+    assert (catalog.reload_failures, catalog.reloads) == (failures, reloads)
     # Once served, a broken newer file is refused and the served model stays.
     newer = folder / "c.pt"
     newer.write_bytes(b"more garbage")
@@ -65,3 +70,24 @@ async def test_a_pair_stays_with_the_folder_that_served_it(tmp_path: Path) -> No
     await catalog.check()
     assert catalog.route("KO/PEP") is serving
     assert "pairs/aa-ko" in catalog.refused and "already has a model" in catalog.refused["pairs/aa-ko"]
+
+
+async def test_a_forced_reload_of_a_broken_model_path_loads_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.model
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"garbage")
+    calls = 0
+    real = worker.model.prepare
+
+    def counting(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.model, "prepare", counting)
+    manager = ModelManager(broken, tmp_path, False)
+    assert await manager.check(force=True) is False
+    assert calls == 1 and manager.reload_failures == 1

@@ -395,6 +395,26 @@ async def test_the_states_stream_is_trimmed_of_what_every_group_acknowledged(
     assert await real_redis.xlen("statpair:states") == before
 
 
+async def test_trimming_survives_the_pending_entries_being_acknowledged_meanwhile(
+    tmp_path: Path, fake_redis: Redis
+) -> None:
+    """XINFO GROUPS said an entry was pending; by the XPENDING a moment later it was
+    acknowledged (min None): the pass trims up to the last delivered entry, no crash."""
+    s = make_settings(tmp_path)
+    w = Worker(ServerState(s, fake_redis, ModelManager(None, s.model_dir, False)))
+    await w.ensure_group()
+    await add(fake_redis, 5)
+    await fake_redis.xreadgroup(s.group, "w1", {"statpair:states": ">"}, count=5)
+    real = fake_redis.xpending
+
+    async def acknowledged_meanwhile(*args: object, **kw: object) -> dict[str, object]:
+        return {**(await real(*args, **kw)), "pending": 0, "min": None, "max": None}
+
+    fake_redis.xpending = acknowledged_meanwhile  # type: ignore[method-assign]
+    await w.recovery.trim_answered()  # did not raise
+    assert await fake_redis.xlen("statpair:states") <= 5
+
+
 @pytest.mark.integration
 async def test_a_destroyed_group_is_recreated_without_answering_again(
     tmp_path: Path, real_redis: Redis, redis_url: str

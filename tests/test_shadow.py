@@ -132,3 +132,36 @@ async def test_sampling_and_shedding() -> None:
     stop.set()
     await task
     assert full.status()["pairs"]["*"]["total"]["states"] == 20
+
+
+async def test_the_scorer_lets_the_loop_run_between_groups() -> None:
+    """Shadow work never holds the event loop for a whole drain: answers interleave."""
+    champ, chall = Linear(np.ones(28) * 0.01, "aaa"), Linear(np.ones(28) * 0.02, "bbb")
+    shadow = Shadow(lambda pair: chall, 1.0, 0.1, 8)  # type: ignore[arg-type, return-value]
+    order: list[str] = []
+    real = shadow.score
+
+    def score(work: ShadowWork) -> list[dict[str, str]]:
+        order.append("score")
+        return real(work)
+
+    shadow.score = score  # type: ignore[method-assign]
+    for seed in range(4):
+        shadow.offer(_work(10, champ, ["A/B"], seed=seed))
+    stop = asyncio.Event()
+
+    async def other_work() -> None:  # stands in for the consume loop
+        for _ in range(100):
+            if len(order) >= 4 and order[-1] != "score":
+                return
+            order.append("loop")
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    task = asyncio.create_task(shadow.run(stop))
+    await wait_for(lambda: order.count("score") == 4, what="four groups scored")
+    stop.set()
+    await task
+    await other
+    scores = [i for i, what in enumerate(order) if what == "score"]
+    assert all(order[i + 1] == "loop" for i in scores[:-1])  # the loop ran after each group

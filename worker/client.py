@@ -343,11 +343,17 @@ class ActionClient:
                 reply.last = eid
                 waiting = self._waiting.pop(fields.get(b"id", b""), None)
                 if waiting is not None:  # else: late, or a second answer to a state sent twice
-                    waiting[0].answer(waiting[1], parse_result(fields))
+                    try:
+                        waiting[0].answer(waiting[1], parse_result(fields))
+                    except Exception as exc:  # noqa: BLE001 - a malformed reply: its caller is told
+                        waiting[0].fail(exc)
                 reply.since_trim += 1
-            if reply.since_trim >= 1000:  # keep our reply stream short
+            if reply.since_trim >= 1000:  # keep our reply stream short (best effort)
                 reply.since_trim = 0
-                await self.redis.xtrim(reply.stream, minid=reply.last.decode(), approximate=True)
+                try:
+                    await self.redis.xtrim(reply.stream, minid=reply.last.decode(), approximate=True)
+                except TRANSIENT as exc:
+                    logger.debug("reply stream %s not trimmed this time: %s", reply.stream, exc)
 
     async def close(self) -> None:
         """Stop reading and delete the reply streams."""

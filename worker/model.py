@@ -136,6 +136,7 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._warned_missing = False
         self._attempted_failed = False  # the last check tried a candidate and it failed to load
+        self._served_key: Hashable | None = None  # the candidate ``current`` came from
         # A rule a loaded model must pass to replace the current one (the reason it fails, or None).
         self.admit: Callable[[ServedModel, ServedModel | None], str | None] | None = None
         self.on_change: list[Callable[[ModelManager], None]] = []  # after each attempt (metrics)
@@ -155,8 +156,8 @@ class ModelManager:
         by the next one the source offers (a folder's next-newest file), a few at most."""
         async with self._lock:
             passed_over: str | None = None
-            for _ in range(FALLBACKS):
-                swapped = await self._check_once(force)
+            for attempt in range(FALLBACKS):
+                swapped = await self._check_once(force and attempt == 0)
                 if self._attempted_failed:
                     passed_over = passed_over or self.last_error
                 if swapped or self.current is not None or not self._attempted_failed:
@@ -184,7 +185,7 @@ class ModelManager:
                 )
                 self._warned_missing = True
             return False
-        if not force and candidate.key == self._attempted:
+        if not force and candidate.key in (self._attempted, self._served_key):
             return False
         self._attempted = candidate.key
         state_dim = self.current.state_dim if self.current is not None else None
@@ -215,6 +216,7 @@ class ModelManager:
             return False
         previous = self.current
         self.current = model  # one atomic reference swap
+        self._served_key = candidate.key
         self.reloads += 1
         self.last_error = None
         self._warned_missing = False

@@ -62,6 +62,7 @@ class PriceClient:
     ) -> None:
         self.client = client
         self.contracts_key = contracts_key
+        client.contracts_key = contracts_key  # where the client checks the workers' SHARDS too
         self.follow_actions = follow_actions
         self._books: dict[str, _Book] = {}
         self.rebuilds = 0  # contract changes recovered from

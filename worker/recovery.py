@@ -70,10 +70,11 @@ class Recovery:
         redis, stream = self.state.redis, self.streams.states
         keep: tuple[int, int] | None = None
         for group in await redis.xinfo_groups(stream):
+            first = group["last-delivered-id"]
             if int(group["pending"]):
-                first = (await redis.xpending(stream, group["name"]))["min"]
-            else:
-                first = group["last-delivered-id"]
+                # Read one round trip later: all may have been acknowledged since (min None).
+                oldest = (await redis.xpending(stream, group["name"]))["min"]
+                first = oldest if oldest is not None else first
             text = first.decode() if isinstance(first, bytes) else str(first)
             ms, _, seq = text.partition("-")
             at = (int(ms), int(seq or 0))

@@ -18,7 +18,7 @@ class FileSig:
     inode: int
 
 
-MAX_PASSED_OVER = 16  # broken files passed over in one folder before a model is served
+MAX_PASSED_OVER = 256  # broken files remembered per folder (the oldest forgotten first)
 
 
 def _signature(path: Path) -> FileSig | None:
@@ -91,30 +91,32 @@ class FolderSource:
     def __init__(self, model_path: Path | None, model_dir: Path) -> None:
         self.model_path = model_path
         self.model_dir = model_dir
-        # Until a model from here is served, files that failed to load are passed over, so a
-        # broken newest file cannot leave the folder unserved when an older one is good (a
-        # worker restarted with it). Once one is served, the newest file is the candidate
-        # again: a broken new file is refused and the served model stays.
-        self._served = False
-        self._failed: set[FileSig] = set()
+        # Files that failed to load are passed over (until they change, or a forced reload),
+        # so a broken newest file cannot leave the folder unserved when an older one is good
+        # (a worker restarted with it), nor be loaded again at every look. A broken new file
+        # is refused and the served model stays.
+        self._failed: dict[FileSig, None] = {}  # insertion-ordered: the oldest forgotten first
 
     def describe(self) -> str:
         return str(self.model_path or f"{self.model_dir}/*.pt")
 
     async def poll(self, force: bool = False) -> Candidate | None:
-        path = discover(self.model_path, self.model_dir, () if self._served else self._failed)
+        if force:
+            self._failed.clear()
+        path = discover(self.model_path, self.model_dir, self._failed)
         sig = _signature(path) if path is not None else None
         if sig is None:
             return None
         return Candidate(Path(sig.path), sig, {"source": "folder"})
 
     def accepted(self, candidate: Candidate) -> None:
-        self._served = True
-        self._failed.clear()
+        pass
 
     def rejected(self, candidate: Candidate, reason: str) -> None:
-        if not self._served and isinstance(candidate.key, FileSig) and len(self._failed) < MAX_PASSED_OVER:
-            self._failed.add(candidate.key)
+        if isinstance(candidate.key, FileSig) and self.model_path is None:
+            self._failed[candidate.key] = None
+            while len(self._failed) > MAX_PASSED_OVER:
+                del self._failed[next(iter(self._failed))]
 
     def status(self) -> dict[str, Any]:
         if self.model_path is not None:

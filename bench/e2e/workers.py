@@ -120,6 +120,9 @@ class Workers:
             "results_maxlen": max(1_000_000, 2 * self.sc.total),
             "log_level": "WARNING",
             "idle_spin_ms": self.sc.idle_spin_ms,
+            # A drain holds the group at the end of the queued states, then moves it back to
+            # the start (XGROUP SETID): a trim in between would take the queue away.
+            "trim_states": not self.sc.drain,
         }
 
     def env(self, i: int) -> dict[str, str]:
