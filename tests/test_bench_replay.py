@@ -81,6 +81,17 @@ def _assert_cleaned_up(client: redis.Redis, before: set[Any]) -> None:
     client.close()
 
 
+def _replay_agrees(
+    prices: Path, model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, dict[str, Any]]:
+    """Run ``bench replay`` with --json; it must exit 0 saying serving equals offline."""
+    out = tmp_path / "replay.json"
+    assert main(["replay", str(prices), "--model", str(model), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "agreement: serving equals offline" in text and "FAILED" not in text
+    return text, json.loads(out.read_text())
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_replay_of_a_synthetic_file_equals_the_offline_walk_forward(
@@ -89,12 +100,8 @@ def test_replay_of_a_synthetic_file_equals_the_offline_walk_forward(
     prices = _synthetic_file(tmp_path / "syn.csv")
     model = write_model(tmp_path / "m.pt", seed=3, contract=CONTRACT)
     before = set(live_env.keys("*"))
-    out = tmp_path / "replay.json"
-    assert main(["replay", str(prices), "--model", str(model), "--json", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "agreement: serving equals offline" in text and "FAILED" not in text
+    text, doc = _replay_agrees(prices, model, tmp_path, capsys)
     assert "live: 1 worker (jit) over Redis (external)" in text
-    doc = json.loads(out.read_text())
     offline, ck, data = _offline(model, prices, "jit")
     start, stop = data.held_out
     assert (start, stop) == (280, 400) and doc["data"]["held_out_rows"] == [280, 400]
@@ -185,12 +192,8 @@ def test_a_trained_model_served_with_torchscript_equals_its_offline_reference_ov
     )
     model = train(cfg, progress=False).best_path
     before = set(live_env.keys("*"))
-    out = tmp_path / "replay.json"
-    assert main(["replay", str(prices), "--model", str(model), "--json", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "agreement: serving equals offline" in text and "FAILED" not in text
+    text, doc = _replay_agrees(prices, model, tmp_path, capsys)
     assert "offline: agent.evaluate's walk forward of the model as the worker serves it (TorchScript)" in text
-    doc = json.loads(out.read_text())
     assert doc["ok"] and doc["steps"] == 1735 and doc["worker_backends"] == ["jit"]
     assert doc["reference_backend"] == "jit"
     # The reference reads its actions as the wire carries them (9 significant digits),
