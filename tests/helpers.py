@@ -11,8 +11,11 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+import redis
+
+from bench.e2e.workers import Workers
 from tests.servers import wait_until
 
 if TYPE_CHECKING:
@@ -91,3 +94,18 @@ class WorkerProcess:
             self.signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
         self._log.close()
+
+
+class RecordingWorkers(Workers):
+    """A benchmark's own workers, their PIDs kept for a test to check that it ended them."""
+
+    started: ClassVar[list[int]] = []
+
+    def start(self, client: redis.Redis) -> None:
+        super().start(client)
+        RecordingWorkers.started += self.pids
+
+
+def gone(pid: int) -> bool:
+    """The process has ended and been reaped (not even a zombie)."""
+    return not Path(f"/proc/{pid}").exists()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import redis
@@ -16,23 +16,9 @@ import redis
 import bench.client.cli
 from bench.cli import main
 from bench.client.measure import Plan, ratios
-from bench.e2e.workers import Workers
+from tests.helpers import RecordingWorkers, gone
 
 MODES = ["raw", "act", "raw_many(2)", "act_many(2)", "raw_many(3)", "act_many(3)", "price"]
-
-
-class RecordingWorkers(Workers):
-    """The benchmark's own workers, with their PIDs kept for the test to check."""
-
-    started: ClassVar[list[int]] = []
-
-    def start(self, client: redis.Redis) -> None:
-        super().start(client)
-        RecordingWorkers.started += self.pids
-
-
-def _gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()  # reaped too: not even a zombie
 
 
 @pytest.mark.integration
@@ -69,7 +55,7 @@ def test_client_json_has_every_mode_and_ratio(
     assert "through Redis (external), 1 worker (jit), model 16,16" in table
     assert "6/6 in one read of 3" in table and "PriceClient.tick p50 − act p50" in table
     # Its worker ran and was stopped by PID; its keys are gone, the contract hash included.
-    assert len(RecordingWorkers.started) == 1 and all(_gone(pid) for pid in RecordingWorkers.started)
+    assert len(RecordingWorkers.started) == 1 and all(gone(pid) for pid in RecordingWorkers.started)
     assert set(client.keys("*")) == before
     client.close()
 
@@ -93,7 +79,7 @@ def test_a_failure_mid_run_stops_the_worker_and_deletes_the_keys(
     monkeypatch.setattr(bench.client.cli, "measure", failing)
     with pytest.raises(ValueError, match="boom"):
         main(["client", "--count", "2", "--hidden", "16,16"])
-    assert RecordingWorkers.started and all(_gone(pid) for pid in RecordingWorkers.started)
+    assert RecordingWorkers.started and all(gone(pid) for pid in RecordingWorkers.started)
     assert set(client.keys("*")) == before
     client.close()
 

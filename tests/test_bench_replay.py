@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,27 +23,13 @@ from agent.heldout import held_out
 from agent.scoring import Trace, scores, walk_forward
 from agent.train import TrainConfig, train
 from bench.cli import main
-from bench.e2e.workers import Workers
 from bench.replay.compare import ACTION_TOLERANCE, DEAD_BAND, SCORE_NAMES, checks, reference, replayed
 from bench.replay.live import Live
 from tests.conftest import CONTRACT, write_model
+from tests.helpers import RecordingWorkers, gone
 from worker.protocol import discrete
 
 REAL = Path(__file__).parent / "data" / "sp500_nasdaq_2017_2018.csv"
-
-
-class RecordingWorkers(Workers):
-    """The replay's own worker, its PID kept for the test to check."""
-
-    started: ClassVar[list[int]] = []
-
-    def start(self, client: redis.Redis) -> None:
-        super().start(client)
-        RecordingWorkers.started += self.pids
-
-
-def _gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
 
 
 def _synthetic_file(path: Path, rows: int = 400, seed: int = 7) -> Path:
@@ -76,7 +62,7 @@ def _offline(model: Path, prices: Path, backend: str = "eager") -> tuple[Trace, 
 
 
 def _assert_cleaned_up(client: redis.Redis, before: set[Any]) -> None:
-    assert len(RecordingWorkers.started) == 1 and all(_gone(p) for p in RecordingWorkers.started)
+    assert len(RecordingWorkers.started) == 1 and all(gone(p) for p in RecordingWorkers.started)
     assert set(client.keys("*")) == before
     client.close()
 

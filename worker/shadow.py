@@ -84,13 +84,7 @@ class Divergence:
 
     def _total(self) -> dict[str, float | int | None]:
         if not self.n:
-            return {
-                "states": 0,
-                "disagree_share": None,
-                "mean_abs_delta": None,
-                "p95_abs_delta": None,
-                "correlation": None,
-            }
+            return _no_figures()
         cum = np.cumsum(self.hist)
         p95_bin = int(np.searchsorted(cum, 0.95 * self.n))
         n = self.n
@@ -112,16 +106,21 @@ def _q(values: list[float], q: float) -> float | None:
     return None if not values else float(values[min(len(values) - 1, int(q * len(values)))])
 
 
+def _no_figures() -> dict[str, float | int | None]:
+    """The figures of a challenger that has scored nothing (yet)."""
+    return {
+        "states": 0,
+        "disagree_share": None,
+        "mean_abs_delta": None,
+        "p95_abs_delta": None,
+        "correlation": None,
+    }
+
+
 def _figures(pairs: np.ndarray, band: float) -> dict[str, float | int | None]:
     n = len(pairs)
     if not n:
-        return {
-            "states": 0,
-            "disagree_share": None,
-            "mean_abs_delta": None,
-            "p95_abs_delta": None,
-            "correlation": None,
-        }
+        return _no_figures()
     x, y = pairs[:, 0], pairs[:, 1]
     d = np.abs(x - y)
     sx = np.sign(np.where(np.abs(x) > band, x, 0.0))
