@@ -91,3 +91,17 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path: Path, capsys: pytest.Capture
     assert "--validation-fraction" in capsys.readouterr().err
     assert main(["--csv", str(REAL), "--train-fraction", "2"]) == 2
     assert "--train-fraction" in capsys.readouterr().err
+
+
+def test_it_runs_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from agent.rulegrid import main\n"
+        f"raise SystemExit(main(['--csv', {str(REAL)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "settings above 0" in done.stdout
