@@ -42,6 +42,10 @@ class PairConfig:
     # evaluation cost when ``cost`` is inflated for learning, so training sees
     # the feature a live strategy will compute from the model's contract.
     feature_cost: float | None = None
+    # Learning only: the reward is pnl − cost − risk_aversion · pnl², a mean-variance reward that
+    # makes holding a position through large moves of the spread cost something. Scoring (and
+    # validation) keeps 0, so every figure is the plain PnL after cost.
+    risk_aversion: float = 0.0
 
     def contract(self) -> PairContract:
         """The pair contract of a model trained on this generator (cost: the feature cost)."""
@@ -310,4 +314,4 @@ class PairTradingEnv:
         info = {"pnl": pnl, "cost": cost, "position": new, "turnover": traded, "z": float(self.market[i][0])}
         # The end of an episode is a time limit, not a terminal state: the next
         # state is real (the path has one more step) and training bootstraps from it.
-        return self._state(), pnl - cost, done, info
+        return self._state(), pnl - cost - self.config.risk_aversion * pnl * pnl, done, info

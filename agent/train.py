@@ -89,7 +89,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     for line in data.lines:
         logger.info("%s", line)
     contract = data.contract
-    env = PairTradingEnv(cfg.pair(cfg.episode_length, cfg.train_cost_multiplier), source=data.train)
+    env = PairTradingEnv(
+        cfg.pair(cfg.episode_length, cfg.train_cost_multiplier, learning=True), source=data.train
+    )
     synthetic = PairTradingEnv(env.config, source=randomised_spreads())
     # Scored before seeding: building the incumbent's actor draws from torch's
     # RNG, and a seed must give the same run whether or not a model is there.

@@ -102,6 +102,12 @@ class TrainConfig:
         "the cost charged while learning, as a multiple of --cost "
         "(above 1 discourages churn; validation uses --cost)",
     )
+    risk_aversion: float = _f(
+        0.0,
+        "learning only: subtract this times the squared step PnL from the reward (a mean-variance "
+        "reward: holding through large moves of the spread costs; validation and evaluation score the "
+        "plain PnL after cost)",
+    )
     csv: Path | None = field(
         default=None,
         metadata={
@@ -168,6 +174,8 @@ class TrainConfig:
         unknown = [n for n in self.input_names() if n not in NAMES]
         if unknown:
             raise ConfigError(f"--inputs: no feature {unknown[0]!r} (the features are: {', '.join(NAMES)})")
+        if self.risk_aversion < 0:
+            raise ConfigError(f"--risk-aversion must be at least 0, got {self.risk_aversion}")
         if self.bc_weight < 0:
             raise ConfigError(f"--bc-weight must be at least 0, got {self.bc_weight}")
         for name in (
@@ -191,7 +199,8 @@ class TrainConfig:
         """``--columns A,B`` as names (the price loader checks there are two, naming the file)."""
         return None if self.columns is None else [c.strip() for c in self.columns.split(",")]
 
-    def pair(self, length: int, cost_multiplier: float = 1.0) -> PairConfig:
+    def pair(self, length: int, cost_multiplier: float = 1.0, learning: bool = False) -> PairConfig:
+        """The environment's settings; ``learning``: the training episodes' (with --risk-aversion)."""
         return PairConfig(
             episode_length=length,
             half_life=self.half_life,
@@ -200,6 +209,7 @@ class TrainConfig:
             cost=self.cost * cost_multiplier,
             # cost_vol (feature 27) shows the evaluated cost, however much learning charges.
             feature_cost=self.cost,
+            risk_aversion=self.risk_aversion if learning else 0.0,
         )
 
     def hyper(self) -> SACHyper:

@@ -14,7 +14,7 @@ import torch
 
 from agent.baselines import RuleParams, zscore_rule
 from agent.checkpoint import load_checkpoint
-from agent.env import PairConfig, PairData
+from agent.env import PairConfig, PairData, PairTradingEnv
 from agent.randomise import randomised_spreads
 from agent.train import TrainConfig, train
 from agent.train_data import plan
@@ -48,6 +48,7 @@ def levers(tmp_path: Path, csv: Path, **kw: Any) -> TrainConfig:
         "warm_start": "rule",
         "bc_steps": 30,
         "bc_weight": 0.5,
+        "risk_aversion": 2.0,
         "out": tmp_path / "m.pt",
         "run_dir": tmp_path / "runs",
         "quiet": True,
@@ -151,6 +152,7 @@ def test_the_lever_flags_are_checked() -> None:
         ({"bc_weight": -1.0}, "--bc-weight must be at least 0"),
         ({"patience": -1}, "--patience must be at least 0"),
         ({"synthetic_episodes": -2}, "--synthetic-episodes must be at least 0"),
+        ({"risk_aversion": -0.5}, "--risk-aversion must be at least 0"),
     ):
         with pytest.raises(ConfigError, match=message):
             dataclasses.replace(TrainConfig(), **bad).check()
@@ -172,3 +174,24 @@ def test_fewer_inputs_keep_the_dropped_features_weights_at_zero(tmp_path: Path) 
 
     with pytest.raises(ConfigError, match="--inputs: no feature 'z30'"):
         TrainConfig(inputs="z60_lag0,z30").check()
+
+
+def test_risk_aversion_charges_the_squared_pnl_while_learning_and_nothing_else() -> None:
+    cfg = TrainConfig(risk_aversion=3.0)
+    learning, judging = cfg.pair(64, 10.0, learning=True), cfg.pair(64)
+    assert learning.risk_aversion == 3.0 and judging.risk_aversion == 0.0
+    rewards = {}
+    for name, config in (("learning", learning), ("plain", dataclasses.replace(learning, risk_aversion=0.0))):
+        env = PairTradingEnv(config, seed=5)
+        env.reset(seed=5)
+        out = []
+        for action in (1.0, 1.0, -0.5, 0.0, 0.7):
+            _, reward, _, info = env.step(action)
+            out.append((reward, info["pnl"], info["cost"]))
+        rewards[name] = out
+    for (r, pnl, cost), (plain, _, _) in zip(rewards["learning"], rewards["plain"], strict=True):
+        assert plain == pnl - cost
+        assert r == pytest.approx(pnl - cost - 3.0 * pnl * pnl, abs=1e-15)
+    assert any(
+        r < plain for (r, _, _), (plain, _, _) in zip(rewards["learning"], rewards["plain"], strict=True)
+    )
