@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 
 from agent.baselines import RuleParams
 from agent.data import PriceDataError
-from agent.env import PairData
+from agent.env import MIN_EPISODE, PairData
 from agent.features import WARMUP, spread_features
 from agent.heldout import columns_flag
 from agent.walkforward import RULE_GRID, rule_walk, tune_rule
@@ -44,11 +45,12 @@ class Setting:
 @dataclass(frozen=True)
 class Grid:
     path: Path
-    rows: dict[str, tuple[int, int]]  # window → [lo, hi)
+    rows: dict[str, tuple[int, int]]  # window → [lo, hi); no "validation" when agent.train keeps none
     dates: tuple[str, ...] | None
     settings: tuple[Setting, ...]
     tuned: RuleParams  # the best on train+validation: agent.evaluate's tuned rule
     cost: float
+    note: str | None = None  # why there is no validation window, when there is none
 
     def span(self, window: str) -> str:
         lo, hi = self.rows[window]
@@ -83,7 +85,8 @@ class Grid:
         out = [
             f"data: {self.path}; cost {self.cost:g} per unit of position change",
             "split (as agent.train makes it): "
-            + "; ".join(f"{w} {self.span(w)}" for w in ("train", "validation", "test")),
+            + "; ".join(f"{w} {self.span(w)}" for w in ("train", "validation", "test") if w in self.rows),
+            *([f"no validation window: {self.note}"] if self.note else []),
             "spread: fitted on train + validation, as a model trained on this file serves it",
             f"the z-score rule at each of its {len(self.settings)} settings, annualised Sharpe after cost "
             "(test: hindsight, for diagnosis: nothing chooses on it)",
@@ -93,8 +96,9 @@ class Grid:
         for s in sorted(self.settings, key=lambda s: -s.sharpe["train+validation"]):
             p, sh = s.params, s.sharpe
             mark = "  ← tuned" if p == self.tuned else ""
+            val = f"{sh['validation']:7.2f}" if "validation" in sh else f"{'—':>7}"
             out.append(
-                f"{p.entry:5g} {p.exit:5g} {p.lookback:6d} {sh['train']:7.2f} {sh['validation']:7.2f} "
+                f"{p.entry:5g} {p.exit:5g} {p.lookback:6d} {sh['train']:7.2f} {val} "
                 f"{sh['train+validation']:7.2f} {sh['test']:7.2f} {s.test_turnover:13.4f}{mark}"
             )
         m = self.summary()
@@ -158,29 +162,31 @@ def grid(
     """Every rule setting on each window of ``path``'s split (``agent.train``'s, by the same fractions)."""
     if not 0.0 < train_fraction < 1.0:
         raise PriceDataError(f"--train-fraction must be between 0 and 1, got {train_fraction}")
-    if not 0.0 < validation_fraction < 1.0:
-        raise PriceDataError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
-    if cost < 0:
-        raise PriceDataError(f"--cost must be at least 0, got {cost}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise PriceDataError(f"--validation-fraction must be in [0, 1), got {validation_fraction}")
+    if not (math.isfinite(cost) and cost >= 0):
+        raise PriceDataError(f"--cost must be a number at least 0, got {cost}")
     data = PairData.from_csv(path, columns, train_fraction)
     s = data.spread
     test, n = data.held_out
-    fit = test - round(test * validation_fraction)
-    if test - fit < 2:
-        raise PriceDataError(
-            f"{path}: a validation window of {test - fit} rows is too short: raise --validation-fraction"
+    # agent.train's split (train_data._csv): the last share of the training window validates,
+    # unless that leaves too few rows for episodes or for validation; then there is none.
+    kept = round(test * validation_fraction)
+    note = None
+    if validation_fraction > 0 and (test - kept < WARMUP + MIN_EPISODE or kept < MIN_EPISODE):
+        note = (
+            f"the training window ({test} rows) is too short to keep {validation_fraction:.0%} of it for "
+            "validation: agent.train chooses its checkpoint on the whole window, in sample"
         )
-    if fit < WARMUP + 2:
-        raise PriceDataError(
-            f"{path}: the training window before validation has {fit} rows: too few to walk the rule "
-            f"after its {WARMUP}-row warm-up (lower --validation-fraction)"
-        )
-    rows = {
-        "train": (WARMUP, fit),
-        "validation": (fit, test),
-        "train+validation": (WARMUP, test),
-        "test": (test, n),
-    }
+        kept = 0
+    elif kept == 0:
+        note = "--validation-fraction 0"
+    fit = test - kept
+    rows = {"train": (WARMUP, fit)}
+    if kept:
+        rows["validation"] = (fit, test)
+    rows["train+validation"] = (WARMUP, test)
+    rows["test"] = (test, n)
     market = spread_features(s).market
     settings = []
     for p in RULE_GRID:
@@ -188,7 +194,7 @@ def grid(
         turnover = rule_walk(s, market, test, n, p, cost).turnover
         settings.append(Setting(p, sharpe, turnover))
     tuned = tune_rule(s, test, cost).params  # reads rows before the test window only
-    return Grid(Path(path), rows, data.dates, tuple(settings), tuned, cost)
+    return Grid(Path(path), rows, data.dates, tuple(settings), tuned, cost, note)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -233,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in g.lines():
         print(line)
     if args.json:
-        args.json.write_text(json.dumps(g.as_dict(), indent=2) + "\n")
+        try:
+            args.json.write_text(json.dumps(g.as_dict(), indent=2) + "\n")
+        except OSError as exc:
+            print(f"error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -174,10 +175,10 @@ class TrainConfig:
         unknown = [n for n in self.input_names() if n not in NAMES]
         if unknown:
             raise ConfigError(f"--inputs: no feature {unknown[0]!r} (the features are: {', '.join(NAMES)})")
-        if self.risk_aversion < 0:
-            raise ConfigError(f"--risk-aversion must be at least 0, got {self.risk_aversion}")
-        if self.bc_weight < 0:
-            raise ConfigError(f"--bc-weight must be at least 0, got {self.bc_weight}")
+        for name in ("risk_aversion", "bc_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number at least 0, got {value}")
         for name in (
             "episodes",
             "episode_length",

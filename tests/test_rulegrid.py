@@ -87,8 +87,13 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path: Path, capsys: pytest.Capture
     assert main(["--csv", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.csv" in err and "Traceback" not in err
-    assert main(["--csv", str(REAL), "--validation-fraction", "0.9"]) == 2
+    assert main(["--csv", str(REAL), "--validation-fraction", "1"]) == 2
     assert "--validation-fraction" in capsys.readouterr().err
+    assert main(["--csv", str(REAL), "--cost", "nan"]) == 2
+    assert "--cost" in capsys.readouterr().err
+    assert main(["--csv", str(REAL), "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and "Traceback" not in err
     assert main(["--csv", str(REAL), "--train-fraction", "2"]) == 2
     assert "--train-fraction" in capsys.readouterr().err
 
@@ -105,3 +110,21 @@ def test_it_runs_without_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "settings above 0" in done.stdout
+
+
+@pytest.mark.parametrize("fraction", ["0.9", "0"])
+def test_without_a_validation_window_it_says_so_as_agent_train_would(
+    fraction: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 0.9 of this file's 351 training rows leaves too few for episodes: agent.train validates in sample
+    from agent.train import TrainConfig
+    from agent.train_data import plan
+
+    p = plan(TrainConfig(csv=REAL, validation_fraction=float(fraction)))
+    assert p.split["validation"] == []
+    g = grid(REAL, validation_fraction=float(fraction))
+    assert "validation" not in g.rows and g.note
+    assert g.rows["train"] == g.rows["train+validation"]
+    assert main(["--csv", str(REAL), "--validation-fraction", fraction]) == 0
+    out = capsys.readouterr().out
+    assert "no validation window" in out and "—" in out

@@ -149,10 +149,12 @@ def test_the_lever_flags_are_checked() -> None:
 
     for bad, message in (
         ({"warm_start": "zscore"}, "--warm-start must be none or rule"),
-        ({"bc_weight": -1.0}, "--bc-weight must be at least 0"),
+        ({"bc_weight": -1.0}, "--bc-weight must be a number at least 0"),
+        ({"bc_weight": float("nan")}, "--bc-weight must be a number at least 0"),
         ({"patience": -1}, "--patience must be at least 0"),
         ({"synthetic_episodes": -2}, "--synthetic-episodes must be at least 0"),
-        ({"risk_aversion": -0.5}, "--risk-aversion must be at least 0"),
+        ({"risk_aversion": -0.5}, "--risk-aversion must be a number at least 0"),
+        ({"risk_aversion": float("inf")}, "--risk-aversion must be a number at least 0"),
     ):
         with pytest.raises(ConfigError, match=message):
             dataclasses.replace(TrainConfig(), **bad).check()
