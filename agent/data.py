@@ -83,6 +83,8 @@ def parse_date(text: str) -> date | datetime | None:
 
 
 def _number(text: str) -> float | None:
+    if "_" in text:  # float() reads "1_8.5" as 18.5: a price file never means that
+        return None
     try:
         return float(text)
     except ValueError:

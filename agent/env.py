@@ -156,8 +156,14 @@ class PairData:
         beta = float(np.cov(x, y, bias=True)[0, 1] / var)
         alpha = float(y.mean() - beta * x.mean())
         spec = Spread(hedge_ratio=beta, intercept=alpha, estimation="ols_on_training_window")
+        spread = spec.path(a, b)
+        if float(np.std(spread[:n_train])) <= 1e-12:
+            raise PriceDataError(
+                f"{where}: the spread log A − {beta:.6g}·log B is constant over the training window "
+                "(one leg is flat, or the two move in exact proportion): there is nothing to trade"
+            )
         dates = table.dates if table is not None else None
-        return cls(spec.path(a, b), beta, alpha, n_train, train_fraction, dates, table)
+        return cls(spread, beta, alpha, n_train, train_fraction, dates, table)
 
     @classmethod
     def from_csv(

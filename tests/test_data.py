@@ -85,6 +85,7 @@ def test_missing_values_drop_the_row_and_are_counted(tmp_path: Path) -> None:
         (lambda r: r[7].__setitem__(2, "inf"), r"bad.csv line 9: NASDAQ inf is not a positive price"),
         (lambda r: r[7].__setitem__(1, "12,5"), r"bad.csv line 9: 4 fields, the header has 3"),
         (lambda r: r[7].__setitem__(1, "abc"), r"bad.csv line 9: SP500 'abc' is not a number"),
+        (lambda r: r[7].__setitem__(1, "2_257.8"), r"bad.csv line 9: SP500 '2_257.8' is not a number"),
         (lambda r: r[7].__setitem__(0, "2017/13/40"), r"bad.csv line 9: date '2017/13/40' is not a date"),
         (lambda r: r[7].__setitem__(0, "1/12/2017"), r"is not a date \(YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD"),
         (lambda r: r[7].__setitem__(0, r[6][0]), r"bad.csv lines 8 and 9: the date 2017-01-11 repeats"),
@@ -274,3 +275,14 @@ def test_an_unclosed_quote_names_the_line_it_opens_on(tmp_path: Path) -> None:
         load_prices(tmp_path / "stray.csv")
     # Quoted fields that close are fine.
     assert len(load_prices(_with_line(REAL, tmp_path, 101, '"2017-05-25","2415.07","6205.26"'))) == 502
+
+
+@pytest.mark.parametrize("leg_b", ["same", "flat a"])
+def test_a_spread_with_nothing_to_trade_is_refused(tmp_path: Path, leg_b: str) -> None:
+    # B copied from A: log A − 1·log B is 0 everywhere; A flat: the fit gives β = 0, a constant spread
+    same = [[d, a, a] for d, a, _ in _real_rows()]
+    flat = [[d, "10", b] for d, _, b in _real_rows()]
+    rows = same if leg_b == "same" else flat
+    path = _write(tmp_path / "flat.csv", "date,SP500,NASDAQ", rows)
+    with pytest.raises(PriceDataError, match=r"flat.csv: the spread .* is constant over the training window"):
+        PairData.from_csv(path)

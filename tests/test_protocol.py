@@ -78,6 +78,9 @@ def test_integers_are_numbers() -> None:
         ({b"state": json.dumps(STATE).encode(), b"pair": b"P" * 65}, "pair has 65 characters"),
         ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"soon"}, "not a whole number"),
         ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"-5"}, "ttl_ms -5 is negative"),
+        ({b"state": json.dumps(STATE).encode(), b"ttl_ms": b"abc"}, "ttl_ms 'abc' is not a whole"),
+        ({b"state": json.dumps(STATE).encode(), b"contract": b"zzz"}, "'zzz' is not a contract id"),
+        ({b"state": json.dumps(STATE).encode(), b"contract": b"8F0C9495CFA9"}, "not a contract id"),
     ],
 )
 def test_invalid_state(fields: dict[bytes, bytes], detail: str) -> None:
@@ -111,6 +114,16 @@ def test_reply_to_must_be_under_prefix(reply_to: bytes, ok: bool) -> None:
     else:
         assert r.error == "invalid_state" and "not a stream name under" in r.detail
         assert r.reply_to == "statpair:actions"  # the error goes to the default stream
+
+
+@pytest.mark.parametrize("bad", [{b"reply_to": b"foo"}, {b"ttl_ms": b"x"}, {b"contract": b"zz"}])
+def test_a_bad_field_keeps_the_client_s_id_and_reply_stream(bad: dict[bytes, bytes]) -> None:
+    fields = {b"state": json.dumps(STATE).encode(), b"id": b"t-7"} | bad
+    if b"reply_to" not in bad:
+        fields[b"reply_to"] = b"statpair:actions:me"
+    r = dec(fields)
+    assert r.error == "invalid_state" and r.id == "t-7"
+    assert r.reply_to == ("statpair:actions" if b"reply_to" in bad else "statpair:actions:me")
 
 
 def test_ttl_from_entry_and_default() -> None:

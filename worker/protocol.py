@@ -10,6 +10,7 @@ microseconds, not a model validation each. Clients use the pydantic models.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -26,6 +27,8 @@ SHARDS_FIELD = "#shards"  # the contracts hash field holding the workers' SHARDS
 MAX_ID_CHARS = 128
 MAX_PAIR_CHARS = 64
 MAX_CONTRACT_CHARS = 64
+_CONTRACT_ID = re.compile(r"[0-9a-f]{12}")  # agent.contract: sha256's first 12 hex digits
+CONTRACTS_DOC = "statpair:contracts"
 MAX_FIELDS = 32
 DEAD_LETTER_VALUE_BYTES = 1024  # copies of rejected fields are cut to this
 
@@ -229,35 +232,63 @@ def _decode(
             too_large = f"field {shown!r} is {len(value)} bytes, the limit is {limits.max_field_bytes}"
             break
     # The small fields are read even for an oversized entry, so that its error
-    # still carries the client's id and goes to its reply stream.
-    try:
-        raw = fields.get(b"reply_to")
-        if raw is not None:
-            reply = _text(raw, "reply_to", 256)
-            if not reply.startswith(limits.reply_prefix) or len(reply) == len(limits.reply_prefix):
-                raise ValueError(f"reply_to {reply!r} is not a stream name under {limits.reply_prefix!r}")
-            req.reply_to = reply
-        raw = fields.get(b"id")
-        if raw is not None:
-            cid = _text(raw, "id", MAX_ID_CHARS)
-            if cid:
-                req.id = cid
-        raw = fields.get(b"pair")
-        if raw is not None:
-            req.pair = _text(raw, "pair", MAX_PAIR_CHARS)
-        raw = fields.get(b"contract")
-        built_for = None if raw is None else _text(raw, "contract", MAX_CONTRACT_CHARS)
-        raw = fields.get(b"ttl_ms")
-        ttl = limits.default_ttl_ms
+    # still carries the client's id and goes to its reply stream; each is read on
+    # its own, so that one bad field does not lose the others (the id above all).
+    problems: list[str] = []
+
+    def read(name: bytes, parse: Callable[[bytes], None]) -> None:
+        raw = fields.get(name)
         if raw is not None:
             try:
-                ttl = int(raw)
-            except ValueError:
-                raise ValueError(f"ttl_ms {raw[:32]!r} is not a whole number of milliseconds") from None
-            if ttl < 0:
-                raise ValueError(f"ttl_ms {ttl} is negative")
-    except ValueError as exc:
-        return req.fail("too_large" if too_large else "invalid_state", too_large or str(exc)), None, None
+                parse(raw)
+            except ValueError as exc:
+                problems.append(str(exc))
+
+    def set_id(raw: bytes) -> None:
+        cid = _text(raw, "id", MAX_ID_CHARS)
+        if cid:
+            req.id = cid
+
+    def set_reply(raw: bytes) -> None:
+        reply = _text(raw, "reply_to", 256)
+        if not reply.startswith(limits.reply_prefix) or len(reply) == len(limits.reply_prefix):
+            raise ValueError(f"reply_to {reply!r} is not a stream name under {limits.reply_prefix!r}")
+        req.reply_to = reply
+
+    def set_pair(raw: bytes) -> None:
+        req.pair = _text(raw, "pair", MAX_PAIR_CHARS)
+
+    built_for: str | None = None
+
+    def set_contract(raw: bytes) -> None:
+        nonlocal built_for
+        text = _text(raw, "contract", MAX_CONTRACT_CHARS)
+        if not _CONTRACT_ID.fullmatch(text):
+            raise ValueError(
+                f"contract {text[:32]!r} is not a contract id (12 hex digits, from {CONTRACTS_DOC})"
+            )
+        built_for = text
+
+    ttl = limits.default_ttl_ms
+
+    def set_ttl(raw: bytes) -> None:
+        nonlocal ttl
+        shown = raw[:32].decode("utf-8", "replace")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"ttl_ms {shown!r} is not a whole number of milliseconds") from None
+        if value < 0:
+            raise ValueError(f"ttl_ms {value} is negative")
+        ttl = value
+
+    read(b"id", set_id)
+    read(b"reply_to", set_reply)
+    read(b"pair", set_pair)
+    read(b"contract", set_contract)
+    read(b"ttl_ms", set_ttl)
+    if problems and not too_large:
+        return req.fail("invalid_state", problems[0]), None, None
     if too_large:
         return req.fail("too_large", too_large), None, None
     if ttl > 0:
