@@ -205,7 +205,7 @@ def _worker(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
         ({"REDIS_URL": "127.0.0.1:6379"}, ["REDIS_URL", "redis://"]),
         ({"STAT_PAIR_RL_JIT": "maybe"}, ["STAT_PAIR_RL_JIT", "1/true/yes/on"]),
         ({"REDIS_URL": "redis://user:hunter2@127.0.0.1:1/0", "BLOCK_MS": "5000"}, ["BLOCK_MS", "5 s"]),
-        ({"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0x", "READ_COUNT": "lots"}, ["READ_COUNT", "integer"]),
+        ({"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0", "READ_COUNT": "lots"}, ["READ_COUNT", "integer"]),
         ({"SHARDS": "4"}, ["SHARDS and SERVE_SHARDS need REDIS_CLUSTER=1"]),
         (
             {"REDIS_CLUSTER": "1", "SHARDS": "4", "SERVE_SHARDS": "3-1"},
@@ -213,6 +213,10 @@ def _worker(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
         ),
         ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://127.0.0.1:1/1"}, ["database '1'", "database 0 only"]),
         ({"REDIS_CLUSTER": "1", "REDIS_URL": "unix:///tmp/redis.sock"}, ["REDIS_CLUSTER=1", "TCP"]),
+        ({"REDIS_URL": "redis://:hunter2@127.0.0.1:notaport/0"}, ["REDIS_URL", "port 'notaport'"]),
+        ({"REDIS_URL": "redis://127.0.0.1:99999/0"}, ["REDIS_URL", "port '99999'"]),
+        ({"REDIS_URL": "redis://127.0.0.1:1/abc"}, ["REDIS_URL", "database 'abc'"]),
+        ({"SHUTDOWN_GRACE_S": "inf"}, ["SHUTDOWN_GRACE_S", "finite"]),
     ],
 )
 def test_misconfiguration_is_one_sentence_and_exit_2(env: dict[str, str], names: list[str]) -> None:
@@ -229,6 +233,7 @@ def test_misconfiguration_is_one_sentence_and_exit_2(env: dict[str, str], names:
     [
         ({"REDIS_CLUSTER": "1"}, "is not a cluster node (cluster mode is not enabled there)"),
         ({"USER": "nosuchuser"}, "refused REDIS_URL's user name and password"),
+        ({"DB": "99"}, "names a database this Redis does not have"),
     ],
 )
 def test_a_redis_it_cannot_use_is_one_sentence(
@@ -240,6 +245,9 @@ def test_a_redis_it_cannot_use_is_one_sentence(
     url = redis_url
     if env.pop("USER", None):
         url = redis_url.replace("redis://", "redis://nosuchuser:hunter2@")
+    if db := env.pop("DB", None):
+        url = url.rsplit("/", 1)[0] + f"/{db}" if url.count("/") > 2 else f"{url}/{db}"
+        url = url.replace("redis://", "redis://:hunter2@")  # a password the server ignores: masked anyway
     out = _worker({"REDIS_URL": url, "MODEL_DIR": str(tmp_path), **env})
     assert out.returncode == 2, out.stderr
     last = out.stderr.strip().splitlines()[-1]

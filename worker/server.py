@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from prometheus_client.exposition import ThreadingWSGIServer
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.catalog import Catalog
@@ -134,6 +134,8 @@ class Server:
                 "discovering the cluster",
                 backoff=Backoff(),
             )
+        else:
+            await self._check_database()
         logger.info(
             "worker %s: %s stream %s group %s, jit=%s",
             s.consumer,
@@ -160,6 +162,20 @@ class Server:
         self._spawn("shadow", lambda: shadow.run(state.stop))
         if self.metrics is not None:
             ShadowCollector(state, self.metrics.registry)
+
+    async def _check_database(self) -> None:
+        """One PING before any task starts (retried while Redis is down): a database the
+        server does not have is a setting to fix, said once, not a task failing in a loop."""
+        state = self.state
+        try:
+            await retrying(state.redis.ping, state.stop, "connecting to Redis", backoff=Backoff())
+        except ResponseError as exc:
+            if "DB index" not in str(exc):
+                raise
+            raise ConfigError(
+                f"REDIS_URL {self.settings.redis_url_masked} names a database this Redis does not have "
+                f"({exc}; see its `databases` setting)"
+            ) from None
 
     def _advertise(self, _models: Catalog) -> None:
         """After a swap, publish the new model (heartbeat, contract) now, not at the next beat."""

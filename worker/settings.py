@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     """Everything the worker can be told. Each field's description is the doc."""
 
     model_config = SettingsConfigDict(
-        frozen=True, case_sensitive=False, extra="ignore", populate_by_name=True
+        frozen=True, case_sensitive=False, extra="ignore", populate_by_name=True, allow_inf_nan=False
     )
 
     redis_url: str = Field(
@@ -198,7 +198,8 @@ class Settings(BaseSettings):
     jit: bool = Field(
         False,
         validation_alias=AliasChoices("stat_pair_rl_jit", "jit"),
-        description="STAT_PAIR_RL_JIT=1/true/yes: compile the actor with torch.jit.script.",
+        description="STAT_PAIR_RL_JIT=1/true/yes/on: compile the actor with torch.jit.script "
+        "(0/false/no/off: eager).",
     )
     watch_interval_s: float = Field(1.0, gt=0, description="How often the model file is stat'ed.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads for inference.")
@@ -318,6 +319,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must start with redis://, rediss:// (TLS) or unix://, e.g. redis://127.0.0.1:6379/0"
             )
+        if scheme != "unix":
+            url = urlsplit(value)
+            try:
+                url.port  # noqa: B018  # urlsplit checks the port only when asked
+            except ValueError:
+                raise ValueError(
+                    f"has port {url.netloc.rpartition(':')[2]!r}: a port is a number from 1 to 65535"
+                ) from None
+            db = url.path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError(f"names database {db!r}: a database is a number, e.g. redis://host:6379/0")
         return value
 
     @field_validator("log_level")
