@@ -73,15 +73,21 @@ def _parser() -> argparse.ArgumentParser:
         "--cost", type=float, default=None, help="cost per unit of position change (default: the contract's)"
     )
     p.add_argument(
-        "--entry", type=float, default=2.0, help="z-score rule: enter beyond ±entry σ (default 2.0)"
+        "--entry",
+        type=float,
+        default=2.0,
+        help="the z-score rule at fixed thresholds ('rule (fixed)'; the tuned rule picks its own): "
+        "enter beyond ±entry σ (default 2.0)",
     )
-    p.add_argument("--exit", type=float, default=0.5, help="z-score rule: exit inside ±exit σ (default 0.5)")
+    p.add_argument(
+        "--exit", type=float, default=0.5, help="the fixed rule: exit inside ±exit σ (default 0.5)"
+    )
     p.add_argument(
         "--lookback",
         type=int,
         default=60,
         choices=(20, 60, 120),
-        help="z-score rule: the z-score's window in steps (default 60)",
+        help="the fixed rule: the z-score's window in steps (default 60)",
     )
     p.add_argument(
         "--json", type=Path, default=None, metavar="FILE", help="also write every figure to this file"
@@ -270,25 +276,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        members = ck.metadata.get("ensemble_of")
-        doc = {
-            "model": str(args.model),
-            "seed": ck.metadata.get("seed"),
-            "ensemble": len(members) if isinstance(members, list) else None,
-            # How training chose this checkpoint: its episode and its validation Sharpe.
-            "selection": {
-                "episode": ck.metadata.get("episodes"),
-                "validation_sharpe": ck.metadata.get("eval_score"),
-            },
-            "contract_id": contract.id,
-            "cost": cost,
-            "feature_cost": contract.cost,
-            "zscore_rule": {"entry": args.entry, "exit": args.exit, "lookback": args.lookback},
-            "steps_per_year": STEPS_PER_YEAR,
-            **figures,
-        }
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        written = _write_json(args.json, ck, contract, cost, args, figures)
+        if written is not None:
+            print(f"error: {written}", file=sys.stderr)
+            return 2
     return 0
+
+
+def _write_json(
+    path: Path,
+    ck: Any,
+    contract: PairContract,
+    cost: float,
+    args: argparse.Namespace,
+    figures: dict[str, Any],
+) -> str | None:
+    """Write ``--json``; the reason it could not, or None."""
+    members = ck.metadata.get("ensemble_of")
+    doc = {
+        "model": str(args.model),
+        "seed": ck.metadata.get("seed"),
+        "ensemble": len(members) if isinstance(members, list) else None,
+        # How training chose this checkpoint: its episode and its validation Sharpe.
+        "selection": {
+            "episode": ck.metadata.get("episodes"),
+            "validation_sharpe": ck.metadata.get("eval_score"),
+        },
+        "contract_id": contract.id,
+        "cost": cost,
+        "feature_cost": contract.cost,
+        "zscore_rule": {"entry": args.entry, "exit": args.exit, "lookback": args.lookback},
+        "steps_per_year": STEPS_PER_YEAR,
+        **figures,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        return f"cannot write {path}: {exc.strerror or exc}"
+    return None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,18 @@ def export(name: str, out: Path, fold: int = 0, train_fraction: float = 0.7) -> 
     return dest
 
 
+def _out(text: str) -> Path:
+    """``--out``: a folder when it is one, ends in a slash or has no suffix (made if missing),
+    else a file."""
+    out = Path(text)
+    if out.is_dir() or text.endswith(("/", os.sep)) or not out.suffix:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PairError(f"{out}: cannot make the folder ({exc.strerror or exc})") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m agent.pairs", description="The real daily price pairs shipped with statpair."
@@ -135,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export", help="write a pair's CSV (Date,A,B) for agent.train --csv")
     ex.add_argument("name", help=f"one of: {', '.join(PAIRS)}")
     ex.add_argument(
-        "--out", type=Path, default=Path("."), help="a file or folder (default: the current folder)"
+        "--out",
+        default=".",
+        help="a folder (made if missing: a path ending in / or without a suffix such as .csv) or a "
+        "file (default: the current folder)",
     )
     ex.add_argument(
         "--fold",
@@ -161,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{pair.name:<13} {pair.legs[0] + '/' + pair.legs[1]:<13} {rows} rows  {pair.why}")
                 print(f"{'':<13} source: {pair.source}; licence: {pair.licence}")
         else:
-            print(export(args.name, args.out, args.fold, args.train_fraction))
+            print(export(args.name, _out(args.out), args.fold, args.train_fraction))
     except PairError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -51,6 +51,7 @@ class Grid:
     tuned: RuleParams  # the best on train+validation: agent.evaluate's tuned rule
     cost: float
     note: str | None = None  # why there is no validation window, when there is none
+    described: str = ""  # the price table: columns, rows used and dropped
 
     def span(self, window: str) -> str:
         lo, hi = self.rows[window]
@@ -83,7 +84,8 @@ class Grid:
 
     def lines(self) -> list[str]:
         out = [
-            f"data: {self.path}; cost {self.cost:g} per unit of position change",
+            f"data: {self.described or self.path}",
+            f"cost {self.cost:g} per unit of position change",
             "split (as agent.train makes it): "
             + "; ".join(f"{w} {self.span(w)}" for w in ("train", "validation", "test") if w in self.rows),
             *([f"no validation window: {self.note}"] if self.note else []),
@@ -194,7 +196,8 @@ def grid(
         turnover = rule_walk(s, market, test, n, p, cost).turnover
         settings.append(Setting(p, sharpe, turnover))
     tuned = tune_rule(s, test, cost).params  # reads rows before the test window only
-    return Grid(Path(path), rows, data.dates, tuple(settings), tuned, cost, note)
+    described = data.table.describe() if data.table is not None else ""
+    return Grid(Path(path), rows, data.dates, tuple(settings), tuned, cost, note, described)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -84,6 +85,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     started = time.monotonic()
     torch.set_num_threads(cfg.threads)
     cfg.check()
+    writable(cfg.out.parent, "--out")
+    writable(cfg.run_dir, "--run-dir")
     check_release(cfg)
     data = plan(cfg)
     for line in data.lines:
@@ -117,8 +120,9 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         warnings.append(
             f"too short to learn: {cfg.episodes} episodes × {data.episode_steps or cfg.episode_length} steps "
             f"with --learning-starts {cfg.learning_starts} and --updates-per-step {cfg.updates_per_step} "
-            "make not one gradient step, so the policy stays as initialised "
-            "(raise --episodes or lower --learning-starts)"
+            "make not one SAC gradient step, so the policy stays "
+            + ("the behaviour clone of the rule " if cfg.warm_start == "rule" else "as initialised ")
+            + "(raise --episodes or lower --learning-starts)"
         )
         logger.warning("%s", warnings[-1])
 
@@ -243,7 +247,12 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         if updates == 0:
             warnings.append(
                 f"not one gradient step in {total_steps} environment steps "
-                f"(--learning-starts {cfg.learning_starts}): this model is untrained"
+                f"(--learning-starts {cfg.learning_starts}): "
+                + (
+                    "this model is the behaviour clone of the rule, SAC did not train it"
+                    if cfg.warm_start == "rule"
+                    else "this model is untrained"
+                )
             )
             logger.warning("%s", warnings[-1])
         note = gate.note(best)
@@ -278,6 +287,18 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     )
 
 
+def writable(folder: Path, flag: str) -> None:
+    """Make ``folder`` if missing and check a file can be written there, before any training
+    (rather than failing at the first checkpoint, minutes in)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".statpair-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
 def new_run_dir(parent: Path, name: str) -> Path:
     """Create and return ``parent/name``, or ``name-2``, ``name-3``… when taken. Made
     exclusively (``mkdir`` without ``exist_ok``): two runs started in the same second
@@ -298,7 +319,8 @@ def summary(result: Result) -> str:
     lines = [
         f"trained {result.episodes} episodes in {result.seconds:.0f} s ({result.steps} environment steps, "
         f"{result.updates} gradient updates); best validation Sharpe {result.best_sharpe:.2f} "
-        f"(z-score rule {result.baseline_sharpe:.2f} on the same validation data)",
+        f"(the z-score rule at fixed thresholds, ±2σ/±0.5σ on z60: {result.baseline_sharpe:.2f} on the "
+        "same validation data)",
         *result.data_lines,
     ]
     lines += [f"warning: {w}" for w in result.warnings]

@@ -152,12 +152,30 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # pair -> test window's first date -> that window's models
     pairs: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    seen: dict[tuple[str, Any, str], Path] = {}
     for path in args.files:
         try:
             doc = json.loads(path.read_text())
             doc.setdefault("model", str(path))
-            pairs["/".join(doc["data"]["columns"])][doc["split"]["test_dates"][0]].append(doc)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            data = doc["data"]
+            if data.get("matches_contract") is False:
+                print(
+                    f"error: {path}: the model was evaluated on another file than it was trained on "
+                    "(--allow-other-data): its figures are not a walk forward of its own pair",
+                    file=sys.stderr,
+                )
+                return 2
+            # The same model on the same file twice would count as two seeds.
+            key = (doc["model"], data.get("sha256"), json.dumps(doc["split"].get("test_dates")))
+            if key in seen:
+                print(
+                    f"error: {path} and {seen[key]} are the same model's evaluation: give it once",
+                    file=sys.stderr,
+                )
+                return 2
+            seen[key] = path
+            pairs["/".join(data["columns"])][doc["split"]["test_dates"][0]].append(doc)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             print(
                 f"error: {path}: not an agent.evaluate --json file of a price-file model ({exc})",
                 file=sys.stderr,

@@ -156,7 +156,8 @@ def test_a_run_too_short_to_learn_warns(
     assert "60 environment steps, 0 gradient updates" in printed
     assert "warning: too short to learn" in printed and "--learning-starts 100" in printed
     assert "warning: not one gradient step in 60 environment steps" in printed
-    assert caplog.text.count("too short to learn") == 1 and "this model is untrained" in caplog.text
+    assert caplog.text.count("too short to learn") == 1
+    assert "this model is the behaviour clone of the rule, SAC did not train it" in caplog.text
     assert out.exists() and not (tmp_path / "model_dir").exists()  # --out= beat MODEL_DIR
 
 
@@ -175,3 +176,18 @@ def test_out_defaults_to_model_dir_then_models() -> None:
     assert config_from_args([], model_dir="/srv/m").out == Path("/srv/m/policy.pt")
     assert config_from_args([], model_dir=None).out == Path("models/policy.pt")
     assert config_from_args([], model_dir="").out == Path("models/policy.pt")
+
+
+def test_an_unwritable_out_or_run_dir_stops_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for flag in ("--out", "--run-dir"):
+        target = blocker / "sub" / ("p.pt" if flag == "--out" else "runs")
+        argv = ["--episodes", "1", "--quiet", flag, str(target)]
+        if flag == "--run-dir":
+            argv += ["--out", str(tmp_path / "p.pt")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag}: cannot write in ") and "Traceback" not in err

@@ -139,7 +139,17 @@ def test_evaluate_prints_the_walk_forward_table_and_writes_json_and_a_plot(
 
     second = json.loads((tmp_path / "wf.json").read_text())
     second["seed"], second["scores"]["policy"]["sharpe"] = 1, doc["scores"]["policy"]["sharpe"] + 0.2
+    second["model"] = "m1.pt"
     (tmp_path / "wf1.json").write_text(json.dumps(second))
+    capsys.readouterr()
+    # one model's file twice is not two seeds; a model judged on another file is not its walk forward
+    assert wftable(["wf.json", "wf.json"]) == 2
+    assert "are the same model's evaluation" in capsys.readouterr().err
+    other = json.loads((tmp_path / "wf.json").read_text())
+    other["data"]["matches_contract"] = False
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert wftable(["wf1.json", "other.json"]) == 2
+    assert "another file than it was trained on" in capsys.readouterr().err
     assert wftable(["wf.json", "wf1.json"]) == 0
     table = capsys.readouterr().out
     mean = doc["scores"]["policy"]["sharpe"] + 0.1
@@ -161,3 +171,17 @@ def test_a_model_without_a_recorded_split_reports_train_and_validation_together(
     assert "rule (fixed): entry ±2σ, exit ±0.5σ, z over 20 steps" in out
     assert main(["m.pt", "--entry", "1", "--exit", "1"]) == 2
     assert "error: --entry/--exit/--lookback: need 0 <= exit < entry" in capsys.readouterr().err
+
+
+def test_evaluate_json_makes_its_folder_or_says_in_one_line_why_it_cannot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _model(tmp_path)
+    out = tmp_path / "new" / "folder" / "wf.json"
+    assert main([str(model), "--csv", str(REAL), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["contract_id"]
+    (tmp_path / "a-file").write_text("x")
+    capsys.readouterr()
+    assert main([str(model), "--csv", str(REAL), "--json", str(tmp_path / "a-file" / "wf.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write ") and "Traceback" not in err

@@ -80,6 +80,15 @@ def test_a_fold_too_short_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert pairs.main(["export", "ko_pep", "--out", str(tmp_path), "--fold", "-1"]) == 2
     assert "a fold is 0 (the whole file) or more, got -1" in capsys.readouterr().err
-    assert pairs.main(["export", "ko_pep", "--out", str(tmp_path / "no" / "such" / "folder")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path}/no/such/folder: cannot write it (")
     assert not list(tmp_path.iterdir())
+    # a path without a suffix, or ending in a slash, is a folder, made if missing
+    assert pairs.main(["export", "ko_pep", "--out", str(tmp_path / "no" / "such" / "folder")]) == 0
+    assert (tmp_path / "no" / "such" / "folder" / "ko_pep.csv").is_file()
+    assert pairs.main(["export", "ko_pep", "--out", f"{tmp_path}/data.d/"]) == 0
+    assert (tmp_path / "data.d" / "ko_pep.csv").is_file()
+    capsys.readouterr()
+    (tmp_path / "a-file").write_text("x")
+    assert pairs.main(["export", "ko_pep", "--out", str(tmp_path / "a-file" / "sub")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}/a-file/sub: cannot make the folder (")
+    assert pairs.main(["export", "ko_pep", "--out", str(tmp_path / "a-file" / "kp.csv")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}/a-file/kp.csv: cannot write it (")
