@@ -59,9 +59,28 @@ class PriceTable:
         """One line saying what was used: ``prices.csv: A = KO, B = PEP, dates from column Date; …``."""
         when = f"dates from column {self.date_column}" if self.date_column else "no date column (file order)"
         span = f" ({self.dates[0]} … {self.dates[-1]})" if self.dates else ""
+        cadence = self.cadence()
         return (
             f"{self.path.name}: A = {self.columns[0]}, B = {self.columns[1]}, {when}; "
             f"{len(self)} rows used{span}, {len(self.dropped)} dropped for a missing value"
+            + (f"; warning: {cadence}" if cadence else "")
+        )
+
+    def cadence(self) -> str | None:
+        """Why the figures' annualisation does not fit these rows, or None for daily rows: a
+        Sharpe is annualised as if each row were a trading day (×√252)."""
+        if not self.dates or len(self.dates) < 3:
+            return None
+        stamps = [datetime.fromisoformat(d) for d in self.dates]
+        gaps = sorted((b - a).total_seconds() / 86400 for a, b in itertools.pairwise(stamps))
+        median = gaps[len(gaps) // 2]
+        if 0.5 <= median < 2.0:
+            return None
+        count, unit = (round(median * 24 * 60), "minute") if median < 0.5 else (round(median), "day")
+        apart = f"{count} {unit}{'' if count == 1 else 's'}"
+        return (
+            f"the rows are a median {apart} apart, not a trading day: every Sharpe is annualised as if "
+            "a row were a trading day (×√252)"
         )
 
 

@@ -130,8 +130,9 @@ def held_out(
         if not same_file:
             raise DataError(
                 f"{path} is not the file {model} was trained on ({d.file}, sha256 {d.sha256[:12]}…, this "
-                f"file's is {table.sha256[:12]}…): point --csv at that file, or pass --allow-other-data "
-                "to evaluate on this one with the model's spread"
+                f"file's is {table.sha256[:12]}…; a copy with other line endings counts as another file): "
+                "point --csv at that file, or pass --allow-other-data to evaluate on this one with the "
+                "model's spread"
             )
         raise DataError(
             f"{path}: columns {','.join(table.columns)} are not the ones {model} was trained on "

@@ -286,3 +286,13 @@ def test_a_spread_with_nothing_to_trade_is_refused(tmp_path: Path, leg_b: str) -
     path = _write(tmp_path / "flat.csv", "date,SP500,NASDAQ", rows)
     with pytest.raises(PriceDataError, match=r"flat.csv: the spread .* is constant over the training window"):
         PairData.from_csv(path)
+
+
+def test_rows_that_are_not_trading_days_are_said_to_be(tmp_path: Path) -> None:
+    rows = _real_rows()
+    assert load_prices(REAL).cadence() is None and "warning" not in load_prices(REAL).describe()
+    minutes = [[f"2020-01-02 {9 + i // 60:02d}:{i % 60:02d}", a, b] for i, (_, a, b) in enumerate(rows[:300])]
+    t = load_prices(_write(tmp_path / "minutes.csv", "time,SP500,NASDAQ", minutes))
+    assert "a median 1 minute apart" in t.describe() and "×√252" in t.describe()
+    weekly = load_prices(_write(tmp_path / "weekly.csv", "date,SP500,NASDAQ", rows[::5]))
+    assert "a median 7 days apart" in (weekly.cadence() or "")
