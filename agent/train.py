@@ -85,10 +85,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     started = time.monotonic()
     torch.set_num_threads(cfg.threads)
     cfg.check()
-    writable(cfg.out.parent, "--out")
-    writable(cfg.run_dir, "--run-dir")
     check_release(cfg)
     data = plan(cfg)
+    writable(cfg.out.parent, "--out")
+    writable(cfg.run_dir, "--run-dir")
     for line in data.lines:
         logger.info("%s", line)
     contract = data.contract
@@ -288,13 +288,18 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
 
 
 def writable(folder: Path, flag: str) -> None:
-    """Make ``folder`` if missing and check a file can be written there, before any training
-    (rather than failing at the first checkpoint, minutes in)."""
+    """Check, before any training, that ``folder`` could be made and written (rather than failing
+    at the first checkpoint, minutes in); makes nothing: a temporary file in the nearest folder
+    that exists is written and removed."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".statpair-write-check-", dir=folder)
+        if not probe.is_dir():
+            raise NotADirectoryError(20, f"{probe} is not a folder")
+        fd, name = tempfile.mkstemp(prefix=".statpair-write-check-", dir=probe)
         os.close(fd)
-        os.unlink(probe)
+        os.unlink(name)
     except OSError as exc:
         raise ConfigError(f"{flag}: cannot write in {folder} ({exc.strerror or exc})") from None
 
