@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.json:
         try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)  # as agent.evaluate --json does
             args.json.write_text(json.dumps(g.as_dict(), indent=2) + "\n")
         except OSError as exc:
             print(f"error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)

@@ -91,7 +91,10 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path: Path, capsys: pytest.Capture
     assert "--validation-fraction" in capsys.readouterr().err
     assert main(["--csv", str(REAL), "--cost", "nan"]) == 2
     assert "--cost" in capsys.readouterr().err
-    assert main(["--csv", str(REAL), "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    assert main(["--csv", str(REAL), "--json", str(tmp_path / "new" / "dir" / "g.json")]) == 0
+    assert (tmp_path / "new" / "dir" / "g.json").is_file()
+    capsys.readouterr()
+    assert main(["--csv", str(REAL), "--json", str(bad / "g.json")]) == 2  # a file where a folder must be
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write") and "Traceback" not in err
     assert main(["--csv", str(REAL), "--train-fraction", "2"]) == 2
