@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -145,39 +146,52 @@ async def _produce_through_failover(
     w = WorkerProcess(models.parent / f"w-{durable}.log", **worker_env(cluster, models, f"w-{durable}"))
     answered = sent = refused_unreplicated = 0
     try:
-        w.wait_log("loaded model")
-        victim = Streams.of(shard_of(PAIRS[0], SHARDS), SHARDS, "statpair:states", "", "", "", True).states
-        async with ActionClient(
-            cluster.url, cluster=True, shards=SHARDS, timeout=10, durable=durable
-        ) as client:
-            state = np.zeros(28)
-            killer = None
-            for i in range(0, n, len(PAIRS)):
-                if i >= n // 3 and killer is None:  # SIGKILL; keep sending while a replica takes over
-                    killer = asyncio.create_task(asyncio.to_thread(cluster.kill_primary, victim))
-                out = await asyncio.gather(*(client.act(state, p) for p in PAIRS), return_exceptions=True)
-                for r in out:
-                    if isinstance(r, NotReplicated):
-                        refused_unreplicated += 1  # durable: the caller is told, not left waiting
-                    elif isinstance(r, TimeoutError):
-                        sent += 1  # acknowledged by Redis, never answered: lost with its primary
-                    elif not isinstance(r, BaseException):
-                        sent += 1
-                        answered += 1
-                    # else: refused during the failover, never acknowledged: the caller knows
-            assert killer is not None
-            await killer
-            # The failover is over: one more round, every state of it answered (durable: or
-            # refused at once for the shard whose new primary has no replica yet).
-            after = await asyncio.gather(*(client.act(state, p) for p in PAIRS), return_exceptions=True)
-            resumed = all(
-                isinstance(r, NotReplicated) or (not isinstance(r, BaseException) and r.status == "ok")
-                for r in after
-            )
-            print(
-                f"durable={durable}: states sent again {client.resent}, refused as not replicated "
-                f"{refused_unreplicated} (the failed-over shard's new primary has no replica)"
-            )
+        # Bounded below the test's 120 s timeout, so that a stall fails here, with the worker's log.
+        async with asyncio.timeout(100):
+            w.wait_log("loaded model")
+            victim = Streams.of(
+                shard_of(PAIRS[0], SHARDS), SHARDS, "statpair:states", "", "", "", True
+            ).states
+            async with ActionClient(
+                cluster.url, cluster=True, shards=SHARDS, timeout=10, durable=durable
+            ) as client:
+                state = np.zeros(28)
+                killer = None
+                slow: list[tuple[int, float]] = []  # rounds slower than 5 s: (round, seconds), for the record
+                for i in range(0, n, len(PAIRS)):
+                    if i >= n // 3 and killer is None:  # SIGKILL; keep sending while a replica takes over
+                        killer = asyncio.create_task(asyncio.to_thread(cluster.kill_primary, victim))
+                    began = time.monotonic()
+                    out = await asyncio.gather(*(client.act(state, p) for p in PAIRS), return_exceptions=True)
+                    if time.monotonic() - began > 5:
+                        slow.append((i // len(PAIRS), round(time.monotonic() - began, 1)))
+                    for r in out:
+                        if isinstance(r, NotReplicated):
+                            refused_unreplicated += 1  # durable: the caller is told, not left waiting
+                        elif isinstance(r, TimeoutError):
+                            sent += 1  # acknowledged by Redis, never answered: lost with its primary
+                        elif not isinstance(r, BaseException):
+                            sent += 1
+                            answered += 1
+                        # else: refused during the failover, never acknowledged: the caller knows
+                assert killer is not None
+                await killer
+                # The failover is over: one more round, every state of it answered (durable: or
+                # refused at once for the shard whose new primary has no replica yet).
+                after = await asyncio.gather(*(client.act(state, p) for p in PAIRS), return_exceptions=True)
+                resumed = all(
+                    isinstance(r, NotReplicated) or (not isinstance(r, BaseException) and r.status == "ok")
+                    for r in after
+                )
+                print(
+                    f"durable={durable}: states sent again {client.resent}, refused as not replicated "
+                    f"{refused_unreplicated} (the failed-over shard's new primary has no replica); "
+                    f"rounds slower than 5 s: {slow or 'none'}"
+                )
+    except BaseException:
+        # Once in a CI run this test outlived its 120 s timeout: what the worker saw is the clue.
+        print("worker log, last 60 lines:\n" + "\n".join(w.log().splitlines()[-60:]))
+        raise
     finally:
         w.signal(signal.SIGTERM)
         w.wait(60)

@@ -57,6 +57,34 @@ async def test_another_runtime_error_is_not_hidden() -> None:
     assert type(exc) is RuntimeError and str(exc) == "something else went wrong"
 
 
+async def test_a_send_on_a_connection_torn_down_meanwhile_is_a_connection_error() -> None:
+    """Another task disconnects the connection while this one sends on it: redis-py writes to
+    a writer that is None by then (an AttributeError that ended a worker in a failover test)."""
+    conn = _fast(Connection)(host="127.0.0.1", port=1, socket_timeout=None)
+
+    class TornDown(Writer):
+        def writelines(self, data: list[bytes]) -> None:
+            conn._writer = None  # the other task's disconnect
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    conn._reader, conn._writer = object(), TornDown("")  # type: ignore[assignment]
+    with pytest.raises(RedisConnectionError, match="the connection closed while sending") as caught:
+        await conn.send_packed_command(b"*1\r\n$4\r\nPING\r\n", check_health=False)
+    assert isinstance(caught.value, TRANSIENT) and not conn.is_connected
+
+
+async def test_an_attribute_error_on_a_live_connection_is_not_hidden() -> None:
+    conn = _fast(Connection)(host="127.0.0.1", port=1, socket_timeout=None)
+
+    class Broken(Writer):
+        def writelines(self, data: list[bytes]) -> None:
+            raise AttributeError("a bug of ours")
+
+    conn._reader, conn._writer = object(), Broken("")  # type: ignore[assignment]
+    with pytest.raises(AttributeError, match="a bug of ours"):
+        await conn.send_packed_command(b"*1\r\n$4\r\nPING\r\n", check_health=False)
+
+
 def test_every_client_the_worker_builds_has_it() -> None:
     single = redis_client("redis://127.0.0.1:1/0")
     assert issubclass(single.connection_pool.connection_class, ClosedTransportMixin)

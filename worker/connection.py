@@ -29,6 +29,9 @@ except ImportError:  # hiredis missing: keep redis-py's Python packer
 Client = Redis | RedisCluster
 
 
+_WRITER_CALLS = ("writelines", "write", "drain")  # what redis-py calls on a connection's writer
+
+
 class ClosedTransportMixin:
     """A send on a connection whose transport has closed under it fails as a
     ``ConnectionError``, which the worker's and the client's retries handle.
@@ -38,13 +41,21 @@ class ClosedTransportMixin:
     asyncio's own loop raises an ``OSError`` or nothing (MagicStack/uvloop#506). It
     happened in a Redis Cluster failover: a primary's connection closed while the
     worker reclaimed entries, and the RuntimeError ended the worker. redis-py has
-    already dropped the connection when it re-raises, so a retry reconnects."""
+    already dropped the connection when it re-raises, so a retry reconnects. Likewise
+    the AttributeError of a send on a connection another task has just torn down."""
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
             await super().send_packed_command(command, check_health)  # type: ignore[misc]
         except RuntimeError as exc:
             if "handler is closed" not in str(exc):
+                raise
+            raise RedisConnectionError(f"the connection closed while sending ({exc})") from exc
+        except AttributeError as exc:
+            # Another task tore the connection down while this one was connecting on it (a
+            # cluster failover, during a reclaim): redis-py then writes to a writer that is
+            # now None, and the AttributeError ended the worker (seen in a failover test).
+            if not any(f"'NoneType' object has no attribute '{a}'" in str(exc) for a in _WRITER_CALLS):
                 raise
             raise RedisConnectionError(f"the connection closed while sending ({exc})") from exc
 
