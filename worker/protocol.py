@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -28,7 +28,6 @@ MAX_ID_CHARS = 128
 MAX_PAIR_CHARS = 64
 MAX_CONTRACT_CHARS = 64
 _CONTRACT_ID = re.compile(r"[0-9a-f]{12}")  # agent.contract: sha256's first 12 hex digits
-CONTRACTS_DOC = "statpair:contracts"
 MAX_FIELDS = 32
 DEAD_LETTER_VALUE_BYTES = 1024  # copies of rejected fields are cut to this
 
@@ -75,6 +74,59 @@ def _text(value: bytes, name: str, limit: int) -> str:
     if len(text) > limit:
         raise ValueError(f"{name} has {len(text)} characters, the limit is {limit}")
     return text
+
+
+T = TypeVar("T")
+
+
+def _small(
+    fields: dict[bytes, bytes], name: bytes, problems: list[str], parse: Callable[..., T], *args: str
+) -> T | None:
+    """``parse`` of one small field, or None when it is absent or bad (its problem noted)."""
+    raw = fields.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse(raw, *args)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _client_id(raw: bytes) -> str:
+    return _text(raw, "id", MAX_ID_CHARS)
+
+
+def _reply_to(raw: bytes, prefix: str) -> str:
+    reply = _text(raw, "reply_to", 256)
+    if not reply.startswith(prefix) or len(reply) == len(prefix):
+        raise ValueError(f"reply_to {reply!r} is not a stream name under {prefix!r}")
+    return reply
+
+
+def _pair(raw: bytes) -> str:
+    return _text(raw, "pair", MAX_PAIR_CHARS)
+
+
+def _contract_id(raw: bytes) -> str:
+    text = _text(raw, "contract", MAX_CONTRACT_CHARS)
+    if not _CONTRACT_ID.fullmatch(text):
+        raise ValueError(
+            f"contract {text[:32]!r} is not a contract id (12 hex digits, as the workers publish)"
+        )
+    return text
+
+
+def _ttl_ms(raw: bytes) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"ttl_ms {raw[:32].decode('utf-8', 'replace')!r} is not a whole number of milliseconds"
+        ) from None
+    if value < 0:
+        raise ValueError(f"ttl_ms {value} is negative")
+    return value
 
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -235,58 +287,19 @@ def _decode(
     # still carries the client's id and goes to its reply stream; each is read on
     # its own, so that one bad field does not lose the others (the id above all).
     problems: list[str] = []
-
-    def read(name: bytes, parse: Callable[[bytes], None]) -> None:
-        raw = fields.get(name)
-        if raw is not None:
-            try:
-                parse(raw)
-            except ValueError as exc:
-                problems.append(str(exc))
-
-    def set_id(raw: bytes) -> None:
-        cid = _text(raw, "id", MAX_ID_CHARS)
-        if cid:
-            req.id = cid
-
-    def set_reply(raw: bytes) -> None:
-        reply = _text(raw, "reply_to", 256)
-        if not reply.startswith(limits.reply_prefix) or len(reply) == len(limits.reply_prefix):
-            raise ValueError(f"reply_to {reply!r} is not a stream name under {limits.reply_prefix!r}")
+    cid = _small(fields, b"id", problems, _client_id)
+    if cid:
+        req.id = cid
+    reply = _small(fields, b"reply_to", problems, _reply_to, limits.reply_prefix)
+    if reply is not None:
         req.reply_to = reply
-
-    def set_pair(raw: bytes) -> None:
-        req.pair = _text(raw, "pair", MAX_PAIR_CHARS)
-
-    built_for: str | None = None
-
-    def set_contract(raw: bytes) -> None:
-        nonlocal built_for
-        text = _text(raw, "contract", MAX_CONTRACT_CHARS)
-        if not _CONTRACT_ID.fullmatch(text):
-            raise ValueError(
-                f"contract {text[:32]!r} is not a contract id (12 hex digits, from {CONTRACTS_DOC})"
-            )
-        built_for = text
-
-    ttl = limits.default_ttl_ms
-
-    def set_ttl(raw: bytes) -> None:
-        nonlocal ttl
-        shown = raw[:32].decode("utf-8", "replace")
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"ttl_ms {shown!r} is not a whole number of milliseconds") from None
-        if value < 0:
-            raise ValueError(f"ttl_ms {value} is negative")
-        ttl = value
-
-    read(b"id", set_id)
-    read(b"reply_to", set_reply)
-    read(b"pair", set_pair)
-    read(b"contract", set_contract)
-    read(b"ttl_ms", set_ttl)
+    pair = _small(fields, b"pair", problems, _pair)
+    if pair is not None:
+        req.pair = pair
+    built_for = _small(fields, b"contract", problems, _contract_id)
+    ttl = _small(fields, b"ttl_ms", problems, _ttl_ms)
+    if ttl is None:
+        ttl = limits.default_ttl_ms
     if problems and not too_large:
         return req.fail("invalid_state", problems[0]), None, None
     if too_large:
