@@ -125,6 +125,33 @@ async def test_states_stream_deleted_while_blocked(tmp_path: Path, real_redis: R
     assert [r.status for r in await results(real_redis)] == ["ok"] * 3
 
 
+@pytest.mark.integration
+async def test_stream_flushed_between_claim_and_forgetting_departed(
+    tmp_path: Path, real_redis: Redis
+) -> None:
+    """Redis flushed in the middle of a reclaim pass, after XAUTOCLAIM and before XINFO
+    CONSUMERS: Redis answers "no such key" (not NOGROUP), and the worker recreates the
+    group rather than ending (found in CI: the flushed-Redis test ended the worker)."""
+    s = make_settings(tmp_path)
+    w = Worker(ServerState(s, real_redis, ModelManager(None, s.model_dir, False)))
+    await w.ensure_group()
+    real_claim = w.recovery.claim
+
+    async def flushed_after(*args: object, **kw: object) -> AsyncIterator[list]:
+        async for entries in real_claim():
+            yield entries
+        await real_redis.flushall()
+
+    w.recovery.claim = flushed_after  # type: ignore[method-assign]
+    assert await w._turn() is True
+    assert [g["name"] for g in await real_redis.xinfo_groups("statpair:states")] == [s.group.encode()]
+    w.recovery.claim = real_claim  # type: ignore[method-assign]
+    await add(real_redis, 1)
+    for _ in range(3):  # our own (empty) history first, then the new entry
+        await w._turn()
+    assert await real_redis.xlen("statpair:actions") == 1  # answered (model_unavailable: no model here)
+
+
 async def _count(redis: Redis, n: int) -> bool:
     return await redis.xlen("statpair:actions") >= n
 

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 PEER_CHECK_S = 1.0  # how often a worker without a model looks for a live worker with one
 # Redis's answers when the stream or its group is deleted under a reader: recreate and go on.
-GROUP_GONE = ("NOGROUP", "UNBLOCKED")
+# XINFO (the reclaim pass's departed-consumer check) says "ERR no such key" instead of NOGROUP.
+GROUP_GONE = ("NOGROUP", "UNBLOCKED", "no such key")
 
 
 class Worker:
