@@ -323,13 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The id first, then the canonical JSON's content (sorted keys), indented.
     doc = {"id": contract.id, "contract": json.loads(contract.to_json())}
-    try:
-        print(json.dumps(doc, indent=2, allow_nan=False), flush=True)
-    except BrokenPipeError:  # `| head`: the reader left; the recipe in Python's signal docs
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    print(json.dumps(doc, indent=2, allow_nan=False))  # `| head`: agent.command ends it quietly
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from agent.command import run as run_command
+
+    raise SystemExit(run_command(main))

@@ -318,4 +318,6 @@ def _write_json(
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from agent.command import run as run_command
+
+    raise SystemExit(run_command(main))

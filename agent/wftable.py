@@ -197,4 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from agent.command import run as run_command
+
+    raise SystemExit(run_command(main))
