@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,11 @@ class _Book:
     last: tuple[float, float] | None = None  # the last tick's prices
     entry: tuple[float, float] | None = None  # prices whose spread is the position's entry
     state: np.ndarray | None = None  # the last tick's state, for resend()
+    # The contract's id, read once: a pydantic private attribute costs ~2.4 µs a read per tick.
+    contract_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.contract_id = self.contract.id
 
 
 class PriceClient:
@@ -153,13 +158,13 @@ class PriceClient:
 
     async def _ask(self, pair: str, book: _Book, state: np.ndarray) -> Result:
         try:
-            result = await self.client.act(state, pair=pair, contract=book.contract.id)
+            result = await self.client.act(state, pair=pair, contract=book.contract_id)
         except ActionError as exc:
             if exc.code != "contract_mismatch":
                 raise
             book = await self._rebuild(pair, book)
             state = book.state = book.builder.row64().astype(np.float32)
-            result = await self.client.act(state, pair=pair, contract=book.contract.id)
+            result = await self.client.act(state, pair=pair, contract=book.contract_id)
         if self.follow_actions and result.action is not None:
             book.position = max(-1.0, min(1.0, result.action))
         return result
