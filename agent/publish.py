@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.checkpoint import CheckpointError, load_checkpoint
-from agent.train_config import TrainConfig
+from agent.contract import PairContract
+from agent.train_config import ConfigError, TrainConfig
 from agent.train_data import Validator
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ class Gate:
     published: bool = False
 
     @classmethod
-    def at_start(cls, cfg: TrainConfig, state_dim: int, validate: Validator) -> Gate:
+    def at_start(cls, cfg: TrainConfig, state_dim: int, validate: Validator, contract: PairContract) -> Gate:
+        """Raises ConfigError (before any training) when the model there serves another
+        pair: replacing it would end that pair's serving, so only ``--force`` does."""
         if not cfg.out.exists():
             logger.info("no model at %s yet: this run publishes its best validated model there", cfg.out)
             return cls(cfg.out, None, cfg.force)
@@ -35,6 +38,16 @@ class Gate:
             logger.warning(
                 "the model at %s cannot be loaded (%s): treating it as absent", cfg.out, exc.reason
             )
+            return cls(cfg.out, None, cfg.force)
+        theirs, ours = pair_name(incumbent.contract), pair_name(contract)
+        if theirs != ours:
+            if not cfg.force:
+                raise ConfigError(
+                    f"--out {cfg.out} holds the model of {theirs} (contract {incumbent.contract.id}), "
+                    f"and this run trains {ours}: give another --out, or --force to replace it"
+                )
+            # Its score on another pair's validation window would mean nothing.
+            logger.warning("--force: the model of %s at %s is replaced by one for %s", theirs, cfg.out, ours)
             return cls(cfg.out, None, cfg.force)
         sharpe = validate(incumbent.actor).sharpe
         then = "--force replaces it anyway" if cfg.force else "only a model scoring at least that replaces it"
@@ -61,3 +74,9 @@ class Gate:
             f"published to {self.out}{how}: validation Sharpe {best:.2f}, "
             f"{than} the {self.incumbent:.2f} of the model it replaced"
         )
+
+
+def pair_name(contract: PairContract) -> str:
+    """``KO/PEP``, or ``a synthetic spread`` for a model whose contract names no legs."""
+    legs = contract.instruments
+    return f"{legs.leg_a}/{legs.leg_b}" if legs.leg_a is not None else "a synthetic spread"

@@ -98,7 +98,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
     synthetic = PairTradingEnv(env.config, source=randomised_spreads())
     # Scored before seeding: building the incumbent's actor draws from torch's
     # RNG, and a seed must give the same run whether or not a model is there.
-    gate = Gate.at_start(cfg, env.state_dim, data.validate)
+    gate = Gate.at_start(cfg, env.state_dim, data.validate, contract)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     agent = SAC(env.state_dim, cfg.hyper())
@@ -351,4 +351,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from agent.command import run as run_command
+
+    raise SystemExit(run_command(main))

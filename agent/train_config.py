@@ -67,7 +67,9 @@ class TrainConfig:
             "run that scores at least as well on the validation paths as the model already there"
         },
     )
-    force: bool = _f(False, "publish to --out even when the model already there scores better")
+    force: bool = _f(
+        False, "publish to --out even when the model already there scores better, or serves another pair"
+    )
     run_dir: Path = field(
         default=Path("runs"),
         metadata={"help": "folder for this run's best.pt and final.pt (in a timestamped subfolder)"},

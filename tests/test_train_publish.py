@@ -13,6 +13,7 @@ import torch
 
 from agent.actor import SACActor
 from agent.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from agent.contract import PairContract
 from agent.train import TrainConfig, config_from_args, main, train
 from tests.conftest import CONTRACT
 
@@ -191,3 +192,27 @@ def test_an_unwritable_out_or_run_dir_stops_before_training(
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {flag}: cannot write in ") and "Traceback" not in err
+
+
+def test_a_model_of_another_pair_is_not_replaced_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replacing another pair's model would end that pair's serving: the run stops before
+    training (nothing written, no run folder) unless --force, which replaces it unscored."""
+    other = PairContract.model_validate(
+        {**CONTRACT.model_dump(), "instruments": {"leg_a": "KO", "leg_b": "PEP"}}
+    )
+    cfg = short(tmp_path)
+    handmade(cfg.out, sign=1.0)
+    before = save_checkpoint(
+        load_checkpoint(cfg.out).actor, cfg.out, {"who": "KO/PEP"}, contract=other
+    ).read_bytes()
+    argv = ["--episodes", "1", "--quiet", "--out", str(cfg.out), "--run-dir", str(cfg.run_dir)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {cfg.out} holds the model of KO/PEP (contract {other.id})"), err
+    assert "--force" in err and "Traceback" not in err
+    assert cfg.out.read_bytes() == before and not cfg.run_dir.exists()
+    result = train(short(tmp_path, force=True), progress=False)
+    assert result.published and result.incumbent_sharpe is None
+    assert load_checkpoint(cfg.out).contract == CONTRACT
