@@ -89,6 +89,27 @@ async def test_poison_answers_are_counted_in_the_metrics(tmp_path: Path, fake_re
     assert _entries(metrics, "internal") == 1  # was never counted: only the loop's batches were
 
 
+async def test_entries_read_before_a_restart_are_answered_and_said(
+    tmp_path: Path, fake_redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that read three entries and died: restarted under the same name, it answers
+    them first (XREADGROUP from 0), and says so in one line an operator can find."""
+    s = make_settings(tmp_path)
+    w = Worker(ServerState(s, fake_redis, ModelManager(None, s.model_dir, False)), burst=True)
+    await w.ensure_group()
+    ids = await add(fake_redis, 3)
+    await fake_redis.xreadgroup(s.group, s.consumer, {"statpair:states": ">"}, count=3)  # then it died
+    with caplog.at_level(logging.INFO, logger="worker.loop"):
+        await w.run()
+    assert sorted(r.entry_id for r in await results(fake_redis)) == sorted(i.decode() for i in ids)
+    assert (await fake_redis.xpending("statpair:states", s.group))["pending"] == 0
+    said = [r.getMessage() for r in caplog.records if "before a restart" in r.getMessage()]
+    assert said == [
+        f"answering 3 entries {s.consumer} read before a restart or a lost connection "
+        f"and had not acknowledged (from {ids[0].decode()})"
+    ]
+
+
 async def test_a_rerouted_result_is_counted_internal_not_ok(tmp_path: Path, fake_redis: Redis) -> None:
     s = make_settings(tmp_path)
     write_model(s.model_dir / "a.pt")

@@ -189,6 +189,14 @@ class Worker:
             # (the reclaim pass takes care of it); deleted payloads come back as None.
             self._history_from = entries[-1][0] if entries else None
             entries = [(eid, f if f is not None else GONE) for eid, f in entries]
+            if entries:  # rare (a restart, a lost connection), and worth an operator's line
+                logger.info(
+                    "answering %d entries %s read before a restart or a lost connection and had not "
+                    "acknowledged (from %s)",
+                    len(entries),
+                    self.s.consumer,
+                    entries[0][0].decode() if isinstance(entries[0][0], bytes) else entries[0][0],
+                )
         return entries
 
     async def _waiting(self, read: Awaitable[Any], block: int | None) -> Any:
