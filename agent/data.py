@@ -32,6 +32,9 @@ DATE_FORMATS = "YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD or YYYY-MM-DD HH:MM[:SS]"
 # is a typo (``1e308``, a misplaced decimal point) or an unadjusted split, and one such
 # row moves the fitted hedge ratio, even flips its sign.
 MAX_JUMP = 10.0
+# Read whole into memory, then into rows of strings (about 10× the file's size): a bound
+# that any daily or minute file fits (256 MiB is about six million rows).
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class PriceDataError(ValueError):
@@ -204,17 +207,22 @@ def _price_columns(
                 f"{path}: the two price columns must differ, got {header[picked[0]]!r} twice"
             )
         return picked[0], picked[1]
-    numeric = []
+    numeric: list[int] = []
+    other: list[tuple[str, str]] = []  # (the column's first value and its line, a hint)
     for j in range(len(header)):
         if j == date_j:
             continue
-        first = next((f[j] for _, f in rows if f[j].casefold() not in MISSING), None)
-        if first is not None and _number(first) is not None:
+        first = next(((line, f[j]) for line, f in rows if f[j].casefold() not in MISSING), None)
+        if first is not None and _number(first[1]) is not None:
             numeric.append(j)
+        elif first is not None:
+            other.append((f"{header[j]} {first[1]!r} on line {first[0]}", _hint(first[1])))
     names = ", ".join(header[j] for j in numeric)
     if len(numeric) < 2:
+        hint = next((h for _, h in other if h), "")
+        why = f": not numbers: {'; '.join(o for o, _ in other[:3])}{hint}" if other else ""
         raise PriceDataError(
-            f"{path}: need two numeric price columns, found {len(numeric)} (columns: {listing})"
+            f"{path}: need two numeric price columns, found {len(numeric)} (columns: {listing}){why}"
         )
     if len(numeric) > 2:
         raise PriceDataError(
@@ -223,10 +231,27 @@ def _price_columns(
     return numeric[0], numeric[1]
 
 
+_COMMA_NUMBER = re.compile(r"[+-]?[\d,]*\d,\d[\d,]*(\.\d*)?")
+
+
+def _hint(value: str) -> str:
+    """What to do about a price that is not a number, when the cause is clear: a comma in
+    it (a decimal comma, 10,5, or a thousands separator, 1,234.5: which one is not guessed)."""
+    if _COMMA_NUMBER.fullmatch(value.strip()):
+        return " (a comma in a number: write prices with a decimal point and no thousands separator)"
+    return ""
+
+
 def load_prices(path: str | Path, columns: Sequence[str] | None = None) -> PriceTable:
     """Read two price columns (``columns``, or the only two numeric ones) and the date column if any."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise PriceDataError(
+                f"{path}: {size / 2**20:.1f} MiB, above the {MAX_FILE_BYTES / 2**20:g} MiB a price file "
+                "may have: keep the two price columns and the date, or fewer rows"
+            )
         raw = path.read_bytes()
     except OSError as exc:
         raise PriceDataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
@@ -251,7 +276,9 @@ def load_prices(path: str | Path, columns: Sequence[str] | None = None) -> Price
         for j in (ja, jb):
             value = _number(fields[j])
             if value is None:
-                raise PriceDataError(f"{path} line {line}: {header[j]} {fields[j]!r} is not a number")
+                raise PriceDataError(
+                    f"{path} line {line}: {header[j]} {fields[j]!r} is not a number{_hint(fields[j])}"
+                )
             if not (math.isfinite(value) and value > 0):
                 raise PriceDataError(f"{path} line {line}: {header[j]} {fields[j]} is not a positive price")
             prices.append(value)

@@ -84,7 +84,12 @@ def test_missing_values_drop_the_row_and_are_counted(tmp_path: Path) -> None:
         (lambda r: r[7].__setitem__(2, "0"), r"bad.csv line 9: NASDAQ 0 is not a positive price"),
         (lambda r: r[7].__setitem__(2, "inf"), r"bad.csv line 9: NASDAQ inf is not a positive price"),
         (lambda r: r[7].__setitem__(1, "12,5"), r"bad.csv line 9: 4 fields, the header has 3"),
-        (lambda r: r[7].__setitem__(1, "abc"), r"bad.csv line 9: SP500 'abc' is not a number"),
+        (lambda r: r[7].__setitem__(1, "abc"), r"bad.csv line 9: SP500 'abc' is not a number$"),
+        (
+            lambda r: r[7].__setitem__(1, '"2257,8"'),
+            r"bad.csv line 9: SP500 '2257,8' is not a number \(a comma in a number: write prices with a "
+            r"decimal point and no thousands separator\)",
+        ),
         (lambda r: r[7].__setitem__(1, "2_257.8"), r"bad.csv line 9: SP500 '2_257.8' is not a number"),
         (lambda r: r[7].__setitem__(0, "2017/13/40"), r"bad.csv line 9: date '2017/13/40' is not a date"),
         (lambda r: r[7].__setitem__(0, "1/12/2017"), r"is not a date \(YYYY-MM-DD, YYYY/MM/DD, YYYYMMDD"),
@@ -107,7 +112,7 @@ def test_bad_rows_are_one_sentence_naming_file_and_line(tmp_path: Path, edit: ob
     assert "\n" not in str(err.value) and str(tmp_path / "bad.csv") in str(err.value)
 
 
-def test_column_errors_list_what_is_there(tmp_path: Path) -> None:
+def test_column_errors_list_what_is_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(PriceDataError, match=r"no column 'KO' \(the columns are: date, SP500, NASDAQ\)"):
         load_prices(REAL, columns=("KO", "PEP"))
     with pytest.raises(PriceDataError, match="column 'date' holds dates, not prices"):
@@ -123,6 +128,22 @@ def test_column_errors_list_what_is_there(tmp_path: Path) -> None:
         PriceDataError, match=r"need two numeric price columns, found 1 \(columns: date, KO, name\)"
     ):
         load_prices(one)
+    # Decimal commas throughout (a European export with ";" between fields): said once, with the lines.
+    semi = _write(tmp_path / "semi.csv", "date;A;B", [["2020-01-02", "10,5", "20,1"]], sep=";")
+    with pytest.raises(
+        PriceDataError,
+        match=r"found 0 \(columns: date, A, B\): not numbers: A '10,5' on line 2; B '20,1' on line 2 "
+        r"\(a comma in a number: write prices with a decimal point and no thousands separator\)$",
+    ):
+        load_prices(semi)
+    big = tmp_path / "big.csv"
+    big.write_text("date,A,B\n" + "2020-01-02,1.25,2.5\n" * 70_000)  # 1.3 MiB
+    with monkeypatch.context() as m:
+        m.setattr("agent.data.MAX_FILE_BYTES", 2**20)
+        with pytest.raises(
+            PriceDataError, match=r"big\.csv: 1\.3 MiB, above the 1 MiB a price file may have"
+        ):
+            load_prices(big)
     (tmp_path / "empty.csv").write_text("\n\n")
     with pytest.raises(PriceDataError, match=r"empty\.csv: the file is empty"):
         load_prices(tmp_path / "empty.csv")
