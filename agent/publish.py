@@ -28,7 +28,9 @@ class Gate:
     @classmethod
     def at_start(cls, cfg: TrainConfig, state_dim: int, validate: Validator, contract: PairContract) -> Gate:
         """Raises ConfigError (before any training) when the model there serves another
-        pair: replacing it would end that pair's serving, so only ``--force`` does."""
+        real pair: replacing it would end that pair's serving, so only ``--force`` does. A
+        synthetic model there (the demo's, the quickstart's) is replaced by a real pair's
+        without being scored: its score on this pair's validation window means nothing."""
         if not cfg.out.exists():
             logger.info("no model at %s yet: this run publishes its best validated model there", cfg.out)
             return cls(cfg.out, None, cfg.force)
@@ -39,15 +41,21 @@ class Gate:
                 "the model at %s cannot be loaded (%s): treating it as absent", cfg.out, exc.reason
             )
             return cls(cfg.out, None, cfg.force)
-        theirs, ours = pair_name(incumbent.contract), pair_name(contract)
+        theirs, ours = incumbent.contract.pair, contract.pair
         if theirs != ours:
-            if not cfg.force:
+            if theirs is not None and not cfg.force:
                 raise ConfigError(
                     f"--out {cfg.out} holds the model of {theirs} (contract {incumbent.contract.id}), "
-                    f"and this run trains {ours}: give another --out, or --force to replace it"
+                    f"and this run trains {ours or 'a synthetic spread'}: give another --out, "
+                    "or --force to replace it"
                 )
-            # Its score on another pair's validation window would mean nothing.
-            logger.warning("--force: the model of %s at %s is replaced by one for %s", theirs, cfg.out, ours)
+            logger.warning(
+                "the model at %s was trained on %s: replaced by this run's for %s%s",
+                cfg.out,
+                theirs or "a synthetic spread",
+                ours or "a synthetic spread",
+                " (--force)" if theirs is not None else "",
+            )
             return cls(cfg.out, None, cfg.force)
         sharpe = validate(incumbent.actor).sharpe
         then = "--force replaces it anyway" if cfg.force else "only a model scoring at least that replaces it"
@@ -74,9 +82,3 @@ class Gate:
             f"published to {self.out}{how}: validation Sharpe {best:.2f}, "
             f"{than} the {self.incumbent:.2f} of the model it replaced"
         )
-
-
-def pair_name(contract: PairContract) -> str:
-    """``KO/PEP``, or ``a synthetic spread`` for a model whose contract names no legs."""
-    legs = contract.instruments
-    return f"{legs.leg_a}/{legs.leg_b}" if legs.leg_a is not None else "a synthetic spread"

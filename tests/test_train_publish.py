@@ -17,6 +17,8 @@ from agent.contract import PairContract
 from agent.train import TrainConfig, config_from_args, main, train
 from tests.conftest import CONTRACT
 
+REAL = Path(__file__).parent / "data" / "sp500_nasdaq_2017_2018.csv"
+
 
 @pytest.fixture(autouse=True)
 def _no_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,3 +218,19 @@ def test_a_model_of_another_pair_is_not_replaced_without_force(
     result = train(short(tmp_path, force=True), progress=False)
     assert result.published and result.incumbent_sharpe is None
     assert load_checkpoint(cfg.out).contract == CONTRACT
+
+
+def test_a_synthetic_model_gives_way_to_a_real_pair_and_the_same_pair_is_scored(tmp_path: Path) -> None:
+    """The demo's synthetic model at --out (the README's next step trains a real pair there)
+    is replaced unscored; a model of the same pair on other rows (another hedge ratio, so
+    another contract) is scored on this run's validation window as usual."""
+    cfg = short(tmp_path, csv=REAL)
+    handmade(cfg.out, sign=1.0)  # synthetic: its contract names no legs
+    first = train(cfg, progress=False)
+    assert first.published and first.incumbent_sharpe is None
+    assert load_checkpoint(cfg.out).contract.pair == "SP500/NASDAQ"
+    fewer = tmp_path / "fewer.csv"
+    fewer.write_text("\n".join(REAL.read_text().splitlines()[:300]) + "\n")
+    again = train(short(tmp_path, csv=fewer, run_dir=tmp_path / "runs2"), progress=False)
+    assert load_checkpoint(first.best_path).contract.id != load_checkpoint(again.best_path).contract.id
+    assert again.incumbent_sharpe is not None  # scored, not refused
