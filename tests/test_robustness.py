@@ -103,10 +103,35 @@ async def test_entries_read_before_a_restart_are_answered_and_said(
         await w.run()
     assert sorted(r.entry_id for r in await results(fake_redis)) == sorted(i.decode() for i in ids)
     assert (await fake_redis.xpending("statpair:states", s.group))["pending"] == 0
-    said = [r.getMessage() for r in caplog.records if "before a restart" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "not acknowledged" in r.getMessage()]
     assert said == [
-        f"answering 3 entries {s.consumer} read before a restart or a lost connection "
-        f"and had not acknowledged (from {ids[0].decode()})"
+        f"answering 3 entries read by {s.consumer} and not acknowledged (before this worker started), "
+        f"from {ids[0].decode()}"
+    ]
+
+
+async def test_an_entry_a_failed_batch_left_pending_is_said_as_such(
+    tmp_path: Path, fake_redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not "before a restart": the re-read after a failed batch names that reason."""
+    s = make_settings(tmp_path)
+    w = Worker(ServerState(s, fake_redis, ModelManager(None, s.model_dir, False)), burst=True)
+    await w.ensure_group()
+    ids = await add(fake_redis, 2)
+    real = w.process
+
+    async def failing(entries: list, read_more: int = 0) -> list:
+        if any(eid == ids[1] for eid, _ in entries):
+            raise RuntimeError("simulated bug on one entry")
+        return await real(entries, read_more)
+
+    w.process = failing  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="worker.loop"):
+        await w.run()
+    said = [r.getMessage() for r in caplog.records if "not acknowledged" in r.getMessage()]
+    assert said == [
+        f"answering 1 entry read by {s.consumer} and not acknowledged (left pending when a batch failed), "
+        f"from {ids[1].decode()}"
     ]
 
 
@@ -151,8 +176,9 @@ async def test_stream_flushed_between_claim_and_forgetting_departed(
     tmp_path: Path, real_redis: Redis
 ) -> None:
     """Redis flushed in the middle of a reclaim pass, after XAUTOCLAIM and before XINFO
-    CONSUMERS: Redis answers "no such key" (not NOGROUP), and the worker recreates the
-    group rather than ending (found in CI: the flushed-Redis test ended the worker)."""
+    CONSUMERS: Redis answers "no such key" (not NOGROUP); the worker takes it as nobody to
+    forget, and its next read recreates the group, rather than ending (found in CI: the
+    flushed-Redis test ended the worker)."""
     s = make_settings(tmp_path)
     w = Worker(ServerState(s, real_redis, ModelManager(None, s.model_dir, False)))
     await w.ensure_group()

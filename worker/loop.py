@@ -27,8 +27,7 @@ logger = logging.getLogger(__name__)
 
 PEER_CHECK_S = 1.0  # how often a worker without a model looks for a live worker with one
 # Redis's answers when the stream or its group is deleted under a reader: recreate and go on.
-# XINFO (the reclaim pass's departed-consumer check) says "ERR no such key" instead of NOGROUP.
-GROUP_GONE = ("NOGROUP", "UNBLOCKED", "no such key")
+GROUP_GONE = ("NOGROUP", "UNBLOCKED")
 
 
 class Worker:
@@ -54,6 +53,7 @@ class Worker:
         # After a start or a lost connection, first re-read our own pending
         # entries (XREADGROUP from id 0): they were read but maybe never answered.
         self._history_from: str | bytes | None = "0"
+        self._history_why = "before this worker started"  # said when that history is answered
         self._ahead: Entries = []  # read together with the previous batch's publish
         self._next_claim = 0.0
         self._spin_until = 0.0  # busy-wait for the next read until then (IDLE_SPIN_MS)
@@ -132,7 +132,7 @@ class Worker:
             if not str(exc).startswith(GROUP_GONE):
                 raise
             logger.warning("the states stream or its consumer group vanished (%s); recreating it", exc)
-            self._history_from = "0"
+            self._history_from, self._history_why = "0", "before its group was recreated"
             await retrying(self.ensure_group, self.stop, "creating the consumer group", backoff=self._backoff)
             return True
         self.state.redis_up = True
@@ -144,7 +144,8 @@ class Worker:
 
     def _lost(self, exc: BaseException) -> None:
         self.state.redis_failed(exc)
-        self._history_from = "0"  # what we read may not have been answered: re-read our pending
+        # What we read may not have been answered: re-read our pending entries.
+        self._history_from, self._history_why = "0", "before a lost connection"
 
     def _room(self, in_hand: int = 0) -> int:
         """How many entries the next read may take (``max_messages`` bounds it)."""
@@ -190,12 +191,14 @@ class Worker:
             self._history_from = entries[-1][0] if entries else None
             entries = [(eid, f if f is not None else GONE) for eid, f in entries]
             if entries:  # rare (a restart, a lost connection), and worth an operator's line
+                first = entries[0][0]
                 logger.info(
-                    "answering %d entries %s read before a restart or a lost connection and had not "
-                    "acknowledged (from %s)",
+                    "answering %d %s read by %s and not acknowledged (%s), from %s",
                     len(entries),
+                    "entry" if len(entries) == 1 else "entries",
                     self.s.consumer,
-                    entries[0][0].decode() if isinstance(entries[0][0], bytes) else entries[0][0],
+                    self._history_why,
+                    first.decode() if isinstance(first, bytes) else first,
                 )
         return entries
 
@@ -222,7 +225,10 @@ class Worker:
             try:
                 await self.recovery.trim_answered()
             except (ResponseError, ValueError) as exc:  # housekeeping: the next pass tries again
-                logger.warning("the states stream was not trimmed this pass: %s", exc)
+                gone = "no such key" in str(exc)  # the stream vanished: the next read recreates it
+                logger.log(
+                    logging.DEBUG if gone else logging.WARNING, "the states stream was not trimmed: %s", exc
+                )
         self.state.stats.reclaim_passes += 1
 
     async def handle(
@@ -249,7 +255,8 @@ class Worker:
         except Exception:
             logger.exception("a batch of %d failed; answering its entries one by one", len(entries))
             # A read made with the publish may have happened: re-read our pending entries.
-            self._history_from = self._history_from or "0"
+            if self._history_from is None:
+                self._history_from, self._history_why = "0", "left pending when a batch failed"
         if len(entries) == 1:
             self.state.stats.failed += 1
             return []

@@ -10,6 +10,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from redis.exceptions import ResponseError
+
 from worker.protocol import GONE, Entries, Limits, Request, decode_entry
 from worker.shards import Streams
 from worker.state import ServerState
@@ -48,7 +50,14 @@ class Recovery:
         so a live worker on a quiet stream looks idle. Were one removed anyway, Redis
         would re-add it on its next read."""
         redis, s = self.state.redis, self.s
-        consumers: list[dict[str, Any]] = await redis.xinfo_consumers(self.streams.states, s.group)
+        try:
+            consumers: list[dict[str, Any]] = await redis.xinfo_consumers(self.streams.states, s.group)
+        except ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            # The stream vanished (DEL, FLUSHALL) since this pass began: nobody to forget. The
+            # loop's next read gets NOGROUP and recreates stream and group (XINFO says "no such key").
+            return []
         gone = []
         for c in consumers:
             name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
