@@ -134,9 +134,14 @@ def _read_rows(path: Path, raw: bytes) -> tuple[list[str], list[tuple[int, list[
             if header is None:
                 header = [f.strip() for f in fields]
             elif len(fields) != len(header):
+                split = delimiter == "," and len(fields) > len(header) and reader.line_num == line
+                split = split and any(
+                    _SPLIT_NUMBER.fullmatch(f"{a},{b}") for a, b in itertools.pairwise(fields)
+                )
                 raise PriceDataError(
                     f"{path} line {line}: {len(fields)} fields, the header has {len(header)}"
                     + _runs_on(line, reader.line_num)
+                    + (" (a comma inside a number splits it in two: " + _NUMBER_ADVICE + ")" if split else "")
                 )
             else:
                 rows.append((line, [f.strip() for f in fields]))
@@ -231,14 +236,17 @@ def _price_columns(
     return numeric[0], numeric[1]
 
 
-_COMMA_NUMBER = re.compile(r"[+-]?[\d,]*\d,\d[\d,]*(\.\d*)?")
+_SPLIT_NUMBER = re.compile(r"[+-]?\d+,\d+(\.\d*)?")  # two fields that were one number: 10 and 5
+_NUMBER_ADVICE = "write prices with a decimal point and no thousands separator"
+# 10,5  1,234.5  1.234,5  1 234,5  1'234,5: digits with a comma between two of them.
+_COMMA_NUMBER = re.compile(r"[+-]?[\d.\u00a0 ']*\d,\d[\d.,]*")
 
 
 def _hint(value: str) -> str:
     """What to do about a price that is not a number, when the cause is clear: a comma in
     it (a decimal comma, 10,5, or a thousands separator, 1,234.5: which one is not guessed)."""
     if _COMMA_NUMBER.fullmatch(value.strip()):
-        return " (a comma in a number: write prices with a decimal point and no thousands separator)"
+        return f" (a comma in a number: {_NUMBER_ADVICE})"
     return ""
 
 
@@ -246,13 +254,16 @@ def load_prices(path: str | Path, columns: Sequence[str] | None = None) -> Price
     """Read two price columns (``columns``, or the only two numeric ones) and the date column if any."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = path.stat().st_size  # 0 for a pipe (`<(…)`): its bytes are counted as read
+        if size <= MAX_FILE_BYTES:
+            with path.open("rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+            size = max(size, len(raw))
         if size > MAX_FILE_BYTES:
             raise PriceDataError(
                 f"{path}: {size / 2**20:.1f} MiB, above the {MAX_FILE_BYTES / 2**20:g} MiB a price file "
                 "may have: keep the two price columns and the date, or fewer rows"
             )
-        raw = path.read_bytes()
     except OSError as exc:
         raise PriceDataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     header, rows = _read_rows(path, raw)

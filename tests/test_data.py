@@ -4,8 +4,11 @@ errors naming the file and the line."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +86,14 @@ def test_missing_values_drop_the_row_and_are_counted(tmp_path: Path) -> None:
         (lambda r: r[7].__setitem__(1, "-5"), r"bad.csv line 9: SP500 -5 is not a positive price"),
         (lambda r: r[7].__setitem__(2, "0"), r"bad.csv line 9: NASDAQ 0 is not a positive price"),
         (lambda r: r[7].__setitem__(2, "inf"), r"bad.csv line 9: NASDAQ inf is not a positive price"),
-        (lambda r: r[7].__setitem__(1, "12,5"), r"bad.csv line 9: 4 fields, the header has 3"),
+        (
+            lambda r: r[7].__setitem__(1, "12,5"),
+            r"bad.csv line 9: 4 fields, the header has 3 \(a comma inside a number splits it in two: ",
+        ),
+        (
+            lambda r: r[7].__setitem__(1, "12,x"),
+            r"bad.csv line 9: 4 fields, the header has 3$",
+        ),
         (lambda r: r[7].__setitem__(1, "abc"), r"bad.csv line 9: SP500 'abc' is not a number$"),
         (
             lambda r: r[7].__setitem__(1, '"2257,8"'),
@@ -137,13 +147,31 @@ def test_column_errors_list_what_is_there(tmp_path: Path, monkeypatch: pytest.Mo
     ):
         load_prices(semi)
     big = tmp_path / "big.csv"
-    big.write_text("date,A,B\n" + "2020-01-02,1.25,2.5\n" * 70_000)  # 1.3 MiB
+    text = "date,A,B\n" + "2020-01-02,1.25,2.5\n" * 70_000  # 1.3 MiB
+    big.write_text(text)
     with monkeypatch.context() as m:
         m.setattr("agent.data.MAX_FILE_BYTES", 2**20)
+        m.setattr(Path, "open", lambda *a, **k: pytest.fail("a file above the bound was opened"))
         with pytest.raises(
             PriceDataError, match=r"big\.csv: 1\.3 MiB, above the 1 MiB a price file may have"
         ):
             load_prices(big)
+    # A pipe has no size to check first: what is read stops one byte past the bound.
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("w") as f:
+            f.write(text)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    with monkeypatch.context() as m:
+        m.setattr("agent.data.MAX_FILE_BYTES", 2**20)
+        with pytest.raises(PriceDataError, match=r"pipe\.csv: 1\.0 MiB, above the 1 MiB"):
+            load_prices(fifo)
+    writer.join(timeout=30)
+    assert not writer.is_alive()
     (tmp_path / "empty.csv").write_text("\n\n")
     with pytest.raises(PriceDataError, match=r"empty\.csv: the file is empty"):
         load_prices(tmp_path / "empty.csv")
@@ -317,3 +345,20 @@ def test_rows_that_are_not_trading_days_are_said_to_be(tmp_path: Path) -> None:
     assert "a median 1 minute apart" in t.describe() and "×√252" in t.describe()
     weekly = load_prices(_write(tmp_path / "weekly.csv", "date,SP500,NASDAQ", rows[::5]))
     assert "a median 7 days apart" in (weekly.cadence() or "")
+
+
+@pytest.mark.parametrize(
+    ("value", "hinted"),
+    [
+        *[(v, True) for v in ("10,5", "1,234.50", "1.234,5", "1.234.567,89", "1 234,5")],
+        *[(v, False) for v in ("abc", "$10.5", "1.2.3", "1,5e3", ",5")],
+    ],
+)
+def test_a_comma_in_a_number_is_hinted_in_every_usual_spelling(
+    tmp_path: Path, value: str, hinted: bool
+) -> None:
+    rows = _real_rows()
+    rows[7][1] = f'"{value}"'
+    with pytest.raises(PriceDataError, match="is not a number") as err:
+        load_prices(_write(tmp_path / "c.csv", "date,SP500,NASDAQ", rows))
+    assert ("a comma in a number" in str(err.value)) == hinted
