@@ -301,6 +301,33 @@ def test_misconfiguration_is_one_sentence_and_exit_2(env: dict[str, str], names:
     assert "Traceback" not in out.stderr and "hunter2" not in out.stderr + out.stdout
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://", "names no host"),
+        ("redis://:hunter2@:1/0", "names no host"),
+        ("unix://", "names no socket"),
+    ],
+)
+def test_a_redis_url_without_a_host_is_refused(
+    url: str, says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redis-py would take localhost:6379 quietly: another server than the one meant. In
+    process, with serve() replaced, so that even a regression never reaches that server."""
+    import worker.cli
+    import worker.server
+
+    def never(*args: object, **kw: object) -> None:
+        raise AssertionError("the worker started")
+
+    monkeypatch.setattr(worker.server, "serve", never)
+    monkeypatch.setenv("REDIS_URL", url)
+    assert worker.cli.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "REDIS_URL" in err and says in err, err
+    assert "hunter2" not in err
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("env", "says"),

@@ -319,8 +319,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must start with redis://, rediss:// (TLS) or unix://, e.g. redis://127.0.0.1:6379/0"
             )
+        if scheme == "unix" and not urlsplit(value).path:
+            raise ValueError("names no socket: give its path, e.g. unix:///run/redis/redis.sock")
         if scheme != "unix":
             url = urlsplit(value)
+            if not url.hostname:
+                # redis-py would take localhost:6379 silently: another server than the one meant.
+                raise ValueError("names no host: give one, e.g. redis://127.0.0.1:6379/0")
             try:
                 url.port  # noqa: B018  # urlsplit checks the port only when asked
             except ValueError:
