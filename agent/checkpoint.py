@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import re
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ def save_checkpoint(
     # scanning the folder for *.pt never picks up a half-written file.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes it owner-only (0600): a worker running as another user on a shared
+        # MODEL_DIR could not read it. Give it the mode the file had, or a new file's.
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
@@ -112,6 +116,17 @@ def save_checkpoint(
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits ``path`` has (a replaced checkpoint keeps them), or those a new
+    file gets under this process's umask (0644 under the usual 022)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -194,3 +196,17 @@ def test_atomic_save_reader_never_sees_partial_file(tmp_path: Path) -> None:
     assert not errors and not thread.is_alive()
     assert reads > 0 and seen <= valid
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_checkpoint_gets_the_mode_of_a_normal_file_and_keeps_the_one_it_replaces(tmp_path: Path) -> None:
+    """mkstemp makes files 0600: a worker running as another user on a shared MODEL_DIR
+    could not read the trainer's checkpoints."""
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(SACActor(hidden=(4,)), tmp_path / "m.pt", contract=CONTRACT)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)  # an operator's choice survives the next save
+        save_checkpoint(SACActor(hidden=(4,)), path, contract=CONTRACT)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
