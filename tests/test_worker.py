@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 
 from agent.checkpoint import load_checkpoint
 from tests.conftest import make_settings, write_model
-from worker.control import Control
+from worker.control import BenchmarkStopped, Control, benchmark
 from worker.loop import Worker
-from worker.model import ModelManager
+from worker.model import ModelManager, prepare
 from worker.protocol import parse_result
 from worker.settings import Settings
 from worker.state import ServerState
@@ -255,6 +255,15 @@ async def test_control_commands(tmp_path: Path, fake_redis: Redis) -> None:
 
     bad = await control(fake_redis, worker, cmd="benchmark", iters="1000000")
     assert bad["status"] == "error" and "iters must be between" in bad["detail"]
+    words = await control(fake_redis, worker, cmd="benchmark", batch_sizes="1,abc")
+    assert words["status"] == "error" and words["detail"] == (
+        "batch_sizes '1,abc' is not a list of integers, e.g. 1,8,32,128"
+    )
+    # A SIGTERM meanwhile: the benchmark (a thread asyncio cannot cancel) ends at the next call.
+    worker.state.stop.set()
+    stopped = await control(fake_redis, worker, cmd="benchmark", batch_sizes="1", warmup="0", iters="10000")
+    assert stopped["status"] == "error" and stopped["detail"] == "stopped: the worker is shutting down"
+    worker.state.stop.clear()
     unknown = await control(fake_redis, worker, cmd="explode")
     assert unknown["status"] == "error" and "unknown cmd 'explode'" in unknown["detail"]
 
@@ -296,3 +305,22 @@ async def test_reclaims_while_reading_ahead_under_load(tmp_path: Path, fake_redi
     ids = [r.entry_id for r in await results(fake_redis)]
     assert len(ids) == 1001 and ids.count(orphan.decode()) == 1 and worker.state.stats.reclaimed == 1
     assert ids.index(orphan.decode()) < 1000, "reclaimed only once the stream was drained"
+
+
+def test_a_benchmark_stops_at_its_time_budget(tmp_path: Path) -> None:
+    """Other control commands wait behind a benchmark: it ends past MAX_BENCH_S."""
+    s = make_settings(tmp_path)
+    write_model(s.model_dir / "a.pt")
+    model = prepare(s.model_dir / "a.pt", jit=False)
+    calls = 0
+
+    def after_three() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 3
+
+    with pytest.raises(BenchmarkStopped, match="stopped: the worker is shutting down"):
+        benchmark(model, [1], 0, 10_000, stopping=after_three)
+    assert calls == 4  # looked before every call
+    with pytest.raises(BenchmarkStopped, match=r"stopped after 0 s: ask for fewer batch_sizes or iters"):
+        benchmark(model, [1], 0, 10_000, budget_s=0.0)

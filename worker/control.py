@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 REPLIES_MAXLEN = 1000
 MAX_BENCH_ITERS = 10_000
 MAX_BENCH_BATCH = 1024
+MAX_BENCH_S = 30.0  # one benchmark's wall time at most: other control commands wait behind it
 MAX_CONTROL_FIELD = 1024
 
 
@@ -80,8 +82,29 @@ def status(state: ServerState) -> dict[str, Any]:
     }
 
 
-def benchmark(model: ServedModel, batch_sizes: list[int], warmup: int, iters: int) -> dict[str, Any]:
-    """Warm-up + timed calls of the live model; p50/p95/p99 in ms per batch size. Blocking."""
+class BenchmarkStopped(ValueError):
+    """The benchmark ended early: the worker is stopping, or it ran past MAX_BENCH_S."""
+
+
+def benchmark(
+    model: ServedModel,
+    batch_sizes: list[int],
+    warmup: int,
+    iters: int,
+    stopping: Callable[[], bool] = lambda: False,
+    budget_s: float = MAX_BENCH_S,
+) -> dict[str, Any]:
+    """Warm-up + timed calls of the live model; p50/p95/p99 in ms per batch size. Blocking
+    (run in a thread, which asyncio cannot cancel): so it looks at ``stopping`` and at its
+    time budget between calls, and a SIGTERM is not held up past one call."""
+    deadline = time.monotonic() + budget_s
+
+    def check() -> None:
+        if stopping():
+            raise BenchmarkStopped("stopped: the worker is shutting down")
+        if time.monotonic() > deadline:
+            raise BenchmarkStopped(f"stopped after {budget_s:g} s: ask for fewer batch_sizes or iters")
+
     out: dict[str, Any] = {
         "backend": model.backend,
         "model_sha256": model.sha256,
@@ -93,9 +116,11 @@ def benchmark(model: ServedModel, batch_sizes: list[int], warmup: int, iters: in
     for bs in batch_sizes:
         rows = rng.standard_normal((bs, model.state_dim)).astype(np.float32)
         for _ in range(warmup):
+            check()
             model.infer(rows)
         samples = np.empty(iters)
         for i in range(iters):
+            check()
             t0 = time.perf_counter()
             model.infer(rows)
             samples[i] = time.perf_counter() - t0
@@ -174,13 +199,20 @@ class Control:
                 model = self.state.models.current
                 if model is None:
                     raise ValueError("no model is loaded")
-                sizes_raw = fields.get(b"batch_sizes", b"1,8,32,128").decode()
-                sizes = [int(x) for x in sizes_raw.split(",") if x.strip()]
+                sizes_raw = fields.get(b"batch_sizes", b"1,8,32,128").decode("utf-8", "replace")
+                try:
+                    sizes = [int(x) for x in sizes_raw.split(",") if x.strip()]
+                except ValueError:
+                    raise ValueError(
+                        f"batch_sizes {sizes_raw[:40]!r} is not a list of integers, e.g. 1,8,32,128"
+                    ) from None
                 if not sizes or len(sizes) > 8 or not all(1 <= b <= MAX_BENCH_BATCH for b in sizes):
                     raise ValueError(f"batch_sizes must be 1 to 8 sizes in 1..{MAX_BENCH_BATCH}")
                 warmup = _int(fields, "warmup", 50, 0, MAX_BENCH_ITERS)
                 iters = _int(fields, "iters", 500, 1, MAX_BENCH_ITERS)
-                reply = await asyncio.to_thread(benchmark, model, sizes, warmup, iters)
+                reply = await asyncio.to_thread(
+                    benchmark, model, sizes, warmup, iters, self.state.stop.is_set
+                )
             else:
                 raise ValueError(f"unknown cmd {cmd!r}; expected reload, status or benchmark")
             out = {"status": "ok", "data": json.dumps(reply, default=str)}
