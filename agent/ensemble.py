@@ -60,7 +60,16 @@ def merge(actors: list[SACActor]) -> SACActor:
 
 def merge_checkpoints(models: list[Path], out: Path) -> Checkpoint:
     """Merge the actors of ``models`` (the same pair contract) into ``out``."""
+    if len(models) < 2:
+        raise EnsembleError("name at least two models to merge")
+    if out.exists() and any(out.resolve() == m.resolve() for m in models if m.exists()):
+        raise EnsembleError(f"{out} is one of the models to merge: write the ensemble to another file")
     loaded = [load_checkpoint(m) for m in models]
+    seen: dict[str, Path] = {}
+    for ck in loaded:  # the same file twice, or a copy: one seed would count double
+        if ck.sha256 in seen:
+            raise EnsembleError(f"{ck.path} is the same model as {seen[ck.sha256]}: name each seed once")
+        seen[ck.sha256] = ck.path
     contract = loaded[0].contract
     for ck in loaded[1:]:
         if ck.contract.id != contract.id:

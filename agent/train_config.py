@@ -163,6 +163,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``ConfigError`` for settings that cannot work together."""
+        if self.out.is_dir():
+            raise ConfigError(
+                f"--out {self.out} is a folder: name the model file, e.g. {self.out / 'policy.pt'}"
+            )
         if self.columns is not None and self.csv is None:
             raise ConfigError("--columns names the price columns of --csv FILE: give --csv too")
         if not 0.0 < self.train_fraction < 1.0:

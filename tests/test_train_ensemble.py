@@ -61,3 +61,13 @@ def test_merged_checkpoints_serve_and_mixed_contracts_are_refused(
         and err.count("\n") == 1
     )
     assert not (tmp_path / "bad.pt").exists()
+    # Its own output among the inputs (a slip of the shell history), a seed twice, one model alone.
+    before = paths[0].read_bytes()
+    assert main([str(paths[0]), str(paths[0]), str(paths[1])]) == 2
+    assert "is one of the models to merge" in capsys.readouterr().err and paths[0].read_bytes() == before
+    (tmp_path / "copy.pt").write_bytes(before)
+    assert main([str(tmp_path / "twice.pt"), str(paths[0]), str(tmp_path / "copy.pt")]) == 2
+    assert f"{tmp_path / 'copy.pt'} is the same model as {paths[0]}" in capsys.readouterr().err
+    assert main([str(tmp_path / "one.pt"), str(paths[0])]) == 2
+    assert "at least two models" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in ("twice.pt", "one.pt"))

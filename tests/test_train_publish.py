@@ -234,3 +234,15 @@ def test_a_synthetic_model_gives_way_to_a_real_pair_and_the_same_pair_is_scored(
     again = train(short(tmp_path, csv=fewer, run_dir=tmp_path / "runs2"), progress=False)
     assert load_checkpoint(first.best_path).contract.id != load_checkpoint(again.best_path).contract.id
     assert again.incumbent_sharpe is not None  # scored, not refused
+
+
+def test_an_out_that_is_a_folder_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was a warning ('cannot be loaded … treating it as absent'), then a traceback at the first save."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    assert main(["--episodes", "1", "--quiet", "--out", str(folder), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: --out {folder} is a folder: name the model file, e.g. {folder / 'policy.pt'}"
+    )
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
