@@ -65,7 +65,7 @@ def merge_checkpoints(models: list[Path], out: Path) -> Checkpoint:
     if out.exists() and any(out.resolve() == m.resolve() for m in models if m.exists()):
         raise EnsembleError(f"{out} is one of the models to merge: write the ensemble to another file")
     loaded = [load_checkpoint(m) for m in models]
-    seen: dict[str, Path] = {}
+    seen: dict[str, str] = {}
     for ck in loaded:  # the same file twice, or a copy: one seed would count double
         if ck.sha256 in seen:
             raise EnsembleError(f"{ck.path} is the same model as {seen[ck.sha256]}: name each seed once")

@@ -319,13 +319,24 @@ def new_run_dir(parent: Path, name: str) -> Path:
     raise FileExistsError(f"{parent}: {name} and 999 numbered folders beside it are taken")
 
 
+def chosen_at(result: Result) -> str:
+    """Which checkpoint validation chose: the clone of the rule, or SAC's at episode N."""
+    scored = [h for h in result.history if "eval_sharpe" in h]
+    best = max(scored, key=lambda h: h["eval_sharpe"], default=None)  # the first of equals, as kept
+    if best is None:
+        return ""
+    if int(best["episode"]) == 0:
+        return "; chosen: the behaviour clone of the rule (episode 0): no SAC checkpoint validated better"
+    return f"; chosen at episode {int(best['episode'])}"
+
+
 def summary(result: Result) -> str:
     """The closing lines ``python -m agent.train`` prints."""
     lines = [
         f"trained {result.episodes} episodes in {result.seconds:.0f} s ({result.steps} environment steps, "
         f"{result.updates} gradient updates); best validation Sharpe {result.best_sharpe:.2f} "
         f"(the z-score rule at fixed thresholds, ±2σ/±0.5σ on z60: {result.baseline_sharpe:.2f} on the "
-        "same validation data)",
+        f"same validation data){chosen_at(result)}",
         *result.data_lines,
     ]
     lines += [f"warning: {w}" for w in result.warnings]

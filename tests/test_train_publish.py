@@ -5,6 +5,7 @@ too short to learn says so, and --out wins over MODEL_DIR in every spelling."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from agent.actor import SACActor
 from agent.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from agent.contract import PairContract
-from agent.train import TrainConfig, config_from_args, main, train
+from agent.train import TrainConfig, chosen_at, config_from_args, main, summary, train
 from tests.conftest import CONTRACT
 
 REAL = Path(__file__).parent / "data" / "sp500_nasdaq_2017_2018.csv"
@@ -246,3 +247,23 @@ def test_an_out_that_is_a_folder_is_one_sentence(tmp_path: Path, capsys: pytest.
         f"error: --out {folder} is a folder: name the model file, e.g. {folder / 'policy.pt'}"
     )
     assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_the_summary_says_when_the_clone_of_the_rule_was_chosen(tmp_path: Path) -> None:
+    """A run whose SAC never beat its warm start publishes the behaviour clone: the summary
+    says so (it used to say only 'best validation Sharpe', as if SAC had earned it)."""
+    cfg = short(tmp_path, warm_start="rule", learning_starts=10_000)  # no gradient step: SAC = the clone
+    result = train(cfg, progress=False)
+    assert result.updates == 0
+    assert (
+        "; chosen: the behaviour clone of the rule (episode 0): no SAC checkpoint validated better"
+        in (summary(result).splitlines()[0])
+    )
+    later = [
+        {"episode": 0, "eval_sharpe": 0.5},
+        {"episode": 5, "eval_sharpe": 0.9},
+        {"episode": 10, "eval_sharpe": 0.9},
+    ]
+    assert (
+        chosen_at(replace(result, history=later)) == "; chosen at episode 5"
+    )  # the first of equals, as kept
