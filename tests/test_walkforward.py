@@ -70,6 +70,15 @@ def test_the_bootstrap_interval() -> None:
         sharpe_difference(a, a[:-1])
 
 
+def test_the_bootstrap_in_chunks_gives_the_same_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drawn a few at a time (memory bounded for long files), in the same order: equal."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.001, 0.01, 1500), rng.normal(0.0005, 0.01, 1500)
+    whole = sharpe_difference(a, b)
+    monkeypatch.setattr("agent.walkforward.BOOTSTRAP_CELLS", 1500 * 7)  # 7 draws at a time
+    assert sharpe_difference(a, b) == whole
+
+
 def _model(tmp_path: Path, metadata: Metadata | None = None) -> Path:
     contract = PairData.from_csv(REAL).contract(cost=0.0005)
     torch.manual_seed(0)
