@@ -187,6 +187,23 @@ def _date_column(header: list[str], rows: list[tuple[int, list[str]]]) -> int | 
     return None
 
 
+_DATE_LIKE = re.compile(r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}([ T].*)?")
+
+
+def _no_unknown_dates(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> None:
+    """No date column was recognised: a column of dates in another format (03/01/2000)
+    must not be dropped in silence, or the rows' order is taken for time unchecked, and
+    a file in descending order trains backwards."""
+    for j, name in enumerate(header):
+        first = next(((line, f[j]) for line, f in rows if f[j].casefold() not in MISSING), None)
+        if first is not None and _DATE_LIKE.fullmatch(first[1]):
+            raise PriceDataError(
+                f"{path} line {first[0]}: column {name!r} holds {first[1]!r}, a date in a format this "
+                f"reader does not take ({DATE_FORMATS}): rewrite the dates, or the rows' order "
+                "could not be checked"
+            )
+
+
 def _price_columns(
     path: Path,
     header: list[str],
@@ -268,6 +285,8 @@ def load_prices(path: str | Path, columns: Sequence[str] | None = None) -> Price
         raise PriceDataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     header, rows = _read_rows(path, raw)
     date_j = _date_column(header, rows)
+    if date_j is None:
+        _no_unknown_dates(path, header, rows)
     ja, jb = _price_columns(path, header, rows, date_j, columns)
     kept: list[tuple[int, date | datetime | None, float, float]] = []
     dropped: list[int] = []

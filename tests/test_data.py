@@ -362,3 +362,15 @@ def test_a_comma_in_a_number_is_hinted_in_every_usual_spelling(
     with pytest.raises(PriceDataError, match="is not a number") as err:
         load_prices(_write(tmp_path / "c.csv", "date,SP500,NASDAQ", rows))
     assert ("a comma in a number" in str(err.value)) == hinted
+
+
+def test_dates_in_an_unknown_format_are_not_dropped_in_silence(tmp_path: Path) -> None:
+    """QA: a file with dates written 03/01/2000 under an unknown header, rows descending, was
+    read as 'no date column (file order)' and trained backwards."""
+    rows = [[f"{d[8:10]}/{d[5:7]}/{d[:4]}", a, b] for d, a, b in _real_rows()][::-1]
+    with pytest.raises(
+        PriceDataError, match=r"dmy\.csv line 2: column 'AsOf' holds '\d\d/\d\d/\d{4}', a date"
+    ):
+        load_prices(_write(tmp_path / "dmy.csv", "AsOf,SP500,NASDAQ", rows))
+    plain = [[a, b] for _, a, b in _real_rows()]  # no date column at all: file order, as documented
+    assert load_prices(_write(tmp_path / "plain.csv", "SP500,NASDAQ", plain)).dates is None
