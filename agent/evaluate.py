@@ -66,6 +66,9 @@ DESCRIPTION = (
 DEFAULT_EPISODES, DEFAULT_LENGTH = 64, 1024
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")  # matplotlib writes each; the suffix picks
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agent.evaluate", description=DESCRIPTION)
     p.add_argument("model", type=Path, help="a checkpoint written by python -m agent.train")
@@ -113,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FILE",
-        help="draw the cumulative PnL over the test window, with the split marked, to this PNG",
+        help="draw the cumulative PnL over the test window, with the split marked, to this image "
+        "(.png, .pdf, .svg or .jpg)",
     )
     csv.add_argument(
         "--train-fraction",
@@ -169,6 +173,16 @@ def _check_flags(args: argparse.Namespace, on_file: bool, contract: PairContract
                 f"--{wrong[0]} applies to synthetic paths; a price file is evaluated by one walk "
                 "forward over its held-out part"
             )
+        if args.plot is not None:
+            if args.plot.is_dir():
+                raise DataError(
+                    f"--plot {args.plot} is a folder: name the image, e.g. {args.plot / 'plot.png'}"
+                )
+            if args.plot.suffix.lower() not in PLOT_SUFFIXES:
+                raise DataError(
+                    f"--plot {args.plot}: name the image with one of {', '.join(PLOT_SUFFIXES)} "
+                    "(the suffix chooses the format)"
+                )
         if isinstance(contract.data, CsvData) and args.train_fraction is not None:
             raise DataError(
                 f"--train-fraction: {args.model}'s contract fixes its training window "

@@ -106,6 +106,28 @@ def test_the_report_s_test_figures_change_with_the_test_rows_and_its_choices_do_
     assert r2.rows[0].scores != r.rows[0].scores or r2.rows[1].scores != r.rows[1].scores
 
 
+@pytest.mark.parametrize(
+    ("plot", "says"),
+    [
+        ("wf.v2", "name the image with one of .png, .pdf, .svg, .jpg"),
+        ("wf", "name the image with one of"),
+        (".", "is a folder"),
+    ],
+)
+def test_a_plot_name_matplotlib_cannot_write_is_one_sentence_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], plot: str, says: str
+) -> None:
+    """QA: --plot wf.v2 printed the table, then a matplotlib traceback, and --json was lost."""
+    meta = Metadata(extra={"split": {"train": [0, 281], "validation": [281, 351], "test": [351, 502]}})
+    _model(tmp_path, meta)
+    shutil.copy(REAL, tmp_path / REAL.name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["m.pt", "--json", "wf.json", "--plot", plot]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: --plot {plot}") and says in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
 def test_evaluate_prints_the_walk_forward_table_and_writes_json_and_a_plot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
