@@ -183,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for pair, windows in pairs.items():
         for start in sorted(windows):
+            docs = windows[start]
+            terms = {(d.get("cost"), json.dumps(d.get("zscore_rule"), sort_keys=True)) for d in docs}
+            if len(terms) > 1:  # the rows of the rules come from one file: all must agree
+                print(
+                    f"error: {pair}, test window from {start}: the files were evaluated at different costs "
+                    "or fixed-rule settings (--cost, --entry/--exit/--lookback): evaluate them alike",
+                    file=sys.stderr,
+                )
+                return 2
+        for start in sorted(windows):
             print("\n".join(table(pair, windows[start])))
             print()
         if len(windows) > 1:

@@ -90,3 +90,23 @@ def test_overlapping_folds_are_refused(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "b.json").write_text(json.dumps(b))
     assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
     assert "the folds' test windows overlap" in capsys.readouterr().err
+
+
+def test_seeds_evaluated_at_other_costs_or_rule_settings_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rules' rows come from one file: a seed evaluated at another --cost (or fixed rule)
+    would be averaged with the others under the first file's rules (QA)."""
+    rng = np.random.default_rng(9)
+    a, b = _doc(0, 0, 300, rng), _doc(1, 0, 300, rng)
+    a["model"], b["model"] = "s0.pt", "s1.pt"
+    a["cost"], b["cost"] = 0.0005, 0.002
+    for name, doc in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluated at different costs or fixed-rule settings" in err and "Traceback" not in err
+    b["cost"] = 0.0005
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "policy (2 seeds)" in capsys.readouterr().out
