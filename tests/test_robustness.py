@@ -27,7 +27,7 @@ from worker.metrics import Metrics
 from worker.model import ModelManager
 from worker.protocol import parse_result
 from worker.server import serve
-from worker.settings import Settings
+from worker.settings import ConfigError, Settings
 from worker.state import ServerState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +225,66 @@ async def test_flushed_redis_the_heartbeat_comes_back(
             await real_redis.delete(key)
             await wait_for(lambda: real_redis.exists(key), what="the heartbeat refreshed")
         assert not task.done()
+
+
+async def test_a_second_worker_of_the_same_name_is_refused_and_leaves_the_first_alone(
+    tmp_path: Path, fake_redis: Redis
+) -> None:
+    """Two workers of one CONSUMER name would take each other's pending entries for their
+    own and answer them twice: the second sees the first's heartbeat kept alive and exits
+    with a setting to fix, without deleting the first's heartbeat or consumer."""
+    s = make_settings(tmp_path, heartbeat_ttl_s=2)
+    write_model(s.model_dir / "a.pt")
+    key = "statpair:workers:w1"
+    async with running(s, fake_redis) as first:
+        await wait_for(lambda: fake_redis.exists(key), what="the first worker's heartbeat")
+        mine = await fake_redis.hget(key, "instance")
+        with pytest.raises(ConfigError, match=r"CONSUMER=w1 is taken by a live worker \(host .+, pid \d+\)"):
+            await serve(s, fake_redis)
+        assert await fake_redis.hget(key, "instance") == mine  # not deleted, not overwritten
+        await add(fake_redis, 1)
+        await wait_for(lambda: _count(fake_redis, 1), what="the first worker still answering")
+        assert not first.done()
+
+
+async def test_a_heartbeat_nobody_keeps_alive_does_not_hold_the_name(
+    tmp_path: Path, fake_redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker killed under its name leaves its heartbeat until the TTL: restarted under
+    the same name (a container: same host, pid 1), it takes the name over."""
+    s = make_settings(tmp_path, heartbeat_ttl_s=2)
+    write_model(s.model_dir / "a.pt")
+    key = "statpair:workers:w1"
+    await fake_redis.hset(
+        key, mapping={"name": "w1", "host": "h", "pid": "1", "instance": "dead", "beat_ms": "1"}
+    )
+    await fake_redis.expire(key, 60)  # as if a beat had just set it: nobody refreshes it now
+    await add(fake_redis, 1)
+    with caplog.at_level(logging.INFO, logger="worker"):
+        state = await serve(s, fake_redis, max_messages=1)
+    assert state.stats.processed == 1
+    assert "not kept alive: taking the name over" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "says"), [("-5", "-5 is below 0"), ("ten", "'ten' is not a whole number")])
+def test_max_messages_is_a_count(value: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import worker.cli
+
+    with pytest.raises(SystemExit) as done:
+        worker.cli.parse_args(["--max-messages", value])
+    assert done.value.code == 2 and says in capsys.readouterr().err
+    assert worker.cli.parse_args(["--max-messages", "0"]).max_messages == 0
+
+
+async def test_stopped_before_redis_ever_answered_it_loads_nothing(tmp_path: Path) -> None:
+    """A SIGTERM while start-up still waits for Redis: it stops there, rather than going on
+    to load a model, publish it and leave a group it never joined."""
+    s = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    write_model(s.model_dir / "a.pt")
+    stop = asyncio.Event()
+    stop.set()
+    state = await serve(s, stop=stop)
+    assert not state.models.any_loaded and state.stats.processed == 0
 
 
 async def test_a_failing_background_task_is_restarted_loudly(

@@ -16,6 +16,16 @@ from redis.exceptions import AuthenticationError, RedisError
 from worker.settings import ConfigError, Settings, describe, settings_help
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below 0")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m worker",
@@ -27,7 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="settings (environment variables, read once at start):\n\n"
         + textwrap.indent(settings_help(), "  "),
     )
-    p.add_argument("--max-messages", type=int, default=None, help="exit after answering this many entries")
+    p.add_argument(
+        "--max-messages", type=_count, default=None, help="exit after answering this many entries (0 or more)"
+    )
     p.add_argument("--burst", action="store_true", help="exit once the stream is drained")
     return p.parse_args(argv)
 

@@ -56,6 +56,8 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
             "challengers": str(len(state.models.challengers())),
             "processed": str(state.stats.processed),
             "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "instance": state.instance,
+            "beat_ms": str(int(time.time() * 1000)),  # changes at every beat: tells a live worker
         },
     )
     pipe.expire(key, s.heartbeat_ttl_s)

@@ -72,7 +72,8 @@ class Worker:
         start = self._last_seen or "0"
         try:
             await self.state.redis.xgroup_create(self.streams.states, self.s.group, id=start, mkstream=True)
-            logger.info("created group %s on %s from id %s", self.s.group, self.streams.states, start)
+            shown = start.decode() if isinstance(start, bytes) else start
+            logger.info("created group %s on %s from id %s", self.s.group, self.streams.states, shown)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise

@@ -180,7 +180,8 @@ class ModelManager:
         if candidate is None:
             if not self._warned_missing and self.current is None:
                 logger.warning(
-                    "no model at %s: answering model_unavailable until one appears",
+                    "no usable model at %s yet: states get model_unavailable until one appears "
+                    "(or are left to a live worker that has one)",
                     self.source.describe(),
                 )
                 self._warned_missing = True

@@ -128,7 +128,12 @@ class Recovery:
                 break
             start = next_id
         if total:
-            logger.info("reclaimed %d entries idle for more than %d ms", total, self.s.claim_idle_ms)
+            logger.info(
+                "reclaimed %d %s idle for more than %d ms",
+                total,
+                "entry" if total == 1 else "entries",
+                self.s.claim_idle_ms,
+            )
 
 
 def split_poison(entries: Entries, counts: dict[bytes, int], max_deliveries: int) -> tuple[Entries, Entries]:

@@ -12,7 +12,7 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import torch
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -94,12 +94,14 @@ class Server:
         self._background: list[asyncio.Task[None]] = []
         self._signals: list[int] = []
         self._one_offs: set[asyncio.Future[object]] = set()
+        self._joined = False  # past the start-up checks: its heartbeat and consumer are its own
 
     async def serve(self) -> ServerState:
         """Run until stopped (or the bounded mode ends); the state holds the counters."""
         try:
             await self.startup()
-            await self.main_loop()
+            if not self.state.stop.is_set():  # a SIGTERM while Redis was unreachable at start
+                await self.main_loop()
         finally:
             await self.shutdown()
         return self.state
@@ -136,6 +138,12 @@ class Server:
             )
         else:
             await self._check_database()
+        if state.stop.is_set():
+            return
+        await self._check_name()
+        if state.stop.is_set():
+            return
+        self._joined = True
         logger.info(
             "worker %s: %s stream %s group %s, jit=%s",
             s.consumer,
@@ -162,6 +170,40 @@ class Server:
         self._spawn("shadow", lambda: shadow.run(state.stop))
         if self.metrics is not None:
             ShadowCollector(state, self.metrics.registry)
+
+    async def _check_name(self) -> None:
+        """Refuse to run beside a live worker of the same CONSUMER name: the two would take
+        each other's pending entries for their own and answer them twice, and the first to
+        stop would delete the other's heartbeat. A heartbeat of that name may also be a
+        predecessor's that stopped without leaving (killed): it does not change, while a
+        live worker rewrites it every HEARTBEAT_TTL_S / 3; so look twice, that far apart."""
+        state, s = self.state, self.settings
+        key = heartbeat_key(state)
+
+        async def read() -> dict[bytes, bytes]:
+            return cast(dict[bytes, bytes], await state.redis.hgetall(key))
+
+        first = await retrying(read, state.stop, "reading heartbeats", backoff=Backoff())
+        if not first or first.get(b"instance") == state.instance.encode():
+            return
+        wait = s.heartbeat_ttl_s / 3 + 1.0
+        who = f"host {first.get(b'host', b'?').decode()}, pid {first.get(b'pid', b'?').decode()}"
+        logger.info(
+            "a heartbeat of CONSUMER=%s is there (%s): waiting %.0f s to tell a live worker of that name "
+            "from one that stopped without leaving",
+            s.consumer,
+            who,
+            wait,
+        )
+        await pause(state.stop, wait)
+        again = await retrying(read, state.stop, "reading heartbeats", backoff=Backoff())
+        if again and again != first:
+            who = f"host {again.get(b'host', b'?').decode()}, pid {again.get(b'pid', b'?').decode()}"
+            raise ConfigError(
+                f"CONSUMER={s.consumer} is taken by a live worker ({who}): two workers of one name "
+                "would answer each other's entries twice; give each worker its own CONSUMER"
+            )
+        logger.info("the heartbeat of CONSUMER=%s is not kept alive: taking the name over", s.consumer)
 
     async def _check_database(self) -> None:
         """One PING before any task starts (retried while Redis is down): a database the
@@ -288,7 +330,8 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in self._signals:
             loop.remove_signal_handler(sig)
-        await self._leave()
+        if self._joined:  # else the heartbeat and consumer of that name may be another worker's
+            await self._leave()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

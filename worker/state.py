@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -60,6 +61,9 @@ class ServerState:
     redis_up: bool = False
     shadow: Shadow | None = None  # the challengers' scorer
     published_contracts: set[str] = field(default_factory=set)  # CONTRACTS_KEY fields this worker wrote
+    # This run's own id in its heartbeat: tells it from another worker of the same CONSUMER name
+    # (in a container, a restarted worker has the same host name and pid 1).
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self) -> None:
         if isinstance(self.models, ModelManager):
