@@ -6,7 +6,7 @@ spread is always the contract's: what a served model computes from the same pric
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class HeldOut:
     table: PriceTable
     matches: bool  # the file and columns are the ones the model was trained on
     synthetic: bool = False  # the model was trained on synthetic paths, not on a file
+    trained_columns: tuple[str, str] | None = None  # the contract's, when the file is its own
 
     @property
     def rows(self) -> tuple[int, int]:
@@ -57,6 +58,12 @@ class HeldOut:
             how = "the synthetic generator's, from the model's contract, as a served model computes it"
         elif self.matches:
             check, how = "sha256 matches the model's contract", "from the model's contract"
+        elif self.trained_columns is not None:  # its own file, other columns: legs swapped or replaced
+            check = (
+                f"the file the model was trained on, but read as {','.join(t.columns)}, not its "
+                f"{','.join(self.trained_columns)}: NOT the pair it learned (--allow-other-data)"
+            )
+            how = "from the model's contract"
         else:
             check = f"sha256 {t.sha256[:12]}…: NOT the data the model was trained on (--allow-other-data)"
             how = "from the model's contract"
@@ -144,7 +151,10 @@ def held_out(
         start = d.train_rows[1]
     else:
         start = _first_after_training(path, table, d)
-    return _held_out(path, contract, table, start, matches, d.train_fraction)
+    held = _held_out(path, contract, table, start, matches, d.train_fraction)
+    if same_file and not matches:
+        held = replace(held, trained_columns=(d.columns[0], d.columns[1]))
+    return held
 
 
 def _held_out(

@@ -179,6 +179,13 @@ def test_another_file_is_refused_unless_allowed(tmp_path: Path, capsys: pytest.C
     assert f"{contract.spread.hedge_ratio:.6g}·log NASDAQ" in out and "(from the model's contract)" in out
     assert main([str(model), "--csv", str(REAL), "--columns", "NASDAQ,SP500"]) == 2
     assert "columns NASDAQ,SP500 are not the ones" in capsys.readouterr().err
+    # Its own file with the legs swapped: not "another file" (the sha is the same), another pair.
+    assert main([str(model), "--csv", str(REAL), "--columns", "NASDAQ,SP500", "--allow-other-data"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "the file the model was trained on, but read as NASDAQ,SP500, not its SP500,NASDAQ: NOT the pair it "
+        "learned (--allow-other-data)"
+    ) in out and "NOT the data the model was trained on" not in out
 
 
 def test_a_synthetic_model_is_judged_on_paths_from_its_contract(
