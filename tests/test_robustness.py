@@ -351,6 +351,9 @@ def _worker(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
         ({"REDIS_URL": "redis://127.0.0.1:99999/0"}, ["REDIS_URL", "port '99999'"]),
         ({"REDIS_URL": "redis://127.0.0.1:1/abc"}, ["REDIS_URL", "database 'abc'"]),
         ({"SHUTDOWN_GRACE_S": "inf"}, ["SHUTDOWN_GRACE_S", "finite"]),
+        # REDIS_URL at port 1 (nothing listens): were the check gone, no real server is reached.
+        ({"STATES_STREAM": "", "REDIS_URL": "redis://127.0.0.1:1/0"}, ["STATES_STREAM", "must not be empty"]),
+        ({"CONSUMER": " ", "REDIS_URL": "redis://127.0.0.1:1/0"}, ["CONSUMER", "must not be empty"]),
     ],
 )
 def test_misconfiguration_is_one_sentence_and_exit_2(env: dict[str, str], names: list[str]) -> None:

@@ -354,10 +354,21 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("reply_prefix")
+    @field_validator(
+        "reply_prefix",
+        "states_stream",
+        "group",
+        "consumer",
+        "results_stream",
+        "dead_stream",
+        "control_stream",
+        "control_replies",
+        "heartbeat_prefix",
+        "contracts_key",
+    )
     @classmethod
-    def _reply_prefix(cls, value: str) -> str:
-        if not value:
+    def _named(cls, value: str) -> str:
+        if not value.strip():  # an empty key or name is legal to Redis, and never what was meant
             raise ValueError("must not be empty")
         return value
 
