@@ -4,6 +4,7 @@ control commands. Each serving case has a real-Redis twin in test_worker_redis.p
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -324,3 +325,21 @@ def test_a_benchmark_stops_at_its_time_budget(tmp_path: Path) -> None:
     assert calls == 4  # looked before every call
     with pytest.raises(BenchmarkStopped, match=r"stopped after 0 s: ask for fewer batch_sizes or iters"):
         benchmark(model, [1], 0, 10_000, budget_s=0.0)
+
+
+async def test_a_removed_model_file_is_said_once_and_the_model_keeps_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ops QA: after `rm models/policy.pt` nothing said the file was gone."""
+    s = make_settings(tmp_path)
+    write_model(s.model_dir / "a.pt")
+    models = ModelManager(None, s.model_dir, False)
+    await models.check()
+    served = models.current
+    (s.model_dir / "a.pt").unlink()
+    with caplog.at_level(logging.WARNING, logger="worker.model"):
+        for _ in range(3):
+            assert await models.check() is False
+    said = [r.getMessage() for r in caplog.records if "any more" in r.getMessage()]
+    assert len(said) == 1 and str(s.model_dir / "a.pt") in said[0] and served.sha256 in said[0]
+    assert models.current is served

@@ -135,6 +135,7 @@ class ModelManager:
         self._attempted: Hashable | None = None
         self._lock = asyncio.Lock()
         self._warned_missing = False
+        self._warned_gone = False  # the served model's file is gone from the folder: said once
         self._attempted_failed = False  # the last check tried a candidate and it failed to load
         self._served_key: Hashable | None = None  # the candidate ``current`` came from
         # A rule a loaded model must pass to replace the current one (the reason it fails, or None).
@@ -185,7 +186,17 @@ class ModelManager:
                     self.source.describe(),
                 )
                 self._warned_missing = True
+            elif self.current is not None and not self._warned_gone and self.source.kind == "folder":
+                logger.warning(
+                    "no loadable model file at %s any more (removed, or only files that failed to load): "
+                    "still serving the model loaded from %s (sha %s)",
+                    self.source.describe(),
+                    self.current.path,
+                    self.current.sha256,
+                )
+                self._warned_gone = True
             return False
+        self._warned_gone = False
         if not force and candidate.key in (self._attempted, self._served_key):
             return False
         self._attempted = candidate.key
