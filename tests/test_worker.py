@@ -249,6 +249,16 @@ async def test_control_commands(tmp_path: Path, fake_redis: Redis) -> None:
     write_model(s.model_dir / "a.pt", seed=9)
     rl = json.loads((await control(fake_redis, worker, cmd="reload"))["data"])
     assert rl["swapped"] is True and rl["model_sha256"] == worker.state.models.current.sha256
+    # A reload that fails is an error reply (ops QA: it said status ok), and the model stays.
+    serving = worker.state.models.current.sha256
+    (s.model_dir / "a.pt").write_bytes(b"not a checkpoint")
+    failed = await control(fake_redis, worker, cmd="reload")
+    assert failed["status"] == "error" and failed["detail"].startswith("reload failed: ")
+    assert (
+        failed["detail"].endswith(f"; still serving {serving}")
+        and worker.state.models.current.sha256 == serving
+    )
+    write_model(s.model_dir / "a.pt", seed=9)
 
     bench = await control(fake_redis, worker, cmd="benchmark", batch_sizes="1,8", warmup="2", iters="5")
     figures = json.loads(bench["data"])["batches"]

@@ -185,8 +185,12 @@ class Control:
             if any(len(v) > MAX_CONTROL_FIELD for v in fields.values()):
                 raise ValueError(f"a field is over {MAX_CONTROL_FIELD} bytes")
             if cmd == "reload":
+                failures = self.state.models.reload_failures
                 swapped = await self.state.models.check(force=True)
                 m = self.state.models.current
+                if not swapped and self.state.models.reload_failures > failures:
+                    kept = f"; still serving {m.sha256}" if m else ""
+                    raise ValueError(f"reload failed: {self.state.models.last_error}{kept}")
                 reply = {
                     "swapped": swapped,
                     "model_sha256": m.sha256 if m else None,
