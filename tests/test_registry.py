@@ -344,7 +344,7 @@ async def test_cold_start_without_cache_waits_for_the_registry(
     for _ in range(3):
         assert not await models.check()
     assert models.current is None
-    assert caplog.text.count("no model at models:/pol@champion (http://fake)") == 1
+    assert caplog.text.count("no usable model at models:/pol@champion (http://fake) yet") == 1
     fake.down = False
     assert await models.check() and _served(models) == "1"
 
