@@ -175,6 +175,11 @@ def _runs_on(start: int, end: int) -> str:
     return f" (a quoted field runs on from this line to line {end}: an unclosed or stray quote?)"
 
 
+def _first_value(rows: list[tuple[int, list[str]]], j: int) -> tuple[int, str] | None:
+    """Column ``j``'s first value that is not missing, with its line; None when all are."""
+    return next(((line, f[j]) for line, f in rows if f[j].casefold() not in MISSING), None)
+
+
 def _date_column(header: list[str], rows: list[tuple[int, list[str]]]) -> int | None:
     for j, name in enumerate(header):
         if name.casefold() in DATE_HEADERS:
@@ -195,7 +200,7 @@ def _no_unknown_dates(path: Path, header: list[str], rows: list[tuple[int, list[
     must not be dropped in silence, or the rows' order is taken for time unchecked, and
     a file in descending order trains backwards."""
     for j, name in enumerate(header):
-        first = next(((line, f[j]) for line, f in rows if f[j].casefold() not in MISSING), None)
+        first = _first_value(rows, j)
         if first is not None and _DATE_LIKE.fullmatch(first[1]):
             raise PriceDataError(
                 f"{path} line {first[0]}: column {name!r} holds {first[1]!r}, a date in a format this "
@@ -234,7 +239,7 @@ def _price_columns(
     for j in range(len(header)):
         if j == date_j:
             continue
-        first = next(((line, f[j]) for line, f in rows if f[j].casefold() not in MISSING), None)
+        first = _first_value(rows, j)
         if first is not None and _number(first[1]) is not None:
             numeric.append(j)
         elif first is not None:

@@ -41,20 +41,20 @@ class Gate:
                 "the model at %s cannot be loaded (%s): treating it as absent", cfg.out, exc.reason
             )
             return cls(cfg.out, None, cfg.force)
-        theirs, ours = incumbent.contract.pair, contract.pair
-        if theirs != ours:
-            if theirs is not None and not cfg.force:
+        if incumbent.contract.pair != contract.pair:
+            theirs, ours = (c.pair or "a synthetic spread" for c in (incumbent.contract, contract))
+            if incumbent.contract.pair is not None and not cfg.force:
                 raise ConfigError(
                     f"--out {cfg.out} holds the model of {theirs} (contract {incumbent.contract.id}), "
-                    f"and this run trains {ours or 'a synthetic spread'}: give another --out, "
-                    "or --force to replace it"
+                    f"and this run trains {ours}: give another --out, or --force to replace it"
                 )
+            forced = " (--force)" if incumbent.contract.pair is not None else ""
             logger.warning(
                 "the model at %s was trained on %s: replaced by this run's for %s%s",
                 cfg.out,
-                theirs or "a synthetic spread",
-                ours or "a synthetic spread",
-                " (--force)" if theirs is not None else "",
+                theirs,
+                ours,
+                forced,
             )
             return cls(cfg.out, None, cfg.force)
         sharpe = validate(incumbent.actor).sharpe

@@ -16,7 +16,7 @@ from worker.answer import Answerer, Outcome, Served
 from worker.connection import xreadgroup
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
-from worker.protocol import GONE, Decoded, Entries, decode_batch
+from worker.protocol import GONE, Decoded, Entries, as_text, decode_batch
 from worker.recovery import Recovery, poison_requests, split_poison
 from worker.retry import TRANSIENT, Backoff, pause, retrying
 from worker.shadow import Shadow, ShadowWork
@@ -72,8 +72,9 @@ class Worker:
         start = self._last_seen or "0"
         try:
             await self.state.redis.xgroup_create(self.streams.states, self.s.group, id=start, mkstream=True)
-            shown = start.decode() if isinstance(start, bytes) else start
-            logger.info("created group %s on %s from id %s", self.s.group, self.streams.states, shown)
+            logger.info(
+                "created group %s on %s from id %s", self.s.group, self.streams.states, as_text(start)
+            )
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -192,14 +193,13 @@ class Worker:
             self._history_from = entries[-1][0] if entries else None
             entries = [(eid, f if f is not None else GONE) for eid, f in entries]
             if entries:  # rare (a restart, a lost connection), and worth an operator's line
-                first = entries[0][0]
                 logger.info(
                     "answering %d %s read by %s and not acknowledged (%s), from %s",
                     len(entries),
                     "entry" if len(entries) == 1 else "entries",
                     self.s.consumer,
                     self._history_why,
-                    first.decode() if isinstance(first, bytes) else first,
+                    as_text(entries[0][0]),
                 )
         return entries
 

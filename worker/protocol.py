@@ -495,7 +495,13 @@ class Result(BaseModel):
     batch_size: int | None = None
 
 
+def as_text(value: object) -> str:
+    """What redis-py answered (bytes, or text with decode_responses), as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def parse_result(fields: dict[bytes | str, bytes | str]) -> Result:
+    # Inline, not as_text: this is the client's per-result path.
     return Result.model_validate(
         {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)

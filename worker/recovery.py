@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from worker.protocol import GONE, Entries, Limits, Request, decode_entry
+from worker.protocol import GONE, Entries, Limits, Request, as_text, decode_entry
 from worker.shards import Streams
 from worker.state import ServerState
 
@@ -60,7 +60,7 @@ class Recovery:
             return []
         gone = []
         for c in consumers:
-            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            name = as_text(c["name"])
             idle = name != s.consumer and int(c["pending"]) == 0 and int(c["idle"]) > s.claim_idle_ms
             if not idle or await redis.exists(f"{s.heartbeat_prefix}{name}"):
                 continue
@@ -84,7 +84,7 @@ class Recovery:
                 # Read one round trip later: all may have been acknowledged since (min None).
                 oldest = (await redis.xpending(stream, group["name"]))["min"]
                 first = oldest if oldest is not None else first
-            text = first.decode() if isinstance(first, bytes) else str(first)
+            text = as_text(first)
             ms, _, seq = text.partition("-")
             at = (int(ms), int(seq or 0))
             keep = at if keep is None else min(keep, at)

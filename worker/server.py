@@ -183,24 +183,25 @@ class Server:
         async def read() -> dict[bytes, bytes]:
             return cast(dict[bytes, bytes], await state.redis.hgetall(key))
 
+        def who(beat: dict[bytes, bytes]) -> str:
+            return f"host {beat.get(b'host', b'?').decode()}, pid {beat.get(b'pid', b'?').decode()}"
+
         first = await retrying(read, state.stop, "reading heartbeats", backoff=Backoff())
         if not first or first.get(b"instance") == state.instance.encode():
             return
         wait = s.heartbeat_ttl_s / 3 + 1.0
-        who = f"host {first.get(b'host', b'?').decode()}, pid {first.get(b'pid', b'?').decode()}"
         logger.info(
             "a heartbeat of CONSUMER=%s is there (%s): waiting %.0f s to tell a live worker of that name "
             "from one that stopped without leaving",
             s.consumer,
-            who,
+            who(first),
             wait,
         )
         await pause(state.stop, wait)
         again = await retrying(read, state.stop, "reading heartbeats", backoff=Backoff())
         if again and again != first:
-            who = f"host {again.get(b'host', b'?').decode()}, pid {again.get(b'pid', b'?').decode()}"
             raise ConfigError(
-                f"CONSUMER={s.consumer} is taken by a live worker ({who}): two workers of one name "
+                f"CONSUMER={s.consumer} is taken by a live worker ({who(again)}): two workers of one name "
                 "would answer each other's entries twice; give each worker its own CONSUMER"
             )
         logger.info("the heartbeat of CONSUMER=%s is not kept alive: taking the name over", s.consumer)
