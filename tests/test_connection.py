@@ -1,18 +1,24 @@
 """The worker's Redis connections: a send on a transport that closed under it (uvloop's
 RuntimeError, seen in a Redis Cluster failover) fails as a ConnectionError, which every
-retry loop handles; any other RuntimeError is left alone."""
+retry loop handles; any other RuntimeError is left alone. The redis-py internals the
+connection mixins rest on are checked by name, and a redis-py that no longer fits makes
+the worker use redis-py's own classes with one warning."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
 
 import pytest
+import redis as redis_py
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from worker.connection import ClosedTransportMixin, _fast, redis_client
+from worker import connection
+from worker.connection import ClosedTransportMixin, _fast, redis_client, upstream_misfit
 from worker.retry import TRANSIENT, retrying
 
 CLOSED = (
@@ -20,11 +26,20 @@ CLOSED = (
 )
 
 
+class Transport:
+    """What redis-py (8.2) asks of a writer's transport before it writes: not closing yet
+    (uvloop's transport closes between that check and the write)."""
+
+    def is_closing(self) -> bool:
+        return False
+
+
 class Writer:
     """A stream writer whose transport is gone, as uvloop reports it."""
 
     def __init__(self, message: str) -> None:
         self.message, self.closed = message, False
+        self.transport = Transport()
 
     def writelines(self, data: list[bytes]) -> None:
         raise RuntimeError(self.message)
@@ -105,3 +120,58 @@ async def test_wrong_credentials_are_not_retried() -> None:
     with pytest.raises(AuthenticationError):
         await retrying(op, asyncio.Event(), "reading states")
     assert calls == 1
+
+
+def test_the_redis_py_internals_the_mixins_rest_on_are_there() -> None:
+    """A redis-py release that changes them fails here, naming itself (the worker would fall
+    back to redis-py's own classes, slower, with one warning)."""
+    misfit = upstream_misfit()
+    assert misfit is None, f"redis-py {redis_py.__version__} no longer fits worker/connection.py: {misfit}"
+    single = redis_client("redis://127.0.0.1:1/0")
+    cluster = redis_client("redis://127.0.0.1:1", cluster=True)
+    assert connection.pool_misfit(single) is None, f"redis-py {redis_py.__version__}"
+    assert connection.cluster_misfit(cluster) is None, f"redis-py {redis_py.__version__}"
+
+
+@pytest.fixture
+def misfit_redis_py(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A redis-py "99.0.0" whose send_packed_command takes another parameter."""
+
+    async def send_packed_command(self: object, command: object, check_health: bool, timeout: float) -> None:
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(redis_py, "__version__", "99.0.0")
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send_packed_command)
+    monkeypatch.setattr(connection, "_warned", [])
+    upstream_misfit.cache_clear()
+    yield
+    upstream_misfit.cache_clear()
+
+
+@pytest.mark.usefixtures("misfit_redis_py")
+def test_an_upstream_that_no_longer_fits_is_named_and_the_worker_uses_its_own_classes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert upstream_misfit() == (
+        "AbstractConnection.send_packed_command takes (self, command, check_health, timeout), "
+        "not (self, command, check_health)"
+    )
+    with caplog.at_level(logging.WARNING, logger="worker.connection"):
+        single = redis_client("redis://127.0.0.1:1/0")
+        cluster = redis_client("redis://127.0.0.1:1", cluster=True)
+        redis_client("redis://127.0.0.1:1/0")
+    assert not issubclass(single.connection_pool.connection_class, ClosedTransportMixin)
+    assert isinstance(cluster, RedisCluster)
+    assert not issubclass(cluster.nodes_manager.connection_kwargs["connection_class"], ClosedTransportMixin)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings  # once a process, not once a client
+    assert warnings[0].startswith("redis-py 99.0.0: AbstractConnection.send_packed_command takes")
+    assert "uses redis-py's own connection classes" in warnings[0]
+
+
+def test_a_cluster_client_without_its_connection_kwargs_is_named() -> None:
+    class Bare:
+        nodes_manager = None
+
+    assert connection.cluster_misfit(Bare()) == "RedisCluster.connection_kwargs is gone"
+    assert connection.pool_misfit(object()) == "a client's connection_pool.connection_class is gone"

@@ -7,14 +7,24 @@ commands of one published batch it was two thirds of the worker's CPU time
 (profiled with cProfile on a drain of 50 000 states). The synchronous client
 uses ``hiredis.pack_command`` (redis/connection.py ``HiredisRespSerializer``);
 this mixin gives the asyncio connections the same packer.
+
+Both mixins rest on redis-py internals (``AbstractConnection.send_packed_command``,
+``pack_command``/``pack_commands``, a pool's ``connection_class``, a cluster's
+``connection_kwargs``). ``upstream_misfit`` checks them; where an upstream release no
+longer fits, the worker says so once and uses redis-py's own classes: slower, never
+broken. tests/test_connection.py names the redis-py version that stopped fitting.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
+import redis as redis_py
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
@@ -27,6 +37,8 @@ except ImportError:  # hiredis missing: keep redis-py's Python packer
     _hiredis_pack = None
 
 Client = Redis | RedisCluster
+
+logger = logging.getLogger(__name__)
 
 
 _WRITER_CALLS = ("writelines", "write", "drain")  # what redis-py calls on a connection's writer
@@ -77,6 +89,64 @@ class HiredisPackMixin:
 
 _classes: dict[type, type] = {}
 
+# What the mixins override or call, with the parameters they pass (redis-py 5.0 … 8.2).
+_RELIED_ON: dict[str, tuple[str, ...]] = {
+    "send_packed_command": ("self", "command", "check_health"),
+    "pack_command": ("self", "args"),
+    "pack_commands": ("self", "commands"),
+}
+
+
+@cache
+def upstream_misfit() -> str | None:
+    """What of redis-py's asyncio connection methods no longer looks as the mixins
+    expect (one sentence), or None when everything fits."""
+    for name, params in _RELIED_ON.items():
+        fn = getattr(AbstractConnection, name, None)
+        if not callable(fn):
+            return f"AbstractConnection.{name} is gone"
+        if inspect.iscoroutinefunction(fn) != (name == "send_packed_command"):
+            return f"AbstractConnection.{name} changed between a plain and an async method"
+        found = tuple(inspect.signature(fn).parameters)
+        if found != params:
+            return f"AbstractConnection.{name} takes ({', '.join(found)}), not ({', '.join(params)})"
+    return None
+
+
+def cluster_misfit(rc: Any) -> str | None:
+    """What of a cluster client's attributes (set in its __init__) ``redis_client`` cannot
+    give its connection class to, or None."""
+    for owner, name in ((rc, "RedisCluster"), (getattr(rc, "nodes_manager", None), "NodesManager")):
+        if not isinstance(getattr(owner, "connection_kwargs", None), dict):
+            return f"{name}.connection_kwargs is gone"
+    nodes = getattr(rc.nodes_manager, "startup_nodes", None)
+    if not isinstance(nodes, dict) or not all(hasattr(n, "connection_class") for n in nodes.values()):
+        return "NodesManager.startup_nodes no longer maps names to nodes with a connection_class"
+    return None
+
+
+def pool_misfit(client: Any) -> str | None:
+    """Whether a client's pool still takes a ``connection_class`` (None: it does)."""
+    if not isinstance(getattr(getattr(client, "connection_pool", None), "connection_class", None), type):
+        return "a client's connection_pool.connection_class is gone"
+    return None
+
+
+_warned: list[str] = []
+
+
+def fits(misfit: str | None) -> bool:
+    """True when nothing misfits; else one warning per process (the first misfit found)."""
+    if misfit is not None and not _warned:
+        _warned.append(misfit)
+        logger.warning(
+            "redis-py %s: %s; the worker uses redis-py's own connection classes (commands packed "
+            "in Python, a send on a closed transport not retried as a lost connection)",
+            redis_py.__version__,
+            misfit,
+        )
+    return misfit is None
+
 
 def _fast(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     """``cls`` with a closed transport's send failing as a ConnectionError, packing with
@@ -95,10 +165,12 @@ def redis_client(url: str, *, cluster: bool = False, ca_file: Path | None = None
     if ca_file is not None:
         kwargs["ssl_ca_certs"] = str(ca_file)
     if cluster:
+        rc = RedisCluster.from_url(url, **kwargs)
+        if not fits(upstream_misfit() or cluster_misfit(rc)):
+            return rc
         fast = cast(
             type[Connection], _fast(SSLConnection if url.lower().startswith("rediss://") else Connection)
         )
-        rc = RedisCluster.from_url(url, **kwargs)
         # from_url drops a connection_class (redis-py 8.1): give it to the nodes known now
         # and to the kwargs every node discovered later is built from. Pure-Python packing
         # cost the worker 14.6 µs a state on a cluster against 8.8 with hiredis.
@@ -108,8 +180,9 @@ def redis_client(url: str, *, cluster: bool = False, ca_file: Path | None = None
             node.connection_class = fast
         return rc
     client = Redis.from_url(url, **kwargs)
-    pool = client.connection_pool
-    pool.connection_class = _fast(pool.connection_class)
+    if fits(upstream_misfit() or pool_misfit(client)):
+        pool = client.connection_pool
+        pool.connection_class = _fast(pool.connection_class)
     return client
 
 
