@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.baselines import zscore_rule
 from agent.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -17,6 +18,9 @@ from agent.data import PriceDataError
 from agent.heldout import DataError, held_out
 from agent.scoring import EVAL_SEED, Scores, actor_policy, compare, compare_walk
 from agent.train_config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from tracking.registry import Registered
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +65,16 @@ def held_out_scores(cfg: TrainConfig, checkpoint: Path, ck: Checkpoint) -> tuple
 
 def register_best(
     cfg: TrainConfig, best_path: Path, run_id: str | None, val_sharpe: float, val_rule: float
-) -> str:
-    """Register ``best_path`` as a new version of ``cfg.register``; the note for the summary."""
-    from tracking.registry import register
+) -> Registered:
+    """Register ``best_path`` as a new version of ``cfg.register``; the outcome, with the
+    note for the summary."""
+    from tracking.registry import Registered, register
 
     assert cfg.register is not None
     try:
         ck = load_checkpoint(best_path)
     except CheckpointError as exc:
-        return f"registration as {cfg.register} skipped: {exc}"
+        return Registered(cfg.register, None, f"registration as {cfg.register} skipped: {exc}")
     tags: dict[str, object] = {
         "contract_id": ck.contract.id,
         "val_sharpe": f"{val_sharpe:.6g}",
@@ -88,4 +93,4 @@ def register_best(
     except (ContractError, PriceDataError, DataError) as exc:
         # Registered all the same: without held-out scores, promotion needs --force.
         logger.warning("not scored on held-out data (%s): registering without test scores", exc)
-    return register(cfg.register, best_path, run_id, tags).note
+    return register(cfg.register, best_path, run_id, tags, patient=True)

@@ -78,6 +78,7 @@ class Result:
     evaluate_args: str = ""  # what ``python -m agent.evaluate MODEL`` needs after MODEL
     held_out: str = "held-out synthetic paths"  # what agent.evaluate judges the model on
     register_note: str = ""  # what --register did, and why
+    registered: bool | None = None  # with --register: whether a version was registered
 
 
 def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
@@ -261,9 +262,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         tracker.set_tag("published", str(gate.published).lower())
         tracker.log_artifact(cfg.out if gate.published else best_path)
         tracker.log_artifact(final_path)
-        run_id = tracker.run_id
+    # Read once the run has ended: a slow server may have started it after training began.
+    run_id = tracker.run_id
     # After the run has ended: a registration that waits on MLflow never holds the run open.
-    registered = register_best(cfg, best_path, run_id, best, baseline.sharpe) if cfg.register else ""
+    registered = register_best(cfg, best_path, run_id, best, baseline.sharpe) if cfg.register else None
     return Result(
         best_path=best_path,
         final_path=final_path,
@@ -283,7 +285,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         data_lines=data.lines,
         evaluate_args=data.evaluate_args,
         held_out=data.held_out,
-        register_note=registered,
+        register_note=registered.note if registered else "",
+        registered=None if registered is None else registered.version is not None,
     )
 
 
@@ -358,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary(result))
+    if result.registered is False:
+        return 1  # --register asked for a version and none was made: the note above says why
     return 0
 
 

@@ -217,29 +217,45 @@ class MlflowServer:
             return False
 
     def stop(self) -> None:
-        """End the server and the workers it started (its own process group)."""
+        """End the server and every process it started (uvicorn, mlflow 3.18's job runner and
+        its huey consumers: its own process group), even when the server itself has exited."""
         import signal
 
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+            _wait_group_gone(self.proc.pid, timeout=30)
+        except (subprocess.TimeoutExpired, TimeoutError):  # a process that ignores SIGTERM
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-            except ProcessLookupError:
-                pass
+            self.proc.wait(timeout=30)
         self._log.close()
 
     def kill(self) -> None:
         """SIGKILL the server and its workers: a crash, not a shutdown."""
         import signal
 
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
         self._log.close()
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Until no live process of group ``pgid`` is left (zombies aside), or TimeoutError."""
+    import psutil
+
+    def gone() -> bool:
+        for proc in psutil.process_iter(["status"]):
+            try:
+                if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    return False
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return True
+
+    wait_until(gone, timeout=timeout, what=f"process group {pgid} to end")
 
 
 @contextlib.contextmanager
@@ -274,10 +290,18 @@ def postgres_database(prefix: str = "statpair"):
 
 class TcpProxy:
     """A loopback TCP port forwarding to ``target_port`` while open; closed, it refuses
-    connections (and drops those it carried), as a server that went down does."""
+    connections (and drops those it carried), as a server that went down does. With
+    ``delay_s``, each piece of the server's answers is held that long, for the first
+    ``slow_for_s`` seconds after ``open`` (default: always): a slow server, or one slow to
+    start answering."""
 
-    def __init__(self, target_port: int, port: int | None = None) -> None:
+    def __init__(
+        self, target_port: int, port: int | None = None, delay_s: float = 0.0, slow_for_s: float | None = None
+    ) -> None:
         self.target_port = target_port
+        self.delay_s = delay_s
+        self.slow_for_s = slow_for_s
+        self._slow_until = float("inf")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._listener: socket.socket | None = None
@@ -294,6 +318,8 @@ class TcpProxy:
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
         self._listener = listener
+        if self.slow_for_s is not None:
+            self._slow_until = time.monotonic() + self.slow_for_s
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def close(self) -> None:
@@ -323,13 +349,14 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, delay in ((client, upstream, 0.0), (upstream, client, self.delay_s)):
+                threading.Thread(target=self._pump, args=(a, b, delay), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, delay_s: float) -> None:
         try:
             while data := src.recv(65536):
+                if delay_s and time.monotonic() < self._slow_until:
+                    time.sleep(delay_s)  # the slowness being simulated, not a synchronisation
                 dst.sendall(data)
         except OSError:
             pass

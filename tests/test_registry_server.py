@@ -77,25 +77,30 @@ class Trained:
     final: Path
 
 
-@pytest.fixture(scope="module")
-def trained(registry: Registry_, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A tiny training run, tracked on the server and registered by --register: its best
-    and final checkpoints (the tests register them again under names of their own)."""
-    base = tmp_path_factory.mktemp("train")
+def train_and_register(url: str, base: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``python -m agent.train --register NAME`` of a tiny policy, tracked at ``url``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MODEL_"))}
-    env.update({"MLFLOW_TRACKING_URI": registry.url, "MLFLOW_EXPERIMENT_NAME": "registry-tests"})
+    env.update({"MLFLOW_TRACKING_URI": url, "MLFLOW_EXPERIMENT_NAME": "registry-tests"})
     tiny = "--episodes 2 --episode-length 64 --learning-starts 32 --batch-size 16 --buffer-size 1000 "
     tiny += "--eval-every 1 --eval-episodes 2 --eval-length 64 --quiet"
-    name = unique("trained")
     paths = ["--out", str(base / "policy.pt"), "--run-dir", str(base / "runs"), "--register", name]
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "agent.train", *tiny.split(), *paths],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
+
+
+@pytest.fixture(scope="module")
+def trained(registry: Registry_, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A tiny training run, tracked on the server and registered by --register: its best
+    and final checkpoints (the tests register them again under names of their own)."""
+    base = tmp_path_factory.mktemp("train")
+    name = unique("trained")
+    out = train_and_register(registry.url, base, name)
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = (base / "runs").iterdir()
     assert f"registered best.pt as version 1 of {name} (sha256 " in out.stdout, (
@@ -112,6 +117,26 @@ def trained(registry: Registry_, tmp_path_factory: pytest.TempPathFactory) -> Tr
     assert version.tags["test_data"] == "2 synthetic paths × 64 steps, seeds from 10000"
     assert version.sha256 == hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
     return Trained(run_id, run / "best.pt", run / "final.pt")
+
+
+def test_a_slow_server_still_gets_the_run_and_its_registration(registry: Registry_, tmp_path: Path) -> None:
+    """A server slow to answer at first (a just-started mlflow 3.18.0 on a loaded host: each
+    answer held 2 s for the first 12 s): the run starts only after the trainer's 2 s wait,
+    and after this tiny run's training. The run is still finished and the version registered
+    (it was lost: run_id was read before the run had started), and the command exits 0."""
+    proxy = TcpProxy(registry.server.port, delay_s=2.0, slow_for_s=12.0)
+    proxy.open()
+    try:
+        name = unique("slow")
+        out = train_and_register(proxy.url, tmp_path, name)
+    finally:
+        proxy.close()
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert f"registered best.pt as version 1 of {name} (sha256 " in out.stdout, out.stderr[-3000:]
+    assert "waiting for MLflow" in out.stderr  # it said why it lingered
+    (version,) = Registry(registry.url).versions(name)
+    run = Registry(registry.url)._client.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and "best_eval_sharpe" in run.data.metrics
 
 
 def _settings(tmp_path: Path, redis_url: str, name: str, i: int, tracking_uri: str, **kw):

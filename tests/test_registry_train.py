@@ -53,10 +53,27 @@ def test_mlflow_down_never_fails_the_run(
     result = train(tiny(tmp_path, register="statpair-policy"), progress=False)
     assert result.best_path.exists() and result.out.exists() and result.run_id is None
     assert result.register_note == (
-        "registration as statpair-policy skipped: the run was not tracked (MLflow did not answer when "
-        f"training started); the checkpoint is still at {result.best_path}"
+        "registration as statpair-policy skipped: the run was not tracked (MLflow never started it); "
+        f"the checkpoint is still at {result.best_path}"
     )
     assert result.register_note in summary(result).splitlines()
+    assert result.registered is False
+
+
+def test_register_that_did_not_register_does_not_exit_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run is kept (its checkpoints, its summary), but a script that asked for a registered
+    version learns from the exit status that it has none."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    argv = ["--episodes", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "p.pt")]
+    small = ["--episode-length", "100", "--learning-starts", "60", "--batch-size", "32", "--hidden", "16,16"]
+    small += ["--critic-hidden", "16,16", "--bc-steps", "20", "--eval-episodes", "1", "--eval-length", "40"]
+    assert main([*argv, *small, "--register", "statpair-policy"]) == 1
+    assert "registration as statpair-policy skipped" in capsys.readouterr().out
+    assert (tmp_path / "p.pt").exists()
 
 
 def test_held_out_scores_beside_the_rule(tmp_path: Path) -> None:

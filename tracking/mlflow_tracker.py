@@ -3,11 +3,14 @@ that does nothing unless ``MLFLOW_TRACKING_URI`` is set.
 
 It can never crash or stall training: every MLflow call runs on one background
 thread fed by a bounded queue, so a ``log_*`` call only enqueues; a failure is
-logged and swallowed, repeated failures switch the tracker off, and leaving the
-context waits for pending calls at most ``close_timeout_s`` seconds (entering
-it waits at most ``start_timeout_s`` for the run to start, so that ``run_id``
-is usually known). MLflow's own HTTP retries (minutes by default) are
-tightened unless the user set them.
+logged and swallowed, repeated failures switch the tracker off. Entering the
+context waits at most ``start_timeout_s`` for the run to start (so that ``run_id``
+is usually known). Leaving it waits for the pending calls (the run's start
+included) as long as the server keeps answering, at most ``close_timeout_s``
+seconds, and gives up sooner, saying so, when no call finishes for ``stall_s``
+or when a server that never started the run does not answer at all: a slow
+server on a loaded host finishes the run, a dead one costs seconds. MLflow's own
+HTTP retries (minutes by default) are tightened unless the user set them.
 
 The tracker reads its two documented variables (``MLFLOW_TRACKING_URI``,
 ``MLFLOW_EXPERIMENT_NAME``) itself: it is the tracking contract, and this
@@ -29,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tracking.calls import Artifact, End, Metrics, Op, Params, Start, Stop, Tags
+from tracking.http import answers, bound_http
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +42,11 @@ MAX_KEY_CHARS = 250
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 
-# Tighter than MLflow's defaults (7 retries, backoff factor 2, 120 s timeout),
-# which can hold one call for minutes. Applied with setdefault: a user's own
-# environment wins.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-}
+# Each call during the run: at most a 5 s timeout and 2 retries (backoff factor 1),
+# unless the user set MLflow's variables (tracking.http).
+HTTP_TIMEOUT_S = 5.0
+HTTP_RETRIES = 2
+SAY_WAITING_AFTER_S = 3.0  # leaving the context: say that it waits for MLflow after this long
 
 
 def mask_url(url: str) -> str:
@@ -115,7 +116,8 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         *,
         tracking_uri: str | None = None,
         start_timeout_s: float = 2.0,
-        close_timeout_s: float = 5.0,
+        close_timeout_s: float = 60.0,
+        stall_s: float = 20.0,
         max_failures: int = 3,
         queue_size: int = 10_000,
     ) -> None:
@@ -127,6 +129,8 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         self.tracking_uri = uri.strip()
         self.start_timeout_s = start_timeout_s
         self.close_timeout_s = close_timeout_s
+        self.stall_s = stall_s
+        self._finished = 0  # calls the background thread has finished (done or failed)
         self.max_failures = max_failures
         self.run_id: str | None = None
         self.dropped_metrics = 0  # non-finite or non-numeric values never sent
@@ -164,8 +168,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
     def __enter__(self) -> MlflowTracker:
         if not self._enabled:
             return self
-        for name, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        bound_http(HTTP_TIMEOUT_S, HTTP_RETRIES)
         try:
             import mlflow  # noqa: F401 - optional dependency, imported only when configured
         except ImportError:
@@ -192,27 +195,53 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
         if self._thread is None:
             return None
         status = "FINISHED" if exc_type is None else "FAILED"
-        # A run that has not even started by now, on an HTTP server, is on a server
-        # that does not answer: give it no more than the start timeout again. A
-        # local store (sqlite, file, a database URI) may just be creating its
-        # tables on first use, which takes seconds: it gets the full close timeout.
-        remote = self.tracking_uri.lower().startswith(("http://", "https://"))
-        wait = self.close_timeout_s
-        if remote and not self._start_done.is_set():
-            wait = min(self.close_timeout_s, self.start_timeout_s)
+        # A run that has not started by now is on a server that is slow or does not answer.
+        # Slow (it answers /health): wait for it as for any pending call. Silent: give it no
+        # more than the start timeout again. A local store (sqlite, file, a database URI)
+        # may just be creating its tables on first use: it is waited for.
+        alive = self._start_done.is_set() or answers(self.tracking_uri, timeout_s=HTTP_TIMEOUT_S)
+        wait = self.close_timeout_s if alive else min(self.close_timeout_s, self.start_timeout_s)
+        started = time.monotonic()
         try:
             self._queue.put(End(status), timeout=wait)
-            self._queue.put(Stop(), timeout=wait)
+            self._queue.put(Stop(), timeout=max(0.0, wait - (time.monotonic() - started)))
         except queue.Full:
             pass
-        self._thread.join(timeout=wait)
-        if self._thread.is_alive():
+        why = self._join(started + wait)
+        if why is not None:
             self._abandoned.set()
-            self._disable(
-                f"MLflow did not answer within {wait:.0f} s at the end "
-                "of the run; pending calls were abandoned"
-            )
+            self._disable(f"{why}; pending calls were abandoned")
         return None  # never swallow the block's exception
+
+    def _join(self, deadline: float) -> str | None:
+        """Wait for the background thread to finish its calls, until ``deadline``, or
+        until no call has finished for ``stall_s``; why it gave up (None: done)."""
+        assert self._thread is not None
+        begun = last_change = time.monotonic()
+        seen, said = self._finished, False
+        while self._thread.is_alive():
+            now = time.monotonic()
+            if now >= deadline:
+                if self._start_done.is_set() or now - begun >= self.close_timeout_s:
+                    return f"MLflow did not finish within {now - begun:.0f} s at the end of the run"
+                return f"MLflow did not answer within {now - begun:.0f} s at the end of the run"
+            if now - last_change >= self.stall_s:
+                return (
+                    f"MLflow stopped answering: no call finished in {self.stall_s:.0f} s "
+                    "at the end of the run"
+                )
+            if not said and now - begun >= SAY_WAITING_AFTER_S:
+                said = True
+                logger.info(
+                    "waiting for MLflow at %s to finish the run (%d calls pending; at most %.0f s)",
+                    self._uri_for_log(),
+                    self._queue.unfinished_tasks,
+                    deadline - begun,
+                )
+            self._thread.join(min(0.1, max(0.0, deadline - now)))
+            if self._finished != seen:
+                seen, last_change = self._finished, time.monotonic()
+        return None
 
     # -- public API: enqueue only ------------------------------------------------------------
 
@@ -281,6 +310,7 @@ class MlflowTracker(AbstractContextManager["MlflowTracker"]):
                     return
                 self._handle(item)
             finally:
+                self._finished += 1
                 self._queue.task_done()
 
     def _handle(self, item: Op) -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from tracking.http import bound_http
 from tracking.registry.cache import file_sha256
 from tracking.registry.refs import (
     HISTORY_TAG,
@@ -39,16 +38,6 @@ T = TypeVar("T")
 ARTIFACT_DIR = "registered-model"  # in the run: registered-model/<sha256[:12]>/<checkpoint>
 HISTORY_KEEP = 100  # alias history entries kept in the tag
 MAX_VERSIONS_LISTED = 1000
-
-
-def bound_http(timeout_s: float, max_retries: int, backoff_factor: int = 1) -> None:
-    """Tighten MLflow's HTTP client (defaults: 7 retries, backoff factor 2, a 120 s
-    timeout: minutes for one call) unless the user set these variables. They are
-    process-wide: the first caller's values stand."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max(0, max_retries)))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(backoff_factor))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a service's log
 
 
 class Registry:
