@@ -23,6 +23,31 @@ from agent.env import PairConfig
 from tests.servers import start_redis
 from worker.settings import Settings
 
+# Fixtures that start a real server (redis-server, a Redis Cluster, PostgreSQL, an mlflow
+# server): a test that uses one, directly or through another fixture, is an integration
+# test whatever its file says, and `make test-fast` (the unit tier) leaves it out. A test
+# that starts a server in its body carries the mark itself.
+SERVER_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "own_redis",
+        "acl_redis",
+        "tls_redis",
+        "cluster3",
+        "cluster33",
+        "acl_cluster",
+        "postgres_uri",
+        "mlflow_server",
+        "registry",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture
 async def fake_redis() -> AsyncIterator[Redis]:

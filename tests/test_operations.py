@@ -97,6 +97,7 @@ def test_mask_url() -> None:
     assert mask_url("redis://db:6379") == "redis://db:6379"
 
 
+@pytest.mark.slow
 async def test_password_never_leaks(tmp_path: Path) -> None:
     secret = "s3cret-Pa55"
     executor = start_redis(tmp_path / "redis", password=secret)

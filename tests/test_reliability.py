@@ -177,6 +177,7 @@ def own_redis(tmp_path: Path):
         executor.stop()
 
 
+@pytest.mark.slow
 async def test_redis_outage_and_restart(tmp_path: Path, own_redis) -> None:
     url = f"redis://127.0.0.1:{own_redis.port}/0"
     write_model(tmp_path / "models" / "m.pt")

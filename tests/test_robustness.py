@@ -204,6 +204,7 @@ async def _count(redis: Redis, n: int) -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_flushed_redis_the_heartbeat_comes_back(
     tmp_path: Path, real_redis: Redis, redis_url: str
 ) -> None:

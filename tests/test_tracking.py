@@ -184,6 +184,7 @@ def _train(tracker: MlflowTracker, episodes: int) -> float:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["refused", "blackhole"])
 def test_unreachable_server_never_stalls_training(kind: str) -> None:
     pytest.importorskip("mlflow")

@@ -170,6 +170,7 @@ def test_hyper_takes_every_shared_field() -> None:
     assert hp.target_entropy is None
 
 
+@pytest.mark.slow  # a whole training run in a fresh interpreter
 def test_untracked_training_never_imports_mlflow(tmp_path: Path) -> None:
     code = (
         "import sys\n"
