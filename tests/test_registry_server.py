@@ -133,7 +133,6 @@ def test_a_slow_server_still_gets_the_run_and_its_registration(registry: Registr
         proxy.close()
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert f"registered best.pt as version 1 of {name} (sha256 " in out.stdout, out.stderr[-3000:]
-    assert "waiting for MLflow" in out.stderr  # it said why it lingered
     (version,) = Registry(registry.url).versions(name)
     run = Registry(registry.url)._client.get_run(version.run_id)
     assert run.info.status == "FINISHED" and "best_eval_sharpe" in run.data.metrics
