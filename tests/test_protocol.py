@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from worker.answer import PUBLISH_LUA, Batch
 from worker.protocol import (
     Fixed,
     Limits,
@@ -20,6 +19,7 @@ from worker.protocol import (
     ok_values,
     parse_result,
 )
+from worker.publish import PUBLISH_LUA, Batch
 
 LIMITS = Limits(
     max_field_bytes=4096,
@@ -159,15 +159,15 @@ async def test_result_round_trip_through_the_publish_script(fake_redis) -> None:
         "jit_compiled": "true",
     }
     await fake_redis.xgroup_create("s", "g", id="0", mkstream=True)
-    batch = Batch("s", "g", 1000)
+    batch = Batch("g", 1000, ["s"])
     batch.start_group(1)
     assert batch.ok("out", r.id, r.entry_id, r.pair, *ok_values(0.5, 0.1, 0.1)) == 0
     assert batch.ok("out", plain.id, "1700000000000-1", None, *ok_values(-0.05, 0.1, 0.0)) == 1
-    assert batch.xadd("out", error_fields(bad, 0.2), 1000, 2) == -1
+    assert batch.xadd("out", error_fields(bad, 0.2), 1000, 2, answers=(0, bad.entry_id)) == -1
     batch.tail(batch_tail("w1", 20e-6, 50e-6, 3, model))
     batch.tail(batch_tail("w1", 20e-6, 50e-6, 3))
     script = fake_redis.register_script(PUBLISH_LUA)
-    assert await batch.run(fake_redis, script, []) == []  # no XADD failed
+    assert await batch.run(fake_redis, script) == []  # no XADD failed
     first, second, third = [parse_result(f) for _, f in await fake_redis.xrange("out")]
     assert first.status == "ok" and first.action == 0.5 and first.discrete == 1 and first.pair == "A/B"
     assert first.id == "x1" and first.entry_id == EID.decode()

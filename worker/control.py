@@ -73,6 +73,9 @@ def status(state: ServerState) -> dict[str, Any]:
         "reclaimed": st.reclaimed,
         "failed": st.failed,
         "redis_errors": st.redis_errors,
+        # Why Redis refuses writes (the worker then reads no new states), or None.
+        "writes_refused": state.refusal,
+        "answers_refused": st.writes_refused,
         "uptime_s": round(time.time() - st.started_at, 3),
         "redis": state.settings.redis_url_masked,
         # With REDIS_CLUSTER: the shards this worker reads, of SHARDS (check every shard has a reader).

@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from worker.protocol import ANY_PAIR, SHARDS_FIELD
+from worker.publish import refusal
 from worker.retry import pause, retrying
 from worker.state import ServerState
 
@@ -103,7 +104,14 @@ async def heartbeat(state: ServerState, metrics: Metrics | None = None) -> None:
     """Refresh the heartbeat every third of its TTL until the worker stops."""
     interval = state.settings.heartbeat_ttl_s / 3
     while not state.stop.is_set():
-        await retrying(lambda: beat(state, metrics), state.stop, "refreshing the heartbeat", loud=False)
+        try:
+            await retrying(lambda: beat(state, metrics), state.stop, "refreshing the heartbeat", loud=False)
+        except ResponseError as exc:
+            why = refusal(exc)
+            if why is None:
+                raise
+            # Redis refuses writes (full, read-only): the consume loop said so once; try again later.
+            logger.debug("heartbeat not refreshed: %s", why)
         await pause(state.stop, interval)
 
 

@@ -17,6 +17,7 @@ from worker.connection import xreadgroup
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
 from worker.protocol import GONE, Decoded, Entries, as_text, decode_batch
+from worker.publish import refusal
 from worker.recovery import Recovery, poison_requests, split_poison
 from worker.retry import TRANSIENT, Backoff, pause, retrying
 from worker.shadow import Shadow, ShadowWork
@@ -26,6 +27,9 @@ from worker.state import ServerState
 logger = logging.getLogger(__name__)
 
 PEER_CHECK_S = 1.0  # how often a worker without a model looks for a live worker with one
+WRITE_PROBE_S = 0.5  # while Redis refuses writes: how often to try one (a tiny expiring key)
+# Whether an entry id is in a stream, without reading its payload (which may be huge).
+HAS_ENTRY_LUA = "return #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])"
 # Redis's answers when the stream or its group is deleted under a reader: recreate and go on.
 GROUP_GONE = ("NOGROUP", "UNBLOCKED")
 
@@ -61,23 +65,59 @@ class Worker:
         self._peer_checked = -PEER_CHECK_S
         self._peer_has_model = False
         self._last_seen: bytes | None = None  # the newest entry id this worker read
+        self._forgive = False  # the next history read follows refused writes: no poison count
+        self._has_entry = state.redis.register_script(HAS_ENTRY_LUA)
 
     # -- set-up --------------------------------------------------------------------------
 
     async def ensure_group(self) -> None:
-        """Create the group if it is missing: from the start of the stream the first
-        time; after the group vanished under a running worker (XGROUP DESTROY), from
-        the last entry this worker read, so what was answered is not answered again
-        (the group hands entries out in order: none before it was left unread)."""
-        start = self._last_seen or "0"
+        """Create the group if it is missing: from the start of the stream the first time;
+        after the group vanished under a running worker (XGROUP DESTROY), from the last
+        entry this worker read if the stream still holds it, so what was answered is not
+        answered again (the group hands entries out in order: none before it was left
+        unread). A stream that no longer holds it was deleted (or trimmed past it) and is
+        read from its start: never from an id it does not have, which may lie in the future
+        and would hide every later state. Redis refusing writes (full, read-only) is waited
+        out, said once."""
+        start, why = "0", ""
+        if self._last_seen is not None:
+            kept = await self._has_entry(keys=[self.streams.states], args=[self._last_seen])
+            if kept:
+                start = as_text(self._last_seen)
+            else:
+                why = f" (the last entry this worker read, {as_text(self._last_seen)}, is not in it any more)"
         try:
             await self.state.redis.xgroup_create(self.streams.states, self.s.group, id=start, mkstream=True)
-            logger.info(
-                "created group %s on %s from id %s", self.s.group, self.streams.states, as_text(start)
-            )
+            logger.info("created group %s on %s from id %s%s", self.s.group, self.streams.states, start, why)
         except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "BUSYGROUP" in str(exc):
+                return
+            refused = refusal(exc)
+            if refused is None:
                 raise
+            self.state.writes_refused(refused, 0, self.streams.shard)
+            while self.state.refused(self.streams.shard) and not self.stop.is_set():
+                await self._await_writes()
+            if not self.stop.is_set():
+                await self.ensure_group()
+
+    async def _await_writes(self) -> None:
+        """While Redis refuses writes: try one every WRITE_PROBE_S (an XADD that keeps no
+        entry, to a key of this shard that expires); when it takes it, read the states left
+        pending again (their deliveries were not failures, so not counted toward poison)."""
+        probe = f"{self.streams.states}:probe:{self.s.consumer}"
+        pipe = self.state.redis.pipeline(transaction=False)
+        pipe.xadd(probe, {"probe": "1"}, maxlen=0, approximate=False)
+        pipe.expire(probe, 60)
+        written, _ = await pipe.execute(raise_on_error=False)
+        if isinstance(written, Exception) and refusal(written) is not None:
+            await pause(self.stop, WRITE_PROBE_S)
+            return
+        if isinstance(written, Exception):
+            raise written
+        self.state.writes_accepted(self.streams.shard)
+        self._history_from, self._history_why = "0", "while Redis refused writes"
+        self._forgive = True
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -107,6 +147,9 @@ class Worker:
         False when a bounded run is done."""
         if self.max_messages is not None and self.state.stats.processed >= self.max_messages:
             return False
+        if self.state.refused(self.streams.shard):
+            await self._await_writes()  # no new states meanwhile: their answers could not be written
+            return True
         history = self._history_from is not None
         try:
             # Without a model, beside a live worker that has one: leave it everything,
@@ -120,7 +163,9 @@ class Worker:
             if entries:
                 if self.s.idle_spin_ms:
                     self._spin_until = time.monotonic() + self.s.idle_spin_ms / 1000.0
-                counts = await self.recovery.delivery_counts(entries) if history else None
+                counts = (
+                    await self.recovery.delivery_counts(entries) if history and not self._forgive else None
+                )
                 # Under load (a batch at least half full), read the next batch in the
                 # same round trip as this one's publish. Not when idle-ish: there the
                 # extra read only competes for the CPU with the result's reader
@@ -130,7 +175,13 @@ class Worker:
                 more = self._room(len(entries)) if busy and not history and not self.stop.is_set() else 0
                 self._ahead = await self.handle(entries, counts, read_more=more)
                 self._saw(self._ahead)
+            if self._history_from is None:
+                self._forgive = False
         except ResponseError as exc:
+            why = refusal(exc)  # a read-only replica refuses XREADGROUP too (it writes the PEL)
+            if why is not None:
+                self.state.writes_refused(why, 0, self.streams.shard)
+                return True
             if not str(exc).startswith(GROUP_GONE):
                 raise
             logger.warning("the states stream or its consumer group vanished (%s); recreating it", exc)

@@ -106,6 +106,11 @@ class Metrics:
         )
         self.redis_errors = Counter("statpair_redis_errors", "Failed Redis round trips (retried)", registry=r)
         self.redis_up = Gauge("statpair_redis_up", "1 when the last Redis call succeeded", registry=r)
+        self.writes_refused = Gauge(
+            "statpair_redis_writes_refused",
+            "1 while Redis refuses writes (full, read-only): no new states are read meanwhile",
+            registry=r,
+        )
         # Labelled by the answering model's pair (or default): as many labels as models loaded.
         self.pair_answers = Counter(
             "statpair_pair_answers",
@@ -154,6 +159,7 @@ class Metrics:
         self._inc(self.dead_lettered, "dead", st.dead_lettered)
         self._inc(self.redis_errors, "redis_errors", st.redis_errors)
         self.redis_up.set(1 if state.redis_up else 0)
+        self.writes_refused.set(0 if state.refusal is None else 1)
         with self._lock:
             for pair, total in list(st.by_model.items()):
                 seen = self._seen_pairs.get(pair, 0)
@@ -234,7 +240,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve_http(host: str, port: int, metrics: Metrics, state: ServerState) -> ThreadingWSGIServer:
-    """``/metrics``, ``/healthz`` (alive, Redis reachable), ``/readyz`` (a model is loaded)."""
+    """``/metrics``, ``/healthz`` (alive, Redis reachable), ``/readyz`` (a model is loaded and
+    Redis takes writes)."""
     metrics_app = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -242,6 +249,8 @@ def serve_http(host: str, port: int, metrics: Metrics, state: ServerState) -> Th
         if path in ("/healthz", "/readyz"):
             if path == "/healthz":
                 ok, text = state.redis_up, "ok" if state.redis_up else "redis unreachable"
+            elif state.refusal is not None:
+                ok, text = False, f"Redis refuses writes: {state.refusal}"
             else:
                 m = state.models.primary
                 ok, text = m is not None, f"serving {m.sha256} ({m.backend})" if m else "no model loaded"

@@ -57,8 +57,15 @@ def default_consumer_name() -> str:
 class Settings(BaseSettings):
     """Everything the worker can be told. Each field's description is the doc."""
 
+    # protected_namespaces=(): MODEL_PATH, MODEL_DIR, … are the settings' names (pydantic-settings
+    # before 2.6 protects "model_" fields, with a warning each).
     model_config = SettingsConfigDict(
-        frozen=True, case_sensitive=False, extra="ignore", populate_by_name=True, allow_inf_nan=False
+        frozen=True,
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=True,
+        allow_inf_nan=False,
+        protected_namespaces=(),
     )
 
     redis_url: str = Field(
@@ -92,6 +99,13 @@ class Settings(BaseSettings):
     results_stream: str = Field("statpair:actions", description="Default result stream.")
     reply_prefix: str = Field(
         "statpair:actions:", description="A reply_to stream must start with this prefix."
+    )
+    reply_ttl_s: int = Field(
+        60,
+        ge=1,
+        le=86_400,
+        description="Each reply_to stream a worker writes to expires this long after its last answer "
+        "(a client's own reply stream outlives its timeout; an abandoned one goes).",
     )
     dead_stream: str = Field("statpair:states:dead", description="Dead-letter stream for rejected entries.")
     control_stream: str = Field("statpair:control", description="Control commands, read by every worker.")

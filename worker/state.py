@@ -6,6 +6,7 @@ this object, never each other."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter
@@ -23,6 +24,8 @@ from worker.protocol import Limits
 from worker.settings import Settings
 from worker.shards import Streams
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Stats:
@@ -36,6 +39,7 @@ class Stats:
     reclaim_passes: int = 0  # reclaim passes run (each also forgets departed consumers and trims)
     failed: int = 0  # entry processings that raised (left pending for redelivery)
     redis_errors: int = 0
+    writes_refused: int = 0  # answers Redis refused to write (left pending, retried later)
     spun: int = 0  # reads answered while busy-waiting (IDLE_SPIN_MS) instead of sleeping
     started_at: float = field(default_factory=time.time)
 
@@ -61,6 +65,9 @@ class ServerState:
     redis_up: bool = False
     shadow: Shadow | None = None  # the challengers' scorer
     published_contracts: set[str] = field(default_factory=set)  # CONTRACTS_KEY fields this worker wrote
+    # Why Redis refuses writes (OOM, READONLY, …), by shard (0 unsharded), and since when
+    # (monotonic): that shard's consume loop reads no new states, and waits for writes.
+    refusals: dict[int, tuple[str, float]] = field(default_factory=dict)
     # This run's own id in its heartbeat: tells it from another worker of the same CONSUMER name
     # (in a container, a restarted worker has the same host name and pid 1).
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -96,3 +103,37 @@ class ServerState:
     def redis_failed(self, _exc: BaseException) -> None:
         self.stats.redis_errors += 1
         self.redis_up = False
+
+    @property
+    def refusal(self) -> str | None:
+        """Why Redis refuses writes (the first shard's reason), or None when it takes them."""
+        return next(iter(self.refusals.values()))[0] if self.refusals else None
+
+    def refused(self, shard: int) -> bool:
+        return shard in self.refusals
+
+    def writes_refused(self, error: str, pending: int, shard: int = 0) -> None:
+        """Redis refused to write ``pending`` answers (``error``): said once per shard until
+        writes come back; that shard's consume loop then stops reading new states."""
+        self.stats.writes_refused += pending
+        why = error.splitlines()[0][:200]
+        if shard not in self.refusals:
+            where = f" on shard {shard}" if self.settings.redis_cluster else ""
+            logger.error(
+                "Redis refuses writes%s (%s): %d answer%s left pending, not acknowledged; reading "
+                "no new states until it takes writes again",
+                where,
+                why,
+                pending,
+                "" if pending == 1 else "s",
+            )
+            self.refusals[shard] = (why, time.monotonic())
+
+    def writes_accepted(self, shard: int = 0) -> None:
+        """Redis took a write again: said once, and the shard's consume loop reads again."""
+        refusal = self.refusals.pop(shard, None)
+        if refusal is not None:
+            logger.warning(
+                "Redis takes writes again after %.1f s: answering the states left pending",
+                time.monotonic() - refusal[1],
+            )

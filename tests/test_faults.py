@@ -1,0 +1,179 @@
+"""What an adversary found (issue 23), each against a real redis-server: a full Redis
+(maxmemory, noeviction) acknowledges nothing it could not answer, and a worker waits
+for writes to come back; the group recreated after its stream vanished starts at an id
+the stream has; an evicting memory policy is refused; ages are measured on Redis's clock;
+entries of 25 MB cannot take a worker down; replies stay with their strategy and expire."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import make_settings, wait_for, write_model
+from tests.helpers import serving
+from tests.servers import start_redis
+
+pytestmark = pytest.mark.integration
+
+STATE = [0.05 * i for i in range(28)]
+F32 = np.asarray(STATE, "<f4").tobytes()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A redis-server of this test's own (its memory settings are the test's to change)."""
+    executor = start_redis(tmp_path / "redis-data")
+    yield executor
+    if executor.running():
+        executor.stop()
+
+
+def url_of(server) -> str:
+    return f"redis://127.0.0.1:{server.port}/0"
+
+
+async def produce(redis: Redis, n: int, stream: str = "statpair:states", chunk: int = 500) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, n, chunk):
+        pipe = redis.pipeline(transaction=False)
+        for i in range(start, min(n, start + chunk)):
+            pipe.xadd(stream, {"state_f32": F32, "id": f"s{i}"})
+        ids += [x.decode() for x in await pipe.execute()]
+    return ids
+
+
+async def answered(redis: Redis, stream: str = "statpair:actions") -> Counter[str]:
+    """How many results each entry_id has."""
+    out: Counter[str] = Counter()
+    last = "-"
+    for _ in range(10_000):  # bounded paging
+        page = await redis.xrange(stream, min=last, count=5000)
+        if last != "-":
+            page = page[1:]
+        if not page:
+            break
+        for _, fields in page:
+            out[fields[b"entry_id"].decode()] += 1
+        last = page[-1][0].decode()
+    return out
+
+
+async def acknowledged_without_answer(redis: Redis, ids: list[str]) -> list[str]:
+    """Entries the group delivered and acknowledged that have no result: lost states."""
+    groups = await redis.xinfo_groups("statpair:states")
+    if not groups:
+        return []
+    last = groups[0]["last-delivered-id"].decode()
+    delivered = [i for i in ids if _key(i) <= _key(last)]
+    pending = {
+        row["message_id"].decode()
+        for row in await redis.xpending_range("statpair:states", "statpair-workers", "-", "+", len(ids) + 10)
+    }
+    got = await answered(redis)
+    return [i for i in delivered if i not in pending and not got[i]]
+
+
+def _key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def fill_up(redis: Redis, headroom: int = 0) -> None:
+    """maxmemory at what Redis uses now (plus ``headroom`` bytes), never evicting: writes
+    that add data are refused (OOM) once the headroom is used up."""
+    used = int((await redis.info("memory"))["used_memory"])
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", str(used + headroom))
+
+
+# -- 1. Redis full --------------------------------------------------------------------
+
+
+async def test_a_redis_that_fills_up_mid_run_acknowledges_only_what_it_answered(
+    tmp_path: Path, server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3000 states queued; Redis has room for the answers of a few hundred. Before, every
+    entry of a batch whose XADDs Redis refused was acknowledged all the same (3000 of 3000
+    lost). Now: none acknowledged without its result, the worker says so once and stops
+    reading, /readyz and cmd=status say why; room again, and every state is answered once."""
+    redis = Redis.from_url(url_of(server))
+    ids = await produce(redis, 3000)
+    await redis.xgroup_create("statpair:states", "statpair-workers", id="0")
+    await fill_up(redis, headroom=1_000_000)
+    settings = make_settings(tmp_path, redis_url=url_of(server), read_count=128)
+    write_model(settings.model_dir / "m.pt")
+    caplog.set_level(logging.INFO)
+    async with serving(settings) as srv:
+        await wait_for(lambda: _stuck_or_done(srv, redis), timeout=30, what="the refusal (or the end)")
+        assert await acknowledged_without_answer(redis, ids) == []
+        assert srv.state.refusal.startswith("OOM command not allowed")
+        got = sum((await answered(redis)).values())
+        assert 0 < got < 3000  # some answered before Redis filled up, none since
+        assert await acknowledged_without_answer(redis, ids) == []  # still, after a while
+        await redis.config_set("maxmemory", "0")
+        await wait_for(lambda: _all(redis, ids), timeout=60, what="every state answered")
+        assert srv.state.refusal is None
+    counts = await answered(redis)
+    assert set(counts) == set(ids) and set(counts.values()) == {1}  # each once
+    assert caplog.text.count("Redis refuses writes (OOM command not allowed") == 1
+    assert caplog.text.count("Redis takes writes again after") == 1
+    assert (await redis.xinfo_groups("statpair:states"))[0]["pending"] == 0
+    await redis.aclose()
+
+
+async def _stuck_or_done(srv, redis: Redis) -> bool:
+    """The worker says Redis refuses writes, or the group has nothing left to deliver or
+    acknowledge (what the worker did before: acknowledge every entry, answered or not)."""
+    if getattr(srv.state, "refusal", None) is not None:
+        return True
+    (group,) = await redis.xinfo_groups("statpair:states")
+    return group["lag"] == 0 and group["pending"] == 0
+
+
+async def _all(redis: Redis, ids: list[str]) -> bool:
+    return len(await answered(redis)) == len(ids)
+
+
+async def test_a_worker_started_on_a_full_redis_waits_then_answers(
+    tmp_path: Path, server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the worker exited 1 at start (its consumer group could not be created)."""
+    redis = Redis.from_url(url_of(server))
+    ids = await produce(redis, 200)
+    await fill_up(redis)
+    settings = make_settings(tmp_path, redis_url=url_of(server))
+    write_model(settings.model_dir / "m.pt")
+    caplog.set_level(logging.INFO)
+    async with serving(settings) as srv:
+        await wait_for(lambda: srv.state.refusal is not None, timeout=30, what="the refusal")
+        assert not (await answered(redis))
+        await redis.config_set("maxmemory", "0")
+        await wait_for(lambda: _all(redis, ids), timeout=60, what="every state answered")
+    assert set((await answered(redis)).values()) == {1}
+    assert "Redis refuses writes (OOM" in caplog.text
+    await redis.aclose()
+
+
+async def test_a_read_only_replica_is_waited_out_too(tmp_path: Path, server) -> None:
+    """A worker pointed at a replica (READONLY: its group cannot be created, nothing can be
+    read through it) waits, and serves once the server is promoted."""
+    redis = Redis.from_url(url_of(server))
+    primary = start_redis(tmp_path / "primary")
+    try:
+        await redis.replicaof("127.0.0.1", str(primary.port))
+        settings = make_settings(tmp_path, redis_url=url_of(server))
+        write_model(settings.model_dir / "m.pt")
+        async with serving(settings) as srv:
+            await wait_for(lambda: srv.state.refusal is not None, timeout=30, what="the refusal")
+            assert srv.state.refusal.startswith("READONLY")
+            await redis.replicaof("NO", "ONE")
+            ids = await produce(redis, 50)
+            await wait_for(lambda: _all(redis, ids), timeout=60, what="every state answered")
+    finally:
+        primary.stop()
+    await redis.aclose()
