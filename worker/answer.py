@@ -142,6 +142,8 @@ class Answerer:
         if err_tail:
             batch.tail(batch_tail(s.consumer, out.infer_s, latency, len(reqs)))
         ahead, failed = await self._publish(batch, read_more)
+        if self.state.refusals and not any(refused(error) for _, error in failed):
+            self.state.writes_accepted(self.streams.shard)  # a refusal episode is over
         outcome = Counter[str](r.error or "ok" for r in reqs)
         dead = sum(1 for r in reqs if r.error in DEAD_LETTER_CODES)
         # Published: nothing below may raise into the loop, which would answer the batch again.

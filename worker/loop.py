@@ -13,7 +13,9 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from worker.answer import Answerer, Outcome, Served
+from worker.clock import RedisClock
 from worker.connection import xreadgroup
+from worker.eviction import check_eviction
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
 from worker.protocol import GONE, Decoded, Entries, as_text, decode_batch
@@ -66,6 +68,9 @@ class Worker:
         self._peer_has_model = False
         self._last_seen: bytes | None = None  # the newest entry id this worker read
         self._forgive = False  # the next history read follows refused writes: no poison count
+        self._quiet_history = False  # a history read not worth an INFO line
+        self._reconnected = False  # Redis was lost: check its memory policy again
+        self.clock = RedisClock()  # ages are measured on Redis's clock
         self._has_entry = state.redis.register_script(HAS_ENTRY_LUA)
 
     # -- set-up --------------------------------------------------------------------------
@@ -115,8 +120,9 @@ class Worker:
             return
         if isinstance(written, Exception):
             raise written
-        self.state.writes_accepted(self.streams.shard)
+        first = self.state.writes_probed(self.streams.shard)
         self._history_from, self._history_why = "0", "while Redis refused writes"
+        self._quiet_history = not first  # said once an episode, however often it flaps
         self._forgive = True
 
     # -- the loop ------------------------------------------------------------------------
@@ -147,6 +153,10 @@ class Worker:
         False when a bounded run is done."""
         if self.max_messages is not None and self.state.stats.processed >= self.max_messages:
             return False
+        if self._reconnected:  # Redis was away: its memory policy (or the server) may have changed
+            await self.clock.sync(self.state.redis, self.streams.states)
+            await check_eviction(self.state)
+            self._reconnected = False
         if self.state.refused(self.streams.shard):
             await self._await_writes()  # no new states meanwhile: their answers could not be written
             return True
@@ -157,6 +167,7 @@ class Worker:
             if not self._ahead and await self._defer_to_peers():
                 return True
             if time.monotonic() >= self._next_claim:
+                await self.clock.sync(self.state.redis, self.streams.states)
                 await self._reclaim()
                 self._next_claim = time.monotonic() + self.s.claim_interval_s
             entries, self._ahead = self._ahead or await self._read(self._room()), []
@@ -197,6 +208,7 @@ class Worker:
 
     def _lost(self, exc: BaseException) -> None:
         self.state.redis_failed(exc)
+        self._reconnected = True
         # What we read may not have been answered: re-read our pending entries.
         self._history_from, self._history_why = "0", "before a lost connection"
 
@@ -244,7 +256,8 @@ class Worker:
             self._history_from = entries[-1][0] if entries else None
             entries = [(eid, f if f is not None else GONE) for eid, f in entries]
             if entries:  # rare (a restart, a lost connection), and worth an operator's line
-                logger.info(
+                logger.log(
+                    logging.DEBUG if self._quiet_history else logging.INFO,
                     "answering %d %s read by %s and not acknowledged (%s), from %s",
                     len(entries),
                     "entry" if len(entries) == 1 else "entries",
@@ -293,7 +306,7 @@ class Worker:
         if counts:
             poison, entries = split_poison(entries, counts, self.s.max_deliveries)
             if poison:
-                now_ms = time.time() * 1000.0
+                now_ms = self.clock.now_ms()
                 reqs = poison_requests(poison, counts, self.s.max_deliveries, now_ms, self.limits)
                 await self.answerer.answer(
                     Outcome(poison, reqs, now_ms, time.perf_counter(), deliveries=counts)
@@ -326,7 +339,7 @@ class Worker:
         """Decode → infer → answer one read; with ``read_more``, read up to that many
         new entries in the answer's round trip and return them."""
         t_read = time.perf_counter()
-        now_ms = time.time() * 1000.0
+        now_ms = self.clock.now_ms()
         models = self.state.models
         dec = decode_batch(entries, now_ms, self.limits, models.route)
         out = Outcome(entries, dec.reqs, now_ms, t_read)

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from worker.catalog import Catalog
 from worker.connection import Client, redis_client
 from worker.control import Control
+from worker.eviction import check_eviction
 from worker.heartbeat import beat, heartbeat, heartbeat_key
 from worker.loop import Worker
 from worker.metrics import Metrics, ShadowCollector, serve_http
@@ -138,6 +139,9 @@ class Server:
             )
         else:
             await self._check_database()
+        if state.stop.is_set():
+            return
+        await retrying(lambda: check_eviction(state), state.stop, "reading Redis's memory policy")
         if state.stop.is_set():
             return
         await self._check_name()

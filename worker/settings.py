@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         "has acknowledged (XTRIM MINID ~); off: the stream keeps every state until trimmed by hand.",
     )
     dead_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of the dead-letter stream.")
+    allow_eviction: bool = Field(
+        False,
+        description="Serve from a Redis whose maxmemory-policy evicts keys (allkeys-*, volatile-*): it "
+        "may evict the states stream with its pending entries, results and heartbeats. Off: refused.",
+    )
     read_count: int = Field(128, ge=1, le=10_000, description="Most entries read (and inferred) per batch.")
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK; must stay below the 5 s socket timeout.")
     idle_spin_ms: float = Field(

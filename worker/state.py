@@ -56,6 +56,16 @@ def streams_for(s: Settings, shard: int = 0) -> Streams:
 
 
 @dataclass
+class Refusal:
+    """An episode of refused writes on one shard: why, since when, whether its loop waits."""
+
+    why: str
+    since: float
+    waiting: bool = True
+    resumes: int = 0
+
+
+@dataclass
 class ServerState:
     settings: Settings
     redis: Client
@@ -67,7 +77,9 @@ class ServerState:
     published_contracts: set[str] = field(default_factory=set)  # CONTRACTS_KEY fields this worker wrote
     # Why Redis refuses writes (OOM, READONLY, …), by shard (0 unsharded), and since when
     # (monotonic): that shard's consume loop reads no new states, and waits for writes.
-    refusals: dict[int, tuple[str, float]] = field(default_factory=dict)
+    refusals: dict[int, Refusal] = field(default_factory=dict)
+    eviction_said: bool = False  # ALLOW_EVICTION=1 on an evicting Redis: warned once
+    eviction_unknown_said: bool = False  # the policy could not be read (ACL): warned once
     # This run's own id in its heartbeat: tells it from another worker of the same CONSUMER name
     # (in a container, a restarted worker has the same host name and pid 1).
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -107,33 +119,49 @@ class ServerState:
     @property
     def refusal(self) -> str | None:
         """Why Redis refuses writes (the first shard's reason), or None when it takes them."""
-        return next(iter(self.refusals.values()))[0] if self.refusals else None
+        return next(iter(self.refusals.values())).why if self.refusals else None
 
     def refused(self, shard: int) -> bool:
-        return shard in self.refusals
+        """Whether the shard's consume loop must wait for writes before reading again."""
+        refusal = self.refusals.get(shard)
+        return refusal is not None and refusal.waiting
 
     def writes_refused(self, error: str, pending: int, shard: int = 0) -> None:
-        """Redis refused to write ``pending`` answers (``error``): said once per shard until
-        writes come back; that shard's consume loop then stops reading new states."""
+        """Redis refused to write ``pending`` answers (``error``): said once per episode,
+        until an answer is written again; the shard's consume loop stops reading new states."""
         self.stats.writes_refused += pending
         why = error.splitlines()[0][:200]
-        if shard not in self.refusals:
-            where = f" on shard {shard}" if self.settings.redis_cluster else ""
-            logger.error(
-                "Redis refuses writes%s (%s): %d answer%s left pending, not acknowledged; reading "
-                "no new states until it takes writes again",
-                where,
-                why,
-                pending,
-                "" if pending == 1 else "s",
-            )
-            self.refusals[shard] = (why, time.monotonic())
+        refusal = self.refusals.get(shard)
+        if refusal is not None:  # the same episode: a write probe passed, the answers did not
+            refusal.waiting, refusal.why = True, why
+            return
+        where = f" on shard {shard}" if self.settings.redis_cluster else ""
+        logger.error(
+            "Redis refuses writes%s (%s): %d answer%s left pending, not acknowledged; reading no "
+            "new states until it takes writes again",
+            where,
+            why,
+            pending,
+            "" if pending == 1 else "s",
+        )
+        self.refusals[shard] = Refusal(why, time.monotonic())
+
+    def writes_probed(self, shard: int = 0) -> bool:
+        """A write probe passed: the loop answers what it left pending. True the first time
+        in the episode (the next refusal is the same episode until an answer is written)."""
+        refusal = self.refusals.get(shard)
+        if refusal is None:
+            return False
+        refusal.waiting = False
+        refusal.resumes += 1
+        return refusal.resumes == 1
 
     def writes_accepted(self, shard: int = 0) -> None:
-        """Redis took a write again: said once, and the shard's consume loop reads again."""
-        refusal = self.refusals.pop(shard, None)
-        if refusal is not None:
+        """A batch's answers were all written: the episode is over (said once)."""
+        refusal = self.refusals.get(shard)
+        if refusal is not None and not refusal.waiting:
+            del self.refusals[shard]
             logger.warning(
-                "Redis takes writes again after %.1f s: answering the states left pending",
-                time.monotonic() - refusal[1],
+                "Redis takes writes again after %.1f s: the states left pending are answered",
+                time.monotonic() - refusal.since,
             )
