@@ -307,3 +307,157 @@ async def test_ages_are_measured_on_redis_clock(
     assert [r.status for r in new] == ["ok"] * 20
     assert all(r.queue_ms < 500 for r in new)
     await redis.aclose()
+
+
+# -- 2. and 6. strategies under their own ACL users -----------------------------------
+
+
+@pytest.fixture
+def acl_server(tmp_path: Path):
+    from tests.servers import start_acl_redis
+    from tests.test_security import documented_users
+
+    server = start_acl_redis(tmp_path / "acl", documented_users(), admin_password="admin-secret")
+    yield server
+    server.stop()
+
+
+async def test_a_strategy_that_jams_or_empties_its_stream_hurts_only_itself(
+    tmp_path: Path, acl_server
+) -> None:
+    """Before, one shared stream: strategy B trimmed away 49 of A's 50 states, and an XADD of
+    the largest id made every later XADD fail for every strategy. Now each has its own."""
+    from redis.exceptions import NoPermissionError
+
+    from worker.client import ActionClient
+
+    admin = Redis(**acl_server.client_kwargs(), username="default", password="admin-secret")
+    s = make_settings(
+        tmp_path,
+        redis_url=acl_server.url_for("statpair-worker", "w-secret"),
+        strategies="strategy-a,strategy-b",
+    )
+    write_model(s.model_dir / "m.pt")
+    url_a, url_b = acl_server.url_for("strategy-a", "a-secret"), acl_server.url_for("strategy-b", "b-secret")
+    async with (
+        serving(s),
+        ActionClient(url_a, strategy="strategy-a", timeout=30) as a,
+        ActionClient(url_b, strategy="strategy-b", timeout=30) as b,
+    ):
+        top = "18446744073709551615-18446744073709551615"
+        await b.redis.xadd("statpair:states:strategy-b", {"state": "[1]"}, id=top)
+        with pytest.raises(Exception, match="exhausted the last possible ID"):
+            await b.act(np.zeros(28))  # B jammed itself
+        for stream in ("statpair:states", "statpair:states:strategy-a"):
+            with pytest.raises(NoPermissionError):
+                await b.redis.xtrim(stream, maxlen=0)
+            with pytest.raises(NoPermissionError):
+                await b.redis.delete(stream)
+        got = await a.act_many([np.zeros(28)] * 50)
+        assert [r.status for r in got] == ["ok"] * 50  # A: all 50 answered
+        await b.redis.delete("statpair:states:strategy-b")  # B empties its own: allowed, its business
+        assert (await b.act(np.zeros(28))).status == "ok"  # and, unjammed, is served again
+    await admin.aclose()
+
+
+async def test_replies_stay_with_their_strategy_and_expire(tmp_path: Path, acl_server) -> None:
+    """Before, strategy B made the worker write into A's reply namespace, and 5000 distinct
+    reply_to values left 5000 keys with no expiry."""
+    from worker.client import ActionClient
+    from worker.protocol import parse_result
+
+    admin = Redis(**acl_server.client_kwargs(), username="default", password="admin-secret")
+    s = make_settings(
+        tmp_path,
+        redis_url=acl_server.url_for("statpair-worker", "w-secret"),
+        strategies="strategy-a,strategy-b",
+        reply_ttl_s=30,
+    )
+    write_model(s.model_dir / "m.pt")
+    url_b = acl_server.url_for("strategy-b", "b-secret")
+    async with serving(s), ActionClient(url_b, strategy="strategy-b", timeout=30) as b:
+        pipe = b.redis.pipeline(transaction=False)
+        for i in range(200):
+            pipe.xadd(
+                "statpair:states:strategy-b",
+                {"state_f32": F32, "id": f"r{i}", "reply_to": f"statpair:actions:strategy-b:x{i}"},
+            )
+        pipe.xadd(
+            "statpair:states:strategy-b",
+            {"state_f32": F32, "id": "evil", "reply_to": "statpair:actions:strategy-a:inbox"},
+        )
+        await pipe.execute()
+        await wait_for(
+            lambda: admin.exists("statpair:actions:strategy-b:results"), timeout=30, what="B's refusal"
+        )
+        (refused,) = [parse_result(f) for _, f in await admin.xrange("statpair:actions:strategy-b:results")]
+        assert refused.id == "evil" and refused.error == "invalid_state"
+        assert "is not a stream name under 'statpair:actions:strategy-b:'" in refused.detail
+        assert not await admin.exists("statpair:actions:strategy-a:inbox")
+        await wait_for(
+            lambda: admin.exists(*[f"statpair:actions:strategy-b:x{i}" for i in range(200)]),
+            timeout=30,
+            what="200 reply streams",
+        )
+        ttls = [await admin.ttl(f"statpair:actions:strategy-b:x{i}") for i in range(200)]
+        assert all(0 < t <= 30 for t in ttls)  # each reply stream expires
+        assert await admin.ttl("statpair:actions:strategy-b:results") == -1  # a default stream stays
+    await admin.aclose()
+
+
+# -- 4. oversized entries -------------------------------------------------------------
+
+CAPPED = """
+import resource, sys
+cap = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+from worker.cli import main
+raise SystemExit(main(["--max-messages", sys.argv[2]]))
+"""
+
+
+@pytest.mark.slow
+async def test_entries_of_25_mb_cannot_take_a_worker_down(tmp_path: Path, server) -> None:
+    """Under a 1.5 GB address-space cap, 20 entries of 25 MB among 60 good states, and 5 more
+    of 25 MB pending with a dead consumer past their delivery cap. Before, a read pulled every
+    payload in: 7 of 7 workers died, 0 of 60 answered. Now every state is answered: the good
+    ones ok, the big ones too_large, the pending ones dead-lettered by id, none read."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    from worker.protocol import parse_result
+
+    redis = Redis.from_url(url_of(server))
+    big = b"x" * (25 << 20)
+    await redis.xgroup_create("statpair:states", "statpair-workers", id="0", mkstream=True)
+    ghosts = []
+    for i in range(5):  # read by a consumer that died, delivered 5 times already
+        ghosts.append((await redis.xadd("statpair:states", {"state": big, "id": f"ghost{i}"})).decode())
+    await redis.xreadgroup("statpair-workers", "ghost", {"statpair:states": ">"}, count=5)
+    await redis.xclaim("statpair:states", "statpair-workers", "ghost", 0, ghosts, idle=120_000, retrycount=5)
+    ids = []
+    for i in range(80):
+        fields = {"state": big, "id": f"big{i}"} if i % 4 == 0 else {"state_f32": F32, "id": f"s{i}"}
+        ids.append((await redis.xadd("statpair:states", fields)).decode())
+    write_model(tmp_path / "models" / "m.pt")
+    env = {"REDIS_URL": url_of(server), "MODEL_DIR": str(tmp_path / "models"), "PATH": "/usr/bin:/bin"}
+    cap = str(int(1.5 * (1 << 30)))
+    out = subprocess.run(
+        [sys.executable, "-c", CAPPED, cap, "85"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = {r.id: r for r in (parse_result(f) for _, f in await redis.xrange("statpair:actions"))}
+    assert len(results) == 85
+    assert {results[f"big{i}"].error for i in range(0, 80, 4)} == {"too_large"}
+    assert {results[f"s{i}"].status for i in range(80) if i % 4} == {"ok"}
+    assert {results[f"ghost{i}"].error for i in range(5)} == {"internal"}  # poison: dead-lettered
+    dead = [f for _, f in await redis.xrange("statpair:states:dead")]
+    assert len(dead) == 25 and all(len(f.get(b"orig:state", b"")) < 100 for f in dead)  # not copied
+    assert (await redis.xinfo_groups("statpair:states"))[0]["pending"] == 0
+    await redis.aclose()

@@ -26,6 +26,7 @@ from worker.loop import Worker
 from worker.metrics import Metrics
 from worker.model import ModelManager
 from worker.protocol import parse_result
+from worker.reads import Read
 from worker.server import serve
 from worker.settings import ConfigError, Settings
 from worker.state import ServerState
@@ -82,7 +83,7 @@ async def test_poison_answers_are_counted_in_the_metrics(tmp_path: Path, fake_re
     await w.ensure_group()
     (eid,) = await add(fake_redis, 1)
     entries = (await fake_redis.xreadgroup(s.group, s.consumer, {"statpair:states": ">"}))[0][1]
-    await w.handle(entries, counts={eid: 3})
+    await w.handle(Read(entries, [0]), counts={eid: 3})
     (r,) = await results(fake_redis)
     assert r.error == "internal" and "each of 3 deliveries" in r.detail
     assert w.state.stats.results == {"internal": 1} and w.state.stats.dead_lettered == 1

@@ -51,14 +51,14 @@ async def _strategies_are_confined(
     """Strategy A gets its actions (raw states, prices); B can neither read A's replies
     nor write where workers write."""
     kw = {"cluster": cluster, "shards": shards, "timeout": 30}
-    async with ActionClient(url_a, reply_prefix="statpair:actions:strategy-a:", **kw) as a:  # type: ignore[arg-type]
+    async with ActionClient(url_a, strategy="strategy-a", **kw) as a:  # type: ignore[arg-type]
         await wait_for(lambda: admin.hexists("statpair:contracts", "*"), timeout=30, what="the contract")
         r = await a.act(np.zeros(28), pair="X/Y", contract=CONTRACT.id)
         assert r.status == "ok" and r.contract == CONTRACT.id
         many = await a.act_many([np.zeros(28)] * 4, ["X/Y", "U/V", "K/L", "M/N"])
         assert all(not isinstance(x, Exception) for x in many)
         assert (await PriceClient(a).fetch_contract("X/Y")) == CONTRACT
-        async with ActionClient(url_b, reply_prefix="statpair:actions:strategy-b:", **kw) as b:  # type: ignore[arg-type]
+        async with ActionClient(url_b, strategy="strategy-b", **kw) as b:  # type: ignore[arg-type]
             await b._discover()
             with pytest.raises(NoPermissionError):
                 await b.redis.xrange(a.reply_stream)  # another strategy's answers
@@ -70,6 +70,16 @@ async def _strategies_are_confined(
                 await b.redis.xadd("statpair:control", {"cmd": "reload"})
             with pytest.raises(NoPermissionError):
                 await b.redis.xrange("statpair:states")  # other strategies' states: write-only
+            with pytest.raises(NoPermissionError):
+                await b.redis.xadd("statpair:states", {"state": "[1]"})  # the shared stream: not B's
+            if not cluster:
+                a_states = "statpair:states:strategy-a"
+                with pytest.raises(NoPermissionError):
+                    await b.redis.xtrim(a_states, maxlen=0)  # A's states: B cannot empty them
+                with pytest.raises(NoPermissionError):
+                    await b.redis.delete(a_states)
+                with pytest.raises(NoPermissionError):
+                    await b.redis.xadd(a_states, {"state": "[1]"}, id="18446744073709551615-0")
 
 
 async def test_worker_and_strategies_under_the_documented_acls(tmp_path: Path) -> None:
@@ -80,6 +90,7 @@ async def test_worker_and_strategies_under_the_documented_acls(tmp_path: Path) -
             redis_url=server.url_for("statpair-worker", "w-secret"),
             metrics_port=None,
             claim_interval_s=0.05,
+            strategies="strategy-a,strategy-b",
         )
         write_model(s.model_dir / "m.pt")
         admin = Redis(**server.client_kwargs(), username="default", password="admin-secret")
@@ -118,7 +129,9 @@ async def test_worker_and_strategies_under_the_acls_on_a_cluster(
     tmp_path: Path, acl_cluster: LocalRedisCluster
 ) -> None:
     url = acl_cluster.url.replace("redis://", "redis://statpair-worker:w-secret@")
-    s = make_settings(tmp_path, redis_url=url, redis_cluster=True, shards=4)
+    s = make_settings(
+        tmp_path, redis_url=url, redis_cluster=True, shards=4, strategies="strategy-a,strategy-b"
+    )
     write_model(s.model_dir / "m.pt")
     admin = RedisCluster(**acl_cluster.client_kwargs())
     await admin.initialize()

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from redis.exceptions import NoScriptError
@@ -28,6 +29,7 @@ from worker.protocol import (
     ok_values,
 )
 from worker.publish import PUBLISH_LUA, Batch, failures, refused
+from worker.reads import Read, parse
 from worker.shards import Streams
 from worker.state import ServerState
 
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # (entries by outcome: "ok" or an error code, infer seconds, batch latency seconds, queue_ms per entry)
 BatchObserver = Callable[[Counter[str], float, float, list[float]], None]
+# Queues, in the publish's pipeline, a read of up to n new entries (the consume loop's).
+ReadAhead = Callable[[Any, int], None]
 
 DEAD_LETTER_CODES = frozenset({"invalid_state", "too_large", "internal"})
 
@@ -76,21 +80,24 @@ class Answerer:
         self.streams = streams or state.streams
         self.script = state.redis.register_script(PUBLISH_LUA)
         self.observers: list[BatchObserver] = []
+        self._defaults = {src.results for src in self.streams.sources}  # result streams kept, not expired
 
     def _batch(self) -> Batch:
-        return Batch(self.s.group, self.s.results_maxlen, [self.streams.states], self.s.reply_ttl_s)
+        states = [src.states for src in self.streams.sources]
+        return Batch(self.s.group, self.s.results_maxlen, states, self.s.reply_ttl_s)
 
     def _to(self, batch: Batch, stream: str) -> str:
         """``stream``, given the reply expiry when it is a client's reply stream."""
-        if stream != self.streams.results:
+        if stream not in self._defaults:
             batch.expire(stream)
         return stream
 
-    async def answer(self, out: Outcome, read_more: int = 0) -> Entries:
+    async def answer(self, out: Outcome, read_more: int = 0, read_ahead: ReadAhead | None = None) -> Read:
         """Publish every result and acknowledge, in one script call, every entry of ``out``
-        whose answer was written; with ``read_more``, read up to that many new entries in
-        the same round trip and return them. Raises what Redis raised (nothing is
-        acknowledged then); an answer Redis refused to write leaves its entry pending."""
+        whose answer was written; with ``read_more`` (and ``read_ahead`` to queue the
+        read), read up to that many new entries in the same round trip and return them.
+        Raises what Redis raised (nothing is acknowledged then); an answer Redis refused to
+        write leaves its entry pending."""
         s, reqs = self.s, out.reqs
         queue = [max(0.0, out.now_ms - entry_time_ms(r.entry_id)) for r in reqs]
         batch = self._batch()
@@ -141,7 +148,7 @@ class Answerer:
             batch.tail(batch_tail(s.consumer, out.infer_s, latency, len(reqs), served.model.fields))
         if err_tail:
             batch.tail(batch_tail(s.consumer, out.infer_s, latency, len(reqs)))
-        ahead, failed = await self._publish(batch, read_more)
+        ahead, failed = await self._publish(batch, read_more, read_ahead)
         if self.state.refusals and not any(refused(error) for _, error in failed):
             self.state.writes_accepted(self.streams.shard)  # a refusal episode is over
         outcome = Counter[str](r.error or "ok" for r in reqs)
@@ -160,20 +167,23 @@ class Answerer:
             logger.exception("counting a published batch failed")
         return ahead
 
-    async def _publish(self, batch: Batch, read_more: int) -> tuple[Entries, list[tuple[int, str]]]:
+    async def _publish(
+        self, batch: Batch, read_more: int, read_ahead: ReadAhead | None
+    ) -> tuple[Read, list[tuple[int, str]]]:
         """Run the script (with a read of the next batch in the same round trip)."""
         redis = self.state.redis
-        if not read_more:
-            return [], await batch.run(redis, self.script)
+        if not read_more or read_ahead is None:
+            return Read(), await batch.run(redis, self.script)
         pipe = redis.pipeline(transaction=False)
         batch.queue(pipe, self.script)
-        pipe.xreadgroup(self.s.group, self.s.consumer, {self.streams.states: ">"}, count=read_more)
+        read_ahead(pipe, read_more)
         published, resp = await pipe.execute(raise_on_error=False)
-        ahead: Entries = []
-        if isinstance(resp, Exception):  # the next plain read will meet it again
-            logger.warning("read-ahead failed: %s", resp)
-        elif resp:
-            ahead = resp[0][1]
+        ahead = Read()
+        if isinstance(resp, Exception):  # the next plain read will meet it again (or load the script)
+            if not isinstance(resp, NoScriptError):
+                logger.warning("read-ahead failed: %s", resp)
+        else:
+            ahead = parse(resp)
         if isinstance(published, NoScriptError):  # Redis restarted or SCRIPT FLUSH
             return ahead, await batch.run(redis, self.script)
         if isinstance(published, Exception):

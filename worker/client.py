@@ -14,7 +14,11 @@ reply stream on close. On a Redis Cluster (``cluster=True, shards=N``, as the
 workers' REDIS_CLUSTER and SHARDS) each state goes to its pair's shard and the
 client keeps a reply stream per shard it uses, under that shard's hash tag.
 With ``durable=True`` a state is sent again until a replica has it too
-(``WAIT``), so a failover of its primary cannot lose it.
+(``WAIT``), so a failover of its primary cannot lose it. With
+``strategy="name"`` (one of the workers' STRATEGIES) the client sends to that
+strategy's own stream and reads under its own reply prefix, what an ACL user per
+strategy allows (docs/operations.md). A state larger than the workers take
+(``max_field_bytes``, their MAX_FIELD_BYTES) is refused before it is sent.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from redis.typing import EncodableT, FieldT
 from worker.connection import Client, redis_client, xread
 from worker.protocol import SHARDS_FIELD, Result, encode_state, parse_result
 from worker.retry import TRANSIENT, Backoff, retrying
-from worker.shards import Streams, shard_of
+from worker.shards import Streams, shard_of, strategy_keys
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +115,13 @@ class ActionClient:
         wait_ms: int = 200,
         ca_file: str | None = None,
         contracts_key: str = "statpair:contracts",
+        strategy: str | None = None,
+        max_field_bytes: int = 16_384,
     ) -> None:
+        if strategy is not None:  # its own states stream and reply namespace (the workers' STRATEGIES)
+            states_stream, reply_prefix, _ = strategy_keys(states_stream, reply_prefix, strategy)
+        self.strategy = strategy
+        self.max_field_bytes = max_field_bytes  # the workers' MAX_FIELD_BYTES: larger is refused here
         self._owns_redis = redis is None
         if redis is None:
             extra: dict[str, Any] = {"max_connections": 1024} if cluster else {}
@@ -188,7 +198,14 @@ class ActionClient:
         reply: _Replies,
     ) -> dict[FieldT, EncodableT]:
         fields: dict[FieldT, EncodableT] = {"id": cid, "reply_to": reply.stream}
-        fields.update(encode_state(state))
+        encoded = encode_state(state)
+        size = len(encoded["state_f32"])
+        if size > self.max_field_bytes:
+            raise ValueError(
+                f"a state of {size // 4} values ({size} bytes) is larger than the workers take "
+                f"(MAX_FIELD_BYTES {self.max_field_bytes}): not sent"
+            )
+        fields.update(encoded)
         if pair is not None:
             fields["pair"] = pair
         if contract is not None:

@@ -1,6 +1,8 @@
-"""The consume loop, the hot path: read a batch with XREADGROUP, decode it, run
-the model once, and answer (worker/answer.py: every result published and every
-entry acknowledged in one atomic script call, one round trip)."""
+"""The consume loop, the hot path: read a batch from the loop's streams (the shared
+states stream and each strategy's, one read, a fair COUNT each), decode it, run each
+model once, and answer (worker/answer.py: every result published and its entry
+acknowledged in one atomic script call, one round trip). Reads go through
+worker/reads.py, which never hands the worker a payload larger than the limits."""
 
 from __future__ import annotations
 
@@ -10,16 +12,17 @@ import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from worker.answer import Answerer, Outcome, Served
 from worker.clock import RedisClock
-from worker.connection import xreadgroup
 from worker.eviction import check_eviction
 from worker.heartbeat import peer_has_model
 from worker.model import ServedModel
-from worker.protocol import GONE, Decoded, Entries, as_text, decode_batch
+from worker.protocol import Decoded, as_text, decode_batch
 from worker.publish import refusal
+from worker.reads import READ_LUA, Read, parse, per_stream, read_args
 from worker.recovery import Recovery, poison_requests, split_poison
 from worker.retry import TRANSIENT, Backoff, pause, retrying
 from worker.shadow import Shadow, ShadowWork
@@ -34,11 +37,16 @@ WRITE_PROBE_S = 0.5  # while Redis refuses writes: how often to try one (a tiny 
 HAS_ENTRY_LUA = "return #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])"
 # Redis's answers when the stream or its group is deleted under a reader: recreate and go on.
 GROUP_GONE = ("NOGROUP", "UNBLOCKED")
+MAX_ID = "18446744073709551615-18446744073709551615"  # a history read from here finds nothing
+# Entries per stream the blocking wait takes: two tells a burst (read the rest at once,
+# bounded) from a lone state (answered without a second round trip).
+WAKE_COUNT = 2
 
 
-class Worker:
-    """One consumer in the group. ``run()`` returns when stopped or, in bounded
-    mode, after ``max_messages`` entries or (``burst``) when the stream is drained."""
+class ConsumeLoop:
+    """One shard's consume loop: one consumer of the group on the shard's streams.
+    ``run()`` returns when stopped or, in bounded mode, after ``max_messages`` entries
+    or (``burst``) when the streams are drained."""
 
     def __init__(
         self,
@@ -50,50 +58,63 @@ class Worker:
         self.state = state
         self.s = state.settings
         self.streams = streams or state.streams
+        self.keys = [src.states for src in self.streams.sources]
         self.limits = state.limits(self.streams)
         self.stop = state.stop
         self.max_messages = max_messages
         self.burst = burst
         self.answerer = Answerer(state, self.streams)
         self.recovery = Recovery(state, self.streams)
-        # After a start or a lost connection, first re-read our own pending
-        # entries (XREADGROUP from id 0): they were read but maybe never answered.
-        self._history_from: str | bytes | None = "0"
+        self.reader = state.redis.register_script(READ_LUA)
+        # After a start or a lost connection, first re-read our own pending entries
+        # (from id 0 in each stream): they were read but maybe never answered.
+        self._history: dict[int, bytes | str] | None = self._from_start()
         self._history_why = "before this worker started"  # said when that history is answered
-        self._ahead: Entries = []  # read together with the previous batch's publish
+        self._ahead = Read()  # read together with the previous batch's publish
+        self._deferred: dict[int, list[bytes]] = {}  # delivered to us, not read yet (over budget)
+        self._by_id = False  # the last read took deferred entries by id
         self._next_claim = 0.0
         self._spin_until = 0.0  # busy-wait for the next read until then (IDLE_SPIN_MS)
         self._backoff = Backoff()
         self._peer_checked = -PEER_CHECK_S
         self._peer_has_model = False
-        self._last_seen: bytes | None = None  # the newest entry id this worker read
+        self._last_seen: dict[int, bytes] = {}  # the newest entry id read from each stream
         self._forgive = False  # the next history read follows refused writes: no poison count
         self._quiet_history = False  # a history read not worth an INFO line
         self._reconnected = False  # Redis was lost: check its memory policy again
         self.clock = RedisClock()  # ages are measured on Redis's clock
         self._has_entry = state.redis.register_script(HAS_ENTRY_LUA)
 
+    def _from_start(self) -> dict[int, bytes | str]:
+        return dict.fromkeys(range(len(self.keys)), "0")
+
     # -- set-up --------------------------------------------------------------------------
 
     async def ensure_group(self) -> None:
-        """Create the group if it is missing: from the start of the stream the first time;
-        after the group vanished under a running worker (XGROUP DESTROY), from the last
-        entry this worker read if the stream still holds it, so what was answered is not
-        answered again (the group hands entries out in order: none before it was left
-        unread). A stream that no longer holds it was deleted (or trimmed past it) and is
-        read from its start: never from an id it does not have, which may lie in the future
-        and would hide every later state. Redis refusing writes (full, read-only) is waited
-        out, said once."""
+        """The group on every stream of the loop (see ``_ensure_group``)."""
+        for source in range(len(self.keys)):
+            await self._ensure_group(source)
+
+    async def _ensure_group(self, source: int) -> None:
+        """Create the group on a stream if it is missing: from the start of the stream the
+        first time; after the group vanished under a running worker (XGROUP DESTROY), from
+        the last entry this worker read if the stream still holds it, so what was answered
+        is not answered again (the group hands entries out in order: none before it was
+        left unread). A stream that no longer holds it was deleted (or trimmed past it)
+        and is read from its start: never from an id it does not have, which may lie in
+        the future and would hide every later state. Redis refusing writes (full,
+        read-only) is waited out, said once."""
+        key = self.keys[source]
         start, why = "0", ""
-        if self._last_seen is not None:
-            kept = await self._has_entry(keys=[self.streams.states], args=[self._last_seen])
-            if kept:
-                start = as_text(self._last_seen)
+        last = self._last_seen.get(source)
+        if last is not None:
+            if await self._has_entry(keys=[key], args=[last]):
+                start = as_text(last)
             else:
-                why = f" (the last entry this worker read, {as_text(self._last_seen)}, is not in it any more)"
+                why = f" (the last entry this worker read, {as_text(last)}, is not in it any more)"
         try:
-            await self.state.redis.xgroup_create(self.streams.states, self.s.group, id=start, mkstream=True)
-            logger.info("created group %s on %s from id %s%s", self.s.group, self.streams.states, start, why)
+            await self.state.redis.xgroup_create(key, self.s.group, id=start, mkstream=True)
+            logger.info("created group %s on %s from id %s%s", self.s.group, key, start, why)
         except ResponseError as exc:
             if "BUSYGROUP" in str(exc):
                 return
@@ -104,7 +125,7 @@ class Worker:
             while self.state.refused(self.streams.shard) and not self.stop.is_set():
                 await self._await_writes()
             if not self.stop.is_set():
-                await self.ensure_group()
+                await self._ensure_group(source)
 
     async def _await_writes(self) -> None:
         """While Redis refuses writes: try one every WRITE_PROBE_S (an XADD that keeps no
@@ -121,7 +142,7 @@ class Worker:
         if isinstance(written, Exception):
             raise written
         first = self.state.writes_probed(self.streams.shard)
-        self._history_from, self._history_why = "0", "while Redis refused writes"
+        self._history, self._history_why = self._from_start(), "while Redis refused writes"
         self._quiet_history = not first  # said once an episode, however often it flaps
         self._forgive = True
 
@@ -142,11 +163,11 @@ class Worker:
             if more is False:
                 break
         if self._ahead:  # read with the last publish: answer them rather than leave them for reclaim
-            entries, self._ahead = self._ahead, []
+            read, self._ahead = self._ahead, Read()
             try:
-                await self.handle(entries)
+                await self.handle(read)
             except TRANSIENT as exc:
-                logger.warning("%d entries read ahead stay pending for reclaim: %s", len(entries), exc)
+                logger.warning("%d entries read ahead stay pending for reclaim: %s", len(read), exc)
 
     async def _turn(self) -> bool:
         """Reclaim when due, read a batch (or take the one read ahead), answer it.
@@ -160,7 +181,7 @@ class Worker:
         if self.state.refused(self.streams.shard):
             await self._await_writes()  # no new states meanwhile: their answers could not be written
             return True
-        history = self._history_from is not None
+        history = self._history is not None
         try:
             # Without a model, beside a live worker that has one: leave it everything,
             # new states and entries to reclaim alike.
@@ -170,47 +191,59 @@ class Worker:
                 await self.clock.sync(self.state.redis, self.streams.states)
                 await self._reclaim()
                 self._next_claim = time.monotonic() + self.s.claim_interval_s
-            entries, self._ahead = self._ahead or await self._read(self._room()), []
-            if entries:
+            read, self._ahead = self._ahead or await self._read(self._room()), Read()
+            if read:
                 if self.s.idle_spin_ms:
                     self._spin_until = time.monotonic() + self.s.idle_spin_ms / 1000.0
-                counts = (
-                    await self.recovery.delivery_counts(entries) if history and not self._forgive else None
-                )
+                # Delivery counts (poison) for what may have been delivered before: history, and
+                # entries read by id after a claim; not after refused writes (not failures).
+                counted = (history or self._by_id) and not self._forgive
+                counts = await self.recovery.delivery_counts(read) if counted else None
                 # Under load (a batch at least half full), read the next batch in the
                 # same round trip as this one's publish. Not when idle-ish: there the
                 # extra read only competes for the CPU with the result's reader
                 # (p50 at 1000/s went 0.83 → 1.1 ms); nor for history, nor when stopping.
                 # (Not on a cluster either: a cluster pipeline cannot carry the script call.)
-                busy = 2 * len(entries) >= self.s.read_count and not self.s.redis_cluster
-                more = self._room(len(entries)) if busy and not history and not self.stop.is_set() else 0
-                self._ahead = await self.handle(entries, counts, read_more=more)
+                busy = 2 * len(read) >= self.s.read_count and not self.s.redis_cluster
+                more = self._room(len(read)) if busy and not history and not self.stop.is_set() else 0
+                self._ahead = await self.handle(read, counts, read_more=more)
                 self._saw(self._ahead)
-            if self._history_from is None:
+            if self._history is None:
                 self._forgive = False
         except ResponseError as exc:
-            why = refusal(exc)  # a read-only replica refuses XREADGROUP too (it writes the PEL)
-            if why is not None:
-                self.state.writes_refused(why, 0, self.streams.shard)
+            refused = refusal(exc)  # a read-only replica refuses XREADGROUP too (it writes the PEL)
+            if refused is not None:
+                self.state.writes_refused(refused, 0, self.streams.shard)
                 return True
             if not str(exc).startswith(GROUP_GONE):
                 raise
-            logger.warning("the states stream or its consumer group vanished (%s); recreating it", exc)
-            self._history_from, self._history_why = "0", "before its group was recreated"
+            logger.warning("a states stream or its consumer group vanished (%s); recreating it", exc)
+            self._history, self._history_why = self._from_start(), "before its group was recreated"
             await retrying(self.ensure_group, self.stop, "creating the consumer group", backoff=self._backoff)
             return True
         self.state.redis_up = True
-        return bool(entries) or not self.burst or history
+        return bool(read) or not self.burst or history or bool(self._deferred)
 
-    def _saw(self, entries: Entries) -> None:
-        if entries and (self._last_seen is None or _newer(entries[-1][0], self._last_seen)):
-            self._last_seen = entries[-1][0]
+    def _saw(self, read: Read) -> None:
+        self._deferred_from(read)
+        for source, entry_id in read.last().items():
+            last = self._last_seen.get(source)
+            if last is None or _newer(entry_id, last):
+                self._last_seen[source] = entry_id
+
+    def _deferred_from(self, read: Read) -> None:
+        for source, ids in read.deferred.items():
+            self._deferred.setdefault(source, []).extend(ids)
+            last = self._last_seen.get(source)
+            if last is None or _newer(ids[-1], last):
+                self._last_seen[source] = ids[-1]
 
     def _lost(self, exc: BaseException) -> None:
         self.state.redis_failed(exc)
         self._reconnected = True
         # What we read may not have been answered: re-read our pending entries.
-        self._history_from, self._history_why = "0", "before a lost connection"
+        self._history, self._history_why = self._from_start(), "before a lost connection"
+        self._deferred = {}  # pending too: the history read takes them
 
     def _room(self, in_hand: int = 0) -> int:
         """How many entries the next read may take (``max_messages`` bounds it)."""
@@ -239,35 +272,107 @@ class Worker:
             await pause(self.stop, self.s.block_ms / 1000.0)
         return self._peer_has_model
 
-    async def _read(self, count: int) -> Entries:
-        """New entries (``>``), or first our own pending ones from before a restart or outage."""
-        start = self._history_from or ">"
-        # No BLOCK for our own history, nor in burst mode; else a short one (below the socket timeout).
-        block = None if (self._history_from is not None or self.burst) else self.s.block_ms
-        read = xreadgroup(
-            self.state.redis, self.s.group, self.s.consumer, self.streams.states, start, count, block
-        )
-        resp = await self._waiting(read, block)
-        entries: Entries = resp[0][1] if resp else []
-        self._saw(entries)
-        if self._history_from is not None:
-            # Step past what we got, so an entry left pending is not re-read in a loop
-            # (the reclaim pass takes care of it); deleted payloads come back as None.
-            self._history_from = entries[-1][0] if entries else None
-            entries = [(eid, f if f is not None else GONE) for eid, f in entries]
-            if entries:  # rare (a restart, a lost connection), and worth an operator's line
-                logger.log(
-                    logging.DEBUG if self._quiet_history else logging.INFO,
-                    "answering %d %s read by %s and not acknowledged (%s), from %s",
-                    len(entries),
-                    "entry" if len(entries) == 1 else "entries",
-                    self.s.consumer,
-                    self._history_why,
-                    as_text(entries[0][0]),
-                )
-        return entries
+    # -- reading ---------------------------------------------------------------------------
 
-    async def _waiting(self, read: Awaitable[Any], block: int | None) -> Any:
+    async def _read(self, count: int) -> Read:
+        """What to answer next: entries delivered but not read yet (over a read's budget),
+        our own pending ones from before a restart or an outage, or new ones (``>``),
+        waiting for them (BLOCK) when there are none."""
+        if count <= 0:
+            return Read()
+        self._by_id = bool(self._deferred)
+        if self._deferred:
+            deferred, self._deferred = self._deferred, {}
+            read = await self._by_ids(deferred)
+            self._saw(read)
+            return read
+        if self._history is not None:
+            return await self._read_history(count)
+        read = await self._script_read(">", count)
+        if not read and not read.deferred and not self.burst:
+            read = await self._waiting(self._wait_for_states(), self.s.block_ms)
+            if len(read) >= WAKE_COUNT and count > len(read):
+                # A burst woke us (act_many, a strategy's tick of many pairs): take the rest of
+                # it, bounded, into the same batch. A lone state costs no second round trip.
+                more = await self._script_read(">", count - len(read))
+                for (entry_id, fields), source in zip(more.entries, more.sources, strict=True):
+                    read.add(source, entry_id, fields)
+                read.deferred = more.deferred
+        self._saw(read)
+        return read
+
+    def args(self, mode: str) -> list[Any]:
+        return read_args(self.s.max_field_bytes, mode)
+
+    async def _script_read(self, start: str, count: int, starts: list[bytes | str] | None = None) -> Read:
+        ids = starts or [start] * len(self.keys)
+        reply = await self.reader(
+            keys=self.keys,
+            args=[
+                *self.args("group"),
+                self.s.group,
+                self.s.consumer,
+                per_stream(count, len(self.keys)),
+                *ids,
+            ],
+        )
+        return parse(reply)
+
+    async def _by_ids(self, ids: dict[int, list[bytes]]) -> Read:
+        args: list[Any] = self.args("ids")
+        for source in range(len(self.keys)):
+            chosen = ids.get(source, [])
+            args += [len(chosen), *chosen]
+        return parse(await self.reader(keys=self.keys, args=args))
+
+    async def _wait_for_states(self) -> Read:
+        """Block until states arrive (XREADGROUP BLOCK cannot run in a script): at most
+        WAKE_COUNT entries per stream, the only read whose payload the worker does not bound
+        (Redis's proto-max-bulk-len does)."""
+        redis, block = self.state.redis, self.s.block_ms
+        streams: dict[Any, Any] = dict.fromkeys(self.keys, ">")
+        if isinstance(redis, RedisCluster):
+            args: list[Any] = ["XREADGROUP", "GROUP", self.s.group, self.s.consumer, "COUNT", WAKE_COUNT]
+            args += ["BLOCK", block, "STREAMS", *self.keys, *streams.values()]
+            resp = await redis.execute_command(*args, target_nodes=redis.get_node_from_key(self.keys[0]))
+        else:
+            resp = await redis.xreadgroup(
+                self.s.group, self.s.consumer, streams, count=WAKE_COUNT, block=block
+            )
+        read = Read()
+        index = {key: n for n, key in enumerate(self.keys)}
+        for stream, entries in resp or []:
+            source = index[as_text(stream)]
+            for entry_id, fields in entries:
+                read.add(source, entry_id, fields)
+        return read
+
+    async def _read_history(self, count: int) -> Read:
+        """Our own pending entries, from where the last history read stopped in each
+        stream; the history is over when no stream has more."""
+        assert self._history is not None
+        starts = [self._history.get(n, MAX_ID) for n in range(len(self.keys))]
+        read = await self._script_read("0", count, starts)
+        # Step past what we got, so an entry left pending is not re-read in a loop (the
+        # reclaim pass takes care of it); a stream that gave nothing has no more history.
+        last = read.last()
+        for source, ids in read.deferred.items():
+            last[source] = ids[-1]
+        self._history = {source: last[source] for source in self._history if source in last} or None
+        self._saw(read)
+        if read:  # rare (a restart, a lost connection), and worth an operator's line
+            logger.log(
+                logging.DEBUG if self._quiet_history else logging.INFO,
+                "answering %d %s read by %s and not acknowledged (%s), from %s",
+                len(read),
+                "entry" if len(read) == 1 else "entries",
+                self.s.consumer,
+                self._history_why,
+                as_text(read.entries[0][0]),
+            )
+        return read
+
+    async def _waiting(self, read: Awaitable[Read], block: int | None) -> Read:
         """Await a read; a blocking one inside the spin window (IDLE_SPIN_MS) keeps
         this process on the CPU until the window ends: each ``sleep(0)`` lets the
         event loop poll its sockets without sleeping. On our VM a process that
@@ -283,8 +388,9 @@ class Worker:
         return await task
 
     async def _reclaim(self) -> None:
-        async for entries in self.recovery.claim():
-            await self.handle(entries, await self.recovery.delivery_counts(entries))
+        async for read, counts in self.recovery.claim():
+            self._deferred_from(read)  # claimed but not read (over the budget): read by id next
+            await self.handle(read, counts)
         await self.recovery.forget_departed()
         if self.s.trim_states:
             try:
@@ -296,55 +402,55 @@ class Worker:
                 )
         self.state.stats.reclaim_passes += 1
 
-    async def handle(
-        self, entries: Entries, counts: dict[bytes, int] | None = None, read_more: int = 0
-    ) -> Entries:
+    # -- answering -------------------------------------------------------------------------
+
+    async def handle(self, read: Read, counts: dict[bytes, int] | None = None, read_more: int = 0) -> Read:
         """Answer entries: poison ones (delivered too often) as ``internal``, the rest
         normally; a batch that fails is retried entry by entry so one bad entry
         cannot hold the others back. What still fails stays pending for reclaim.
         Returns the next batch when ``read_more`` asked for it."""
         if counts:
-            poison, entries = split_poison(entries, counts, self.s.max_deliveries)
+            poison, read = split_poison(read, counts, self.s.max_deliveries)
             if poison:
                 now_ms = self.clock.now_ms()
                 reqs = poison_requests(poison, counts, self.s.max_deliveries, now_ms, self.limits)
                 await self.answerer.answer(
-                    Outcome(poison, reqs, now_ms, time.perf_counter(), deliveries=counts)
+                    Outcome(poison.entries, reqs, now_ms, time.perf_counter(), deliveries=counts)
                 )
-        if not entries:
-            return []
+        if not read:
+            return Read()
         try:
-            return await self.process(entries, read_more)
+            return await self.process(read, read_more)
         except TRANSIENT:
             raise
         except Exception:
-            logger.exception("a batch of %d failed; answering its entries one by one", len(entries))
+            logger.exception("a batch of %d failed; answering its entries one by one", len(read))
             # A read made with the publish may have happened: re-read our pending entries.
-            if self._history_from is None:
-                self._history_from, self._history_why = "0", "left pending when a batch failed"
-        if len(entries) == 1:
+            if self._history is None:
+                self._history, self._history_why = self._from_start(), "left pending when a batch failed"
+        if len(read) == 1:
             self.state.stats.failed += 1
-            return []
-        for entry in entries:
+            return Read()
+        for i, (entry_id, _) in enumerate(read.entries):
             try:
-                await self.process([entry])
+                await self.process(read.take([i]))
             except TRANSIENT:
                 raise
             except Exception:
                 self.state.stats.failed += 1
-                logger.exception("entry %s failed; left pending for redelivery", entry[0].decode())
-        return []
+                logger.exception("entry %s failed; left pending for redelivery", entry_id.decode())
+        return Read()
 
-    async def process(self, entries: Entries, read_more: int = 0) -> Entries:
+    async def process(self, read: Read, read_more: int = 0) -> Read:
         """Decode → infer → answer one read; with ``read_more``, read up to that many
         new entries in the answer's round trip and return them."""
         t_read = time.perf_counter()
         now_ms = self.clock.now_ms()
         models = self.state.models
-        dec = decode_batch(entries, now_ms, self.limits, models.route)
-        out = Outcome(entries, dec.reqs, now_ms, t_read)
+        dec = decode_batch(read.entries, now_ms, self.limits, models.route, read.sources)
+        out = Outcome(read.entries, dec.reqs, now_ms, t_read)
         infer(out, dec, models.any_loaded)
-        ahead = await self.answerer.answer(out, read_more)
+        ahead = await self.answerer.answer(out, read_more, self._read_ahead if read_more else None)
         if self.state.shadow is not None and models.has_challengers:  # after the answers, never before
             try:
                 self._offer_shadow(self.state.shadow, out)
@@ -352,12 +458,21 @@ class Worker:
                 logger.exception("offering a batch to the challenger failed")
         return ahead
 
+    def _read_ahead(self, pipe: Any, count: int) -> None:
+        """Queue, in the publish's pipeline, a read of up to ``count`` new entries."""
+        args = [*self.args("group"), self.s.group, self.s.consumer, per_stream(count, len(self.keys))]
+        pipe.evalsha(self.reader.sha, len(self.keys), *self.keys, *args, *[">"] * len(self.keys))
+
     def _offer_shadow(self, shadow: Shadow, out: Outcome) -> None:
         for served in out.served:
             pairs = [out.reqs[i].pair for i in served.where]
             if any(shadow.challenger_for(p) is not None for p in set(pairs)):
                 ids = [out.reqs[i].entry_id for i in served.where]
                 shadow.offer(ShadowWork(pairs, ids, served.rows, served.actions, served.model))
+
+
+# The name the code used before the consume loop was named for what it is.
+Worker = ConsumeLoop
 
 
 def _newer(a: bytes, b: bytes) -> bool:

@@ -43,6 +43,7 @@ class Request:
     row: np.ndarray | None = None
     error: ErrorCode | None = None
     detail: str = ""
+    source: int = 0  # which of its consume loop's streams it came from (Streams.sources)
 
     def fail(self, code: ErrorCode, detail: str) -> Request:
         self.error, self.detail, self.row = code, detail, None
@@ -57,6 +58,7 @@ class Limits:
     default_stream: str
     reply_prefix: str
     default_ttl_ms: int
+    forbidden_prefixes: tuple[str, ...] = ()  # the shared stream may not name a strategy's replies
 
 
 def entry_time_ms(entry_id: str) -> int:
@@ -80,11 +82,14 @@ T = TypeVar("T")
 
 
 def _small(
-    fields: dict[bytes, bytes], name: bytes, problems: list[str], parse: Callable[..., T], *args: str
+    fields: dict[bytes, bytes], name: bytes, problems: list[str], parse: Callable[..., T], *args: object
 ) -> T | None:
     """``parse`` of one small field, or None when it is absent or bad (its problem noted)."""
     raw = fields.get(name)
     if raw is None:
+        return None
+    if isinstance(raw, Withheld):
+        problems.append(f"{name.decode()} is {raw.size} bytes")
         return None
     try:
         return parse(raw, *args)
@@ -97,10 +102,16 @@ def _client_id(raw: bytes) -> str:
     return _text(raw, "id", MAX_ID_CHARS)
 
 
-def _reply_to(raw: bytes, prefix: str) -> str:
+def _reply_to(raw: bytes, limits: Limits) -> str:
     reply = _text(raw, "reply_to", 256)
+    prefix = limits.reply_prefix
     if not reply.startswith(prefix) or len(reply) == len(prefix):
         raise ValueError(f"reply_to {reply!r} is not a stream name under {prefix!r}")
+    for owned in limits.forbidden_prefixes:
+        if reply.startswith(owned):
+            raise ValueError(
+                f"reply_to {reply!r} is a strategy's (under {owned!r}): send from its own stream"
+            )
     return reply
 
 
@@ -135,6 +146,28 @@ Entries = list[tuple[bytes, dict[bytes, bytes]]]
 # The fields of an entry whose payload is gone (XDEL'ed or trimmed while still
 # pending). Compared by identity, so no field set a client sends can look like it.
 GONE: dict[bytes, bytes] = {}
+
+
+class Withheld(bytes):
+    """A field value the worker did not read (worker/reads.py): too large, or (under
+    ``WITHHELD_FIELDS``) fields beyond what an entry may have. Empty, and no client can send
+    one: it stands for ``size`` bytes of the original that stayed in Redis."""
+
+    size: int
+
+    def __new__(cls, size: int) -> Withheld:
+        obj = super().__new__(cls, b"")
+        obj.size = size
+        return obj
+
+
+# Where the reader puts what it withheld of an entry with too many fields: their count.
+WITHHELD_FIELDS = b"\x00fields"
+
+
+def value_size(value: bytes) -> int:
+    """A field value's size in Redis (a withheld one's original size)."""
+    return value.size if isinstance(value, Withheld) else len(value)
 
 
 class Target(Protocol):
@@ -192,20 +225,25 @@ class Decoded:
 def decode_batch(
     entries: list[tuple[bytes, dict[bytes, bytes]]],
     now_ms: float,
-    limits: Limits,
+    limits: Limits | Sequence[Limits],
     route: Route,
+    sources: Sequence[int] | None = None,
 ) -> Decoded:
     """Decode a whole read. Never raises on bad input: problems become ``Request.error``.
 
-    The fields are checked entry by entry; each entry goes to the target its
-    ``pair`` routes to (its state size and contract are checked against it), and
-    a target's states are joined into one buffer and checked together
+    The fields are checked entry by entry, each with the limits of the stream it came
+    from (``sources``: its index into ``limits``; none: all from the first); each entry
+    goes to the target its ``pair`` routes to (its state size and contract are checked
+    against it), and a target's states are joined into one buffer and checked together
     (finiteness), the way its model consumes them."""
     reqs: list[Request] = []
     by_target: dict[int, tuple[Target, list[bytes], list[int]]] = {}
     unrouted: list[int] = []
-    for entry_id, fields in entries:
-        req, blob, target = _decode(entry_id, fields, now_ms, limits, route)
+    per_source = [limits] if isinstance(limits, Limits) else list(limits)
+    for n, (entry_id, fields) in enumerate(entries):
+        source = sources[n] if sources else 0
+        req, blob, target = _decode(entry_id, fields, now_ms, per_source[source], route)
+        req.source = source
         if blob is not None:
             if target is None:
                 if _finite(req, np.frombuffer(blob, dtype="<f4")):
@@ -274,15 +312,19 @@ def _decode(
             None,
             None,
         )
-    # Sizes first, before any parsing.
-    if len(fields) > MAX_FIELDS:
-        return req.fail("too_large", f"entry has {len(fields)} fields, the limit is {MAX_FIELDS}"), None, None
+    # Sizes first, before any parsing (a withheld value counts at its size in Redis).
+    extra = fields.get(WITHHELD_FIELDS)
+    count = len(fields) + (value_size(extra) - 1 if extra is not None else 0)
     too_large = None
+    if count > MAX_FIELDS:
+        too_large = f"entry has {count} fields, the limit is {MAX_FIELDS}"
     for name, value in fields.items():
-        if len(value) > limits.max_field_bytes or len(name) > 256:
-            shown = name[:64].decode("utf-8", "replace")
-            too_large = f"field {shown!r} is {len(value)} bytes, the limit is {limits.max_field_bytes}"
+        if too_large is not None:
             break
+        size = value_size(value)
+        if size > limits.max_field_bytes or len(name) > 256:
+            shown = name[:64].decode("utf-8", "replace")
+            too_large = f"field {shown!r} is {size} bytes, the limit is {limits.max_field_bytes}"
     # The small fields are read even for an oversized entry, so that its error
     # still carries the client's id and goes to its reply stream; each is read on
     # its own, so that one bad field does not lose the others (the id above all).
@@ -290,7 +332,7 @@ def _decode(
     cid = _small(fields, b"id", problems, _client_id)
     if cid:
         req.id = cid
-    reply = _small(fields, b"reply_to", problems, _reply_to, limits.reply_prefix)
+    reply = _small(fields, b"reply_to", problems, _reply_to, limits)
     if reply is not None:
         req.reply_to = reply
     pair = _small(fields, b"pair", problems, _pair)
@@ -448,11 +490,12 @@ def dead_letter_fields(
     out: dict[bytes | str, bytes | str] = {}
     for name, value in list(fields.items())[:MAX_FIELDS]:
         key = b"orig:" + name[:64]
-        out[key] = (
-            value
-            if len(value) <= DEAD_LETTER_VALUE_BYTES
-            else (value[:DEAD_LETTER_VALUE_BYTES] + b"...[cut]")
-        )
+        if isinstance(value, Withheld):  # never read: it stayed in Redis
+            out[key] = f"...[{value.size} bytes, not read]".encode()
+        elif len(value) <= DEAD_LETTER_VALUE_BYTES:
+            out[key] = value
+        else:
+            out[key] = value[:DEAD_LETTER_VALUE_BYTES] + b"...[cut]"
     out.update(
         {"entry_id": entry_id, "source_stream": source, "worker": worker, "error": error, "detail": detail}
     )

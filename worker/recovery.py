@@ -1,8 +1,9 @@
 """Recovery: find entries that other workers (or this one, before a restart)
-read but never answered (XAUTOCLAIM), count their deliveries (XPENDING), and
-turn entries delivered MAX_DELIVERIES times into ``internal`` answers with a
-dead letter, so nothing loops forever. It only finds and decides; the consume
-loop answers, through the one answer point."""
+read but never answered (XAUTOCLAIM, through worker/reads.py's script: ids first,
+payloads bounded), count their deliveries (XPENDING), and turn entries delivered
+MAX_DELIVERIES times into ``internal`` answers with a dead letter, so nothing loops
+forever; over every stream of the consume loop (shared and per strategy). It only
+finds and decides; the consume loop answers, through the one answer point."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from worker.protocol import GONE, Entries, Limits, Request, as_text, decode_entry
+from worker.protocol import GONE, Limits, Request, as_text, decode_entry
+from worker.reads import CLAIM_LUA, Read, parse_claim, read_args
 from worker.shards import Streams
 from worker.state import ServerState
 
@@ -36,11 +38,17 @@ class Recovery:
         self.s = state.settings
         self.streams = streams or state.streams
         self._forget = state.redis.register_script(FORGET_LUA)
+        self._claim = state.redis.register_script(CLAIM_LUA)
+        self.keys = [src.states for src in self.streams.sources]
 
     async def forget(self, consumer: str) -> bool:
-        """Remove ``consumer`` from the group if it holds nothing pending."""
-        removed = await self._forget(keys=[self.streams.states], args=[self.s.group, consumer])
-        return int(removed) >= 0
+        """Remove ``consumer`` from the group of every stream where it holds nothing pending;
+        whether it is gone from all of them."""
+        gone = True
+        for key in self.keys:
+            removed = await self._forget(keys=[key], args=[self.s.group, consumer])
+            gone = gone and int(removed) >= 0
+        return gone
 
     async def forget_departed(self) -> list[str]:
         """Remove consumers that hold nothing, have not read for CLAIM_IDLE_MS and have no
@@ -49,9 +57,17 @@ class Recovery:
         Redis 7.0 a blocked read that finds nothing does not reset a consumer's idle time,
         so a live worker on a quiet stream looks idle. Were one removed anyway, Redis
         would re-add it on its next read."""
+        gone: list[str] = []
+        for key in self.keys:
+            gone += await self._forget_departed(key)
+        if gone:
+            logger.info("removed %d departed consumer(s) from the group: %s", len(gone), ", ".join(gone[:5]))
+        return gone
+
+    async def _forget_departed(self, key: str) -> list[str]:
         redis, s = self.state.redis, self.s
         try:
-            consumers: list[dict[str, Any]] = await redis.xinfo_consumers(self.streams.states, s.group)
+            consumers: list[dict[str, Any]] = await redis.xinfo_consumers(key, s.group)
         except ResponseError as exc:
             if "no such key" not in str(exc):
                 raise
@@ -64,21 +80,30 @@ class Recovery:
             idle = name != s.consumer and int(c["pending"]) == 0 and int(c["idle"]) > s.claim_idle_ms
             if not idle or await redis.exists(f"{s.heartbeat_prefix}{name}"):
                 continue
-            if await self.forget(name):
+            removed = await self._forget(keys=[key], args=[s.group, name])
+            if int(removed) >= 0:
                 gone.append(name)
-        if gone:
-            logger.info("removed %d departed consumer(s) from the group: %s", len(gone), ", ".join(gone[:5]))
         return gone
 
     async def trim_answered(self) -> None:
-        """Trim the states stream of what every group is done with (XTRIM MINID ~): the
+        """Trim each states stream of what every group is done with (XTRIM MINID ~): the
         entries before the oldest one a group still needs — its oldest pending entry,
         or, with none pending, its last delivered one (everything after that it has not
         read yet). Without it the states stream only grows. Approximate, so Redis trims
         whole macro-nodes cheaply; never an entry a group has not acknowledged."""
-        redis, stream = self.state.redis, self.streams.states
+        for key in self.keys:
+            await self._trim(key)
+
+    async def _trim(self, stream: str) -> None:
+        redis = self.state.redis
         keep: tuple[int, int] | None = None
-        for group in await redis.xinfo_groups(stream):
+        try:
+            groups = await redis.xinfo_groups(stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc) and stream != self.streams.states:
+                return  # a strategy that has not sent anything yet
+            raise
+        for group in groups:
             first = group["last-delivered-id"]
             if int(group["pending"]):
                 # Read one round trip later: all may have been acknowledged since (min None).
@@ -91,42 +116,62 @@ class Recovery:
         if keep is not None and keep > (0, 0):
             await redis.xtrim(stream, minid=f"{keep[0]}-{keep[1]}", approximate=True)
 
-    async def delivery_counts(self, entries: Entries) -> dict[bytes, int]:
-        """How often each of our pending entries has been delivered (XPENDING)."""
-        ids = [eid for eid, _ in entries]
-        rows = await self.state.redis.xpending_range(
-            self.streams.states,
-            self.s.group,
-            min=ids[0],
-            max=ids[-1],
-            count=2 * len(ids) + 100,
-            consumername=self.s.consumer,
-        )
-        return {cast(bytes, row["message_id"]): int(row["times_delivered"]) for row in rows}
-
-    async def claim(self) -> AsyncIterator[Entries]:
-        """Take over entries idle longer than CLAIM_IDLE_MS (any consumer's, ours
-        too), a batch at a time, for the caller to answer."""
-        start: bytes | str = "0-0"
-        total = 0
-        for _ in range(MAX_CLAIM_ROUNDS):
-            next_id, claimed, deleted_ids = await self.state.redis.xautoclaim(
-                self.streams.states,
+    async def delivery_counts(self, read: Read) -> dict[bytes, int]:
+        """How often each of our pending entries of ``read`` has been delivered (XPENDING)."""
+        by_source: dict[int, list[bytes]] = {}
+        for (entry_id, _), source in zip(read.entries, read.sources, strict=True):
+            by_source.setdefault(source, []).append(entry_id)
+        counts: dict[bytes, int] = {}
+        for source, ids in by_source.items():
+            rows = await self.state.redis.xpending_range(
+                self.keys[source],
                 self.s.group,
-                self.s.consumer,
-                min_idle_time=self.s.claim_idle_ms,
-                start_id=start,
-                count=self.s.read_count,
+                min=ids[0],
+                max=ids[-1],
+                count=2 * len(ids) + 100,
+                consumername=self.s.consumer,
             )
-            # Redis drops ids whose payload was deleted from the PEL; answer them all the same.
-            entries: Entries = list(claimed) + [(eid, GONE) for eid in deleted_ids or []]
-            if entries:
-                total += len(entries)
-                self.state.stats.reclaimed += len(entries)
-                yield entries
-            if next_id in (b"0-0", "0-0"):
-                break
-            start = next_id
+            counts.update({cast(bytes, row["message_id"]): int(row["times_delivered"]) for row in rows})
+        return counts
+
+    async def claim(self) -> AsyncIterator[tuple[Read, dict[bytes, int]]]:
+        """Take over entries idle longer than CLAIM_IDLE_MS (any consumer's, ours
+        too), a batch at a time, for the caller to answer: each with its delivery count
+        (one higher for the claim), payloads bounded like any read's."""
+        total = 0
+        for source, key in enumerate(self.keys):
+            start: bytes | str = "0-0"
+            for _ in range(MAX_CLAIM_ROUNDS):
+                try:
+                    reply = await self._claim(
+                        keys=[key],
+                        args=[
+                            *read_args(self.s.max_field_bytes, "claim"),
+                            self.s.group,
+                            self.s.consumer,
+                            self.s.claim_idle_ms,
+                            start,
+                            self.s.read_count,
+                        ],
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc) and source > 0:
+                        break  # a strategy stream the loop has not created yet
+                    raise
+                got = parse_claim(reply, source)
+                read = got.read
+                # Redis drops ids whose payload was deleted from the PEL; answer them all the same.
+                for entry_id in got.gone:
+                    read.add(source, entry_id, GONE)
+                # Claimed but over the read's budget: ours now, read by id by the loop next.
+                claimed = len(read) + sum(len(ids) for ids in read.deferred.values())
+                if claimed:
+                    total += claimed
+                    self.state.stats.reclaimed += claimed
+                    yield read, got.counts
+                if got.next_id in (b"0-0", "0-0"):
+                    break
+                start = got.next_id
         if total:
             logger.info(
                 "reclaimed %d %s idle for more than %d ms",
@@ -136,22 +181,26 @@ class Recovery:
             )
 
 
-def split_poison(entries: Entries, counts: dict[bytes, int], max_deliveries: int) -> tuple[Entries, Entries]:
+def split_poison(read: Read, counts: dict[bytes, int], max_deliveries: int) -> tuple[Read, Read]:
     """(poison, rest): poison entries have been delivered ``max_deliveries`` times."""
-    poison = [e for e in entries if counts.get(e[0], 0) >= max_deliveries]
+    poison = [i for i, (eid, _) in enumerate(read.entries) if counts.get(eid, 0) >= max_deliveries]
     if not poison:
-        return [], entries
-    return poison, [e for e in entries if counts.get(e[0], 0) < max_deliveries]
+        return Read(), read
+    chosen = set(poison)
+    rest = read.take([i for i in range(len(read)) if i not in chosen])
+    rest.deferred = read.deferred
+    return read.take(poison), rest
 
 
 def poison_requests(
-    entries: Entries, counts: dict[bytes, int], max_deliveries: int, now_ms: float, limits: Limits
+    read: Read, counts: dict[bytes, int], max_deliveries: int, now_ms: float, limits: list[Limits]
 ) -> list[Request]:
     """Each poison entry's ``internal`` answer, addressed as the entry asked if
     its envelope can be read at all (decoding may be what fails on it)."""
     reqs = []
-    for eid, fields in entries:
-        req = _envelope(eid, fields, now_ms, limits)
+    for (eid, fields), source in zip(read.entries, read.sources, strict=True):
+        req = _envelope(eid, fields, now_ms, limits[source])
+        req.source = source
         req.fail(
             "internal",
             f"processing failed on each of {counts.get(eid, 0)} deliveries "
@@ -160,19 +209,19 @@ def poison_requests(
         reqs.append(req)
     logger.warning(
         "dead-lettering %d poison entr%s after %d deliveries: %s",
-        len(entries),
-        "y" if len(entries) == 1 else "ies",
+        len(read),
+        "y" if len(read) == 1 else "ies",
         max_deliveries,
-        ", ".join(eid.decode() for eid, _ in entries[:5]),
+        ", ".join(eid.decode() for eid, _ in read.entries[:5]),
     )
     return reqs
 
 
 def _envelope(eid: bytes, fields: dict[bytes, bytes], now_ms: float, limits: Limits) -> Request:
     try:
-        req = decode_entry(eid, fields, None, now_ms, limits)
-        if req.error in (None, "expired"):
-            return req
+        # Its id, reply_to and pair as far as they could be read (decoding the rest may be
+        # what fails on it: those keep their defaults then).
+        return decode_entry(eid, fields, None, now_ms, limits)
     except Exception:  # noqa: BLE001 - the entry is poison; fall back to the defaults
         pass
     text = eid.decode("ascii")

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.shards import MAX_SHARDS
+from worker.shards import MAX_SHARDS, STRATEGY_NAME, strategy_keys
 
 # redis-py 8 closes a socket idle for 5 s (its default socket_timeout); a
 # blocking read must return well before that.
@@ -91,7 +91,16 @@ class Settings(BaseSettings):
         "all",
         description="With REDIS_CLUSTER: the shards this worker serves, e.g. 0,2,5 or 0-3 (default all).",
     )
-    states_stream: str = Field("statpair:states", description="Input stream strategies XADD states to.")
+    states_stream: str = Field(
+        "statpair:states",
+        description="The shared input stream any client may XADD states to (deployments without ACLs).",
+    )
+    strategies: str = Field(
+        "",
+        description="Strategies with streams of their own, comma-separated: strategy S sends to "
+        "STATES_STREAM:S and gets answers under REPLY_PREFIX S: (default REPLY_PREFIX S:results), so "
+        "an ACL user per strategy can be kept to its own keys. Workers read every one, fairly.",
+    )
     group: str = Field("statpair-workers", description="Consumer group shared by all workers.")
     consumer: str = Field(
         default_factory=default_consumer_name, description="This worker's consumer name (default: host-pid)."
@@ -390,6 +399,35 @@ class Settings(BaseSettings):
         if not value.strip():  # an empty key or name is legal to Redis, and never what was meant
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        for name in names:
+            if not STRATEGY_NAME.fullmatch(name):
+                raise ValueError(
+                    f"strategy name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a "
+                    "letter or digit"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError("names a strategy twice")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _strategy_keys_are_free(self) -> Settings:
+        taken = {self.dead_stream, self.results_stream, self.control_stream, self.control_replies}
+        for name in self.strategy_names:
+            states, _, results = strategy_keys(self.states_stream, self.reply_prefix, name)
+            if states in taken or results in taken:
+                raise ValueError(
+                    f"STRATEGIES: strategy {name!r} would read or write a key of the workers' own"
+                )
+        return self
+
+    @property
+    def strategy_names(self) -> list[str]:
+        return [n for n in self.strategies.split(",") if n]
 
     @property
     def redis_url_masked(self) -> str:

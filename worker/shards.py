@@ -16,7 +16,9 @@ client uses it too.
 
 from __future__ import annotations
 
+import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -50,25 +52,79 @@ def tagged(name: str, tag: str) -> str:
     return f"{head}:{{{tag}}}:{rest}" if sep else f"{{{tag}}}:{name}"
 
 
+STRATEGY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def strategy_keys(states: str, reply_prefix: str, strategy: str) -> tuple[str, str, str]:
+    """A strategy's own states stream, reply prefix and default result stream (before any
+    shard tag): ``statpair:states:<strategy>``, ``statpair:actions:<strategy>:`` and
+    ``statpair:actions:<strategy>:results``. An ACL user per strategy may write only the
+    first and read and delete only under the second (docs/operations.md)."""
+    if not STRATEGY_NAME.fullmatch(strategy):
+        raise ValueError(
+            f"strategy name {strategy!r} must be 1-64 letters, digits, '_' or '-', starting with a "
+            "letter or digit"
+        )
+    prefix = f"{reply_prefix}{strategy}:"
+    return f"{states}:{strategy}", prefix, f"{prefix}results"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One stream a consume loop reads states from, where their answers go by default and
+    the prefix a ``reply_to`` from it must carry: the shared stream (any client) or one
+    strategy's own."""
+
+    states: str
+    results: str
+    reply_prefix: str
+    strategy: str | None = None
+
+
 @dataclass(frozen=True)
 class Streams:
-    """The streams one consume loop works on: its input stream, where results and
-    dead letters go, the prefix a client's reply stream must carry; for a shard,
-    all under the shard's tag (unsharded: the configured names as they are)."""
+    """The streams one consume loop works on: the streams it reads (``sources``: the shared
+    states stream first, then each strategy's), where results and dead letters go, the
+    prefix a client's reply stream must carry; for a shard, all under the shard's tag
+    (unsharded: the configured names as they are)."""
 
     shard: int
     states: str
     results: str
     dead: str
     reply_prefix: str
+    sources: tuple[Source, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            object.__setattr__(self, "sources", (Source(self.states, self.results, self.reply_prefix),))
 
     @classmethod
     def of(
-        cls, shard: int, shards: int, states: str, results: str, dead: str, reply_prefix: str, sharded: bool
+        cls,
+        shard: int,
+        shards: int,
+        states: str,
+        results: str,
+        dead: str,
+        reply_prefix: str,
+        sharded: bool,
+        strategies: Sequence[str] = (),
     ) -> Streams:
-        if not sharded:
-            return cls(0, states, results, dead, reply_prefix)
-        tag = shard_tag(shard, shards)
+        tag = shard_tag(shard, shards) if sharded else None
+
+        def key(name: str) -> str:
+            return name if tag is None else tagged(name, tag)
+
+        sources = [Source(key(states), key(results), key(reply_prefix))]
+        for strategy in strategies:
+            own_states, own_prefix, own_results = strategy_keys(states, reply_prefix, strategy)
+            sources.append(Source(key(own_states), key(own_results), key(own_prefix), strategy))
         return cls(
-            shard, tagged(states, tag), tagged(results, tag), tagged(dead, tag), tagged(reply_prefix, tag)
+            shard if sharded else 0,
+            key(states),
+            key(results),
+            key(dead),
+            key(reply_prefix),
+            tuple(sources),
         )

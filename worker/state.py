@@ -51,7 +51,14 @@ class Stats:
 def streams_for(s: Settings, shard: int = 0) -> Streams:
     """The streams of ``shard`` (with Redis Cluster: under its hash tag; else the names as set)."""
     return Streams.of(
-        shard, s.shards, s.states_stream, s.results_stream, s.dead_stream, s.reply_prefix, s.redis_cluster
+        shard,
+        s.shards,
+        s.states_stream,
+        s.results_stream,
+        s.dead_stream,
+        s.reply_prefix,
+        s.redis_cluster,
+        s.strategy_names,
     )
 
 
@@ -102,15 +109,22 @@ class ServerState:
         """The streams of every shard this worker serves (unsharded: one)."""
         return [streams_for(self.settings, shard) for shard in self.settings.served_shards]
 
-    def limits(self, streams: Streams) -> Limits:
-        """What decoding an entry of ``streams`` needs."""
+    def limits(self, streams: Streams) -> list[Limits]:
+        """What decoding an entry needs, for each of the streams' sources (in order): its
+        default result stream and the prefix its reply streams must carry (the shared
+        stream's may not name a strategy's)."""
         s = self.settings
-        return Limits(
-            max_field_bytes=s.max_field_bytes,
-            default_stream=streams.results,
-            reply_prefix=streams.reply_prefix,
-            default_ttl_ms=s.state_ttl_ms,
-        )
+        owned = tuple(src.reply_prefix for src in streams.sources if src.strategy is not None)
+        return [
+            Limits(
+                max_field_bytes=s.max_field_bytes,
+                default_stream=src.results,
+                reply_prefix=src.reply_prefix,
+                default_ttl_ms=s.state_ttl_ms,
+                forbidden_prefixes=() if src.strategy is not None else owned,
+            )
+            for src in streams.sources
+        ]
 
     def redis_failed(self, _exc: BaseException) -> None:
         self.stats.redis_errors += 1
