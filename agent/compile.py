@@ -4,6 +4,7 @@ upstream deprecation warning."""
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from collections.abc import Callable
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 # `torch.compile` or `torch.export`." (and the same for jit.freeze and
 # jit.optimize_for_inference) on every call. TorchScript still works and is what
 # this project measures; we silence exactly those messages, here only.
-_DEPRECATION_MESSAGE = r"`torch\.jit\.(script|freeze|optimize_for_inference)` is deprecated"
+_DEPRECATION_MESSAGE = r"`torch\.jit\.(script|freeze|optimize_for_inference|save|load)` is deprecated"
 
 Infer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -47,11 +48,22 @@ def _deterministic(module: nn.Module) -> Infer:
 def _script(module: nn.Module) -> torch.jit.ScriptModule:
     """Script, then freeze and optimize for inference (folds the weights in as
     constants and fuses ops: half the cost of a batch-1 call made after the core
-    sat idle, 80 → 41 µs for a 64-64 actor on our 2-core machines)."""
+    sat idle, 80 → 41 µs for a 64-64 actor on our 2-core machines).
+
+    Frozen in a compilation unit of its own (the scripted module saved to memory and
+    loaded back): freezing registers a new type, its weights inlined, in the module's
+    unit, and the unit every scripted Python class shares lives forever, so each
+    hot reload kept its weights (+1.1 MB RSS a reload of a 256-256 actor, 0.5 of it
+    freeze's, 0.6 optimize_for_inference's). A loaded module's unit dies with it:
+    +0.004 MB a reload (measured over 150)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATION_MESSAGE, category=DeprecationWarning)
         scripted = torch.jit.script(module).eval()
-        frozen = torch.jit.freeze(scripted, preserved_attrs=["deterministic"])
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+        buffer.seek(0)
+        own = torch.jit.load(buffer).eval()  # type: ignore[no-untyped-call]
+        frozen = torch.jit.freeze(own, preserved_attrs=["deterministic"])
         return torch.jit.optimize_for_inference(frozen, other_methods=["deterministic"])
 
 

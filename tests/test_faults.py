@@ -461,3 +461,55 @@ async def test_entries_of_25_mb_cannot_take_a_worker_down(tmp_path: Path, server
     assert len(dead) == 25 and all(len(f.get(b"orig:state", b"")) < 100 for f in dead)  # not copied
     assert (await redis.xinfo_groups("statpair:states"))[0]["pending"] == 0
     await redis.aclose()
+
+
+# -- 8. reload memory -------------------------------------------------------------------
+
+RELOADS = """
+import gc, sys
+from pathlib import Path
+import torch
+from agent.actor import SACActor
+from agent.checkpoint import save_checkpoint
+from tests.conftest import CONTRACT
+from worker.model import prepare
+
+def rss_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+
+torch.set_num_threads(1)
+path = Path(sys.argv[1])
+for seed in range(2):  # two files, served in turn: reloads of new weights, not a cache
+    torch.manual_seed(seed)
+    actor = SACActor(state_dim=28, hidden=(256, 256))
+    save_checkpoint(actor, path.with_suffix(f".{seed}.pt"), {}, contract=CONTRACT)
+served = []
+for i in range(int(sys.argv[2])):
+    served = [prepare(path.with_suffix(f".{i % 2}.pt"), jit=True)]  # the previous one let go
+    gc.collect()
+    if i == 9:
+        first = rss_mb()
+assert served[0].backend == "jit"
+print(rss_mb() - first)
+"""
+
+
+@pytest.mark.slow
+def test_torchscript_reloads_keep_memory_flat(tmp_path: Path) -> None:
+    """+1.1 MB RSS a TorchScript reload of a 256-256 actor (264 → 815 MB after 500): each
+    frozen module's weights stayed in the compilation unit every scripted class shares."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-c", RELOADS, str(tmp_path / "m"), "110"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    grown = float(out.stdout.strip().splitlines()[-1])
+    assert grown < 20, f"RSS grew {grown:.1f} MB over 100 TorchScript reloads"
