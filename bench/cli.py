@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = "actor"
-    if argv and argv[0] in {"actor", "e2e", "client", "demo", "replay"}:
+    if argv and argv[0] in {"actor", "e2e", "client", "demo", "replay", "chaos"}:
         command = argv.pop(0)
     if command == "demo":
         from bench import demo
@@ -39,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         client_cli.add_arguments(parser)
         return client_cli.main(parser.parse_args(argv))
+    if command == "chaos":
+        from bench import chaos
+
+        parser = argparse.ArgumentParser(
+            prog="python -m bench chaos",
+            description=chaos.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        chaos.add_arguments(parser)
+        return chaos.main(parser.parse_args(argv))
     if command == "replay":
         from bench import replay
         from bench.replay import cli as replay_cli
@@ -57,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         description=actor.__doc__,
         epilog="`python -m bench e2e --help`: the end-to-end benchmark through Redis; "
         "`python -m bench client --help`: the client's round trip; `python -m bench replay --help`: "
-        "serving against offline on a price file; `python -m bench demo`: the demo.",
+        "serving against offline on a price file; `python -m bench chaos --help`: faults, counted; "
+        "`python -m bench demo`: the demo.",
     )
     actor.add_arguments(parser)
     return actor.main(parser.parse_args(argv))
