@@ -175,3 +175,26 @@ def test_a_cluster_client_without_its_connection_kwargs_is_named() -> None:
 
     assert connection.cluster_misfit(Bare()) == "RedisCluster.connection_kwargs is gone"
     assert connection.pool_misfit(object()) == "a client's connection_pool.connection_class is gone"
+
+
+def test_the_parser_internals_the_reply_bound_rests_on_are_there() -> None:
+    misfit = connection.parser_misfit()
+    assert misfit is None, f"redis-py {redis_py.__version__} no longer fits the reply bound: {misfit}"
+    assert connection.bounded_parser(1 << 20) is not None
+
+
+@pytest.mark.integration
+async def test_a_reply_past_the_bound_is_refused_and_the_connection_goes_on(redis_url: str) -> None:
+    """The worker's connections refuse a reply larger than MAX_REPLY_BYTES before it is all in
+    memory (a read of 20 entries of 25 MB took workers down); the next command is answered."""
+    client = redis_client(redis_url, max_reply_bytes=1 << 20)
+    try:
+        await client.set("bound:big", b"x" * (3 << 20))
+        await client.set("bound:small", b"y")
+        with pytest.raises(connection.ReplyTooLarge, match="more than 1048576 bytes"):
+            await client.get("bound:big")
+        assert await client.get("bound:small") == b"y"  # a fresh connection, nothing left over
+        assert await client.strlen("bound:big") == 3 << 20
+    finally:
+        await client.delete("bound:big", "bound:small")
+        await client.aclose()

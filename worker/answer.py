@@ -29,7 +29,7 @@ from worker.protocol import (
     ok_values,
 )
 from worker.publish import PUBLISH_LUA, Batch, failures, refused
-from worker.reads import Read, parse
+from worker.reads import Read
 from worker.shards import Streams
 from worker.state import ServerState
 
@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 # (entries by outcome: "ok" or an error code, infer seconds, batch latency seconds, queue_ms per entry)
 BatchObserver = Callable[[Counter[str], float, float, list[float]], None]
-# Queues, in the publish's pipeline, a read of up to n new entries (the consume loop's).
-ReadAhead = Callable[[Any, int], None]
+# The consume loop's read made in the publish's round trip: one queues it in the pipeline
+# (up to n new entries), the other turns its reply into a Read.
+ReadAhead = tuple[Callable[[Any, int], None], Callable[[Any], "Read"]]
 
 DEAD_LETTER_CODES = frozenset({"invalid_state", "too_large", "internal"})
 
@@ -174,16 +175,17 @@ class Answerer:
         redis = self.state.redis
         if not read_more or read_ahead is None:
             return Read(), await batch.run(redis, self.script)
+        queue_read, parse_read = read_ahead
         pipe = redis.pipeline(transaction=False)
         batch.queue(pipe, self.script)
-        read_ahead(pipe, read_more)
+        queue_read(pipe, read_more)
         published, resp = await pipe.execute(raise_on_error=False)
         ahead = Read()
         if isinstance(resp, Exception):  # the next plain read will meet it again (or load the script)
             if not isinstance(resp, NoScriptError):
                 logger.warning("read-ahead failed: %s", resp)
         else:
-            ahead = parse(resp)
+            ahead = parse_read(resp)
         if isinstance(published, NoScriptError):  # Redis restarted or SCRIPT FLUSH
             return ahead, await batch.run(redis, self.script)
         if isinstance(published, Exception):

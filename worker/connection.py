@@ -29,12 +29,18 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 _hiredis_pack: Callable[..., bytes] | None
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # hiredis missing: keep redis-py's Python packer
     _hiredis_pack = None
+_HiredisParser: type | None
+try:
+    from redis._parsers import _AsyncHiredisParser as _HiredisParser
+except ImportError:  # an upstream that moved it: replies are not bounded (the worker says so)
+    _HiredisParser = None
 
 Client = Redis | RedisCluster
 
@@ -88,6 +94,74 @@ class HiredisPackMixin:
 
 
 _classes: dict[type, type] = {}
+
+
+class ReplyTooLarge(RedisError):
+    """A reply larger than its connection's bound: redis-py drops the connection before the
+    rest is read (and, not a ConnectionError, does not send the command again); what the
+    command did on the server stands, e.g. entries an XREADGROUP delivered stay pending,
+    for a bounded read to take. The worker's retry loop takes it as a lost connection."""
+
+
+_bounded: dict[int, type] = {}
+
+
+def bounded_parser(limit: int) -> type | None:
+    """redis-py's hiredis parser refusing, with ``ReplyTooLarge``, any reply past ``limit``
+    bytes before it is all in memory; None when hiredis or the parser is not there (then
+    nothing bounds a reply: the worker reads states through its bounded script instead)."""
+    if _HiredisParser is None or _hiredis_pack is None or parser_misfit() is not None:
+        return None
+    if limit not in _bounded:
+        base: Any = _HiredisParser
+
+        class BoundedHiredisParser(base):  # type: ignore[misc]
+            max_reply_bytes = limit
+            _fed = 0
+
+            async def read_response(self, disable_decoding: bool = False, push_request: bool = False) -> Any:
+                self._fed = 0
+                return await super().read_response(disable_decoding, push_request)
+
+            async def read_from_socket(self) -> bool:
+                # redis-py's own, with the count: read a chunk, feed the hiredis reader.
+                buffer = await self._stream.read(self._read_size)
+                if not buffer or not isinstance(buffer, bytes):
+                    raise RedisConnectionError("Connection closed by server.")
+                self._fed += len(buffer)
+                if self._fed > self.max_reply_bytes:
+                    raise ReplyTooLarge(
+                        f"a reply of more than {self.max_reply_bytes} bytes was refused (the connection "
+                        "is dropped, the rest of it not read)"
+                    )
+                self._reader.feed(buffer)
+                return True
+
+        _bounded[limit] = BoundedHiredisParser
+    return _bounded[limit]
+
+
+def parser_misfit() -> str | None:
+    """What of redis-py's hiredis parser the bound relies on is gone (None: it fits)."""
+    if _HiredisParser is None:
+        return "redis._parsers._AsyncHiredisParser is gone"
+    for name, params in (
+        ("read_from_socket", ("self",)),
+        ("read_response", ("self", "disable_decoding", "push_request")),
+        ("on_connect", ("self", "connection")),
+    ):
+        fn = getattr(_HiredisParser, name, None)
+        if not callable(fn):
+            return f"_AsyncHiredisParser.{name} is gone"
+        found = tuple(inspect.signature(fn).parameters)
+        if found != params:
+            return f"_AsyncHiredisParser.{name} takes ({', '.join(found)}), not ({', '.join(params)})"
+    if "_read_size" not in getattr(_HiredisParser, "__slots__", ()) and not any(
+        "_read_size" in getattr(k, "__slots__", ()) for k in _HiredisParser.__mro__
+    ):
+        return "_AsyncHiredisParser has no _read_size"
+    return None
+
 
 # What the mixins override or call, with the parameters they pass (redis-py 5.0 … 8.2).
 _RELIED_ON: dict[str, tuple[str, ...]] = {
@@ -159,15 +233,29 @@ def _fast(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return _classes[cls]
 
 
-def redis_client(url: str, *, cluster: bool = False, ca_file: Path | None = None, **kwargs: Any) -> Client:
+def redis_client(
+    url: str,
+    *,
+    cluster: bool = False,
+    ca_file: Path | None = None,
+    max_reply_bytes: int | None = None,
+    **kwargs: Any,
+) -> Client:
     """``Redis.from_url`` (or ``RedisCluster.from_url``) with hiredis command packing
-    when hiredis is installed, and ``ca_file`` to verify a rediss:// server."""
+    when hiredis is installed, ``ca_file`` to verify a rediss:// server, and, with
+    ``max_reply_bytes``, every reply bounded (``ReplyTooLarge``) when the parser allows."""
     if ca_file is not None:
         kwargs["ssl_ca_certs"] = str(ca_file)
+    parser = bounded_parser(max_reply_bytes) if max_reply_bytes is not None else None
     if cluster:
         rc = RedisCluster.from_url(url, **kwargs)
         if not fits(upstream_misfit() or cluster_misfit(rc)):
             return rc
+        if parser is not None:  # RedisCluster takes no parser_class: every node's connections do
+            rc.connection_kwargs["parser_class"] = parser
+            rc.nodes_manager.connection_kwargs["parser_class"] = parser
+            for node in rc.nodes_manager.startup_nodes.values():
+                node.connection_kwargs["parser_class"] = parser
         fast = cast(
             type[Connection], _fast(SSLConnection if url.lower().startswith("rediss://") else Connection)
         )
@@ -179,6 +267,8 @@ def redis_client(url: str, *, cluster: bool = False, ca_file: Path | None = None
         for node in rc.nodes_manager.startup_nodes.values():
             node.connection_class = fast
         return rc
+    if parser is not None:
+        kwargs["parser_class"] = parser
     client = Redis.from_url(url, **kwargs)
     if fits(upstream_misfit() or pool_misfit(client)):
         pool = client.connection_pool

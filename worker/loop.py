@@ -38,9 +38,6 @@ HAS_ENTRY_LUA = "return #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])"
 # Redis's answers when the stream or its group is deleted under a reader: recreate and go on.
 GROUP_GONE = ("NOGROUP", "UNBLOCKED")
 MAX_ID = "18446744073709551615-18446744073709551615"  # a history read from here finds nothing
-# Entries per stream the blocking wait takes: two tells a burst (read the rest at once,
-# bounded) from a lone state (answered without a second round trip).
-WAKE_COUNT = 2
 
 
 class ConsumeLoop:
@@ -288,16 +285,14 @@ class ConsumeLoop:
             return read
         if self._history is not None:
             return await self._read_history(count)
-        read = await self._script_read(">", count)
-        if not read and not read.deferred and not self.burst:
-            read = await self._waiting(self._wait_for_states(), self.s.block_ms)
-            if len(read) >= WAKE_COUNT and count > len(read):
-                # A burst woke us (act_many, a strategy's tick of many pairs): take the rest of
-                # it, bounded, into the same batch. A lone state costs no second round trip.
-                more = await self._script_read(">", count - len(read))
-                for (entry_id, fields), source in zip(more.entries, more.sources, strict=True):
-                    read.add(source, entry_id, fields)
-                read.deferred = more.deferred
+        if not self.state.replies_bounded:  # nothing bounds a plain read's reply: the script does
+            read = await self._script_read(">", count)
+            if read or read.deferred or self.burst:
+                self._saw(read)
+                return read
+        # No BLOCK in burst mode; else a short one (below the socket timeout).
+        block = None if self.burst else self.s.block_ms
+        read = await self._waiting(self._plain_read(count, block), block)
         self._saw(read)
         return read
 
@@ -325,26 +320,37 @@ class ConsumeLoop:
             args += [len(chosen), *chosen]
         return parse(await self.reader(keys=self.keys, args=args))
 
-    async def _wait_for_states(self) -> Read:
-        """Block until states arrive (XREADGROUP BLOCK cannot run in a script): at most
-        WAKE_COUNT entries per stream, the only read whose payload the worker does not bound
-        (Redis's proto-max-bulk-len does)."""
-        redis, block = self.state.redis, self.s.block_ms
+    async def _plain_read(self, count: int, block: int | None) -> Read:
+        """New entries of every stream (a fair COUNT each), as XREADGROUP gives them: its
+        reply is bounded by the connection (MAX_REPLY_BYTES: past it the read is refused and
+        what it delivered is read again, bounded, as history)."""
+        redis = self.state.redis
+        each = per_stream(count, len(self.keys))
         streams: dict[Any, Any] = dict.fromkeys(self.keys, ">")
         if isinstance(redis, RedisCluster):
-            args: list[Any] = ["XREADGROUP", "GROUP", self.s.group, self.s.consumer, "COUNT", WAKE_COUNT]
-            args += ["BLOCK", block, "STREAMS", *self.keys, *streams.values()]
+            args: list[Any] = ["XREADGROUP", "GROUP", self.s.group, self.s.consumer, "COUNT", each]
+            if block is not None:
+                args += ["BLOCK", block]
+            args += ["STREAMS", *self.keys, *streams.values()]
             resp = await redis.execute_command(*args, target_nodes=redis.get_node_from_key(self.keys[0]))
         else:
-            resp = await redis.xreadgroup(
-                self.s.group, self.s.consumer, streams, count=WAKE_COUNT, block=block
-            )
+            resp = await redis.xreadgroup(self.s.group, self.s.consumer, streams, count=each, block=block)
+        return self.plain(resp)
+
+    def plain(self, resp: Any) -> Read:
+        """XREADGROUP's reply (per stream: its name and entries) as a Read."""
         read = Read()
+        if not resp:
+            return read
+        if len(resp) == 1 and len(self.keys) == 1:  # the usual case, one stream: no lookups
+            read.entries = resp[0][1]
+            read.sources = [0] * len(read.entries)
+            return read
         index = {key: n for n, key in enumerate(self.keys)}
-        for stream, entries in resp or []:
+        for stream, entries in resp:
             source = index[as_text(stream)]
-            for entry_id, fields in entries:
-                read.add(source, entry_id, fields)
+            read.entries += entries
+            read.sources += [source] * len(entries)
         return read
 
     async def _read_history(self, count: int) -> Read:
@@ -450,7 +456,7 @@ class ConsumeLoop:
         dec = decode_batch(read.entries, now_ms, self.limits, models.route, read.sources)
         out = Outcome(read.entries, dec.reqs, now_ms, t_read)
         infer(out, dec, models.any_loaded)
-        ahead = await self.answerer.answer(out, read_more, self._read_ahead if read_more else None)
+        ahead = await self.answerer.answer(out, read_more, (self._read_ahead, self._parse_ahead))
         if self.state.shadow is not None and models.has_challengers:  # after the answers, never before
             try:
                 self._offer_shadow(self.state.shadow, out)
@@ -459,9 +465,17 @@ class ConsumeLoop:
         return ahead
 
     def _read_ahead(self, pipe: Any, count: int) -> None:
-        """Queue, in the publish's pipeline, a read of up to ``count`` new entries."""
-        args = [*self.args("group"), self.s.group, self.s.consumer, per_stream(count, len(self.keys))]
-        pipe.evalsha(self.reader.sha, len(self.keys), *self.keys, *args, *[">"] * len(self.keys))
+        """Queue, in the publish's pipeline, a read of up to ``count`` new entries (bounded
+        as a plain read is; without that bound, through the reading script)."""
+        each = per_stream(count, len(self.keys))
+        if self.state.replies_bounded:
+            pipe.xreadgroup(self.s.group, self.s.consumer, dict.fromkeys(self.keys, ">"), count=each)
+        else:
+            args = [*self.args("group"), self.s.group, self.s.consumer, each]
+            pipe.evalsha(self.reader.sha, len(self.keys), *self.keys, *args, *[">"] * len(self.keys))
+
+    def _parse_ahead(self, resp: Any) -> Read:
+        return self.plain(resp) if self.state.replies_bounded else parse(resp)
 
     def _offer_shadow(self, shadow: Shadow, out: Outcome) -> None:
         for served in out.served:

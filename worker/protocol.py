@@ -88,9 +88,6 @@ def _small(
     raw = fields.get(name)
     if raw is None:
         return None
-    if isinstance(raw, Withheld):
-        problems.append(f"{name.decode()} is {raw.size} bytes")
-        return None
     try:
         return parse(raw, *args)
     except ValueError as exc:
@@ -312,19 +309,20 @@ def _decode(
             None,
             None,
         )
-    # Sizes first, before any parsing (a withheld value counts at its size in Redis).
-    extra = fields.get(WITHHELD_FIELDS)
-    count = len(fields) + (value_size(extra) - 1 if extra is not None else 0)
+    # Sizes first, before any parsing.
     too_large = None
-    if count > MAX_FIELDS:
-        too_large = f"entry has {count} fields, the limit is {MAX_FIELDS}"
-    for name, value in fields.items():
-        if too_large is not None:
-            break
-        size = value_size(value)
-        if size > limits.max_field_bytes or len(name) > 256:
-            shown = name[:64].decode("utf-8", "replace")
-            too_large = f"field {shown!r} is {size} bytes, the limit is {limits.max_field_bytes}"
+    withheld = fields.get(WITHHELD_FIELDS)  # the reader withheld something (worker/reads.py)
+    if withheld is not None:
+        too_large = _withheld(fields, withheld, limits)
+        fields = {k: v for k, v in fields.items() if not isinstance(v, Withheld)}
+    elif len(fields) > MAX_FIELDS:
+        too_large = f"entry has {len(fields)} fields, the limit is {MAX_FIELDS}"
+    else:
+        for name, value in fields.items():
+            if len(value) > limits.max_field_bytes or len(name) > 256:
+                shown = name[:64].decode("utf-8", "replace")
+                too_large = f"field {shown!r} is {len(value)} bytes, the limit is {limits.max_field_bytes}"
+                break
     # The small fields are read even for an oversized entry, so that its error
     # still carries the client's id and goes to its reply stream; each is read on
     # its own, so that one bad field does not lose the others (the id above all).
@@ -421,6 +419,18 @@ def _decode(
         detail = f"state has {size} values, the model expects {target.state_dim}"
         return req.fail("invalid_state", detail), None, None
     return req, blob, target
+
+
+def _withheld(fields: dict[bytes, bytes], marker: bytes, limits: Limits) -> str:
+    """Why an entry whose fields the reader did not all read is too large."""
+    count = value_size(marker)
+    if count > MAX_FIELDS:
+        return f"entry has {count} fields, the limit is {MAX_FIELDS}"
+    for name, value in fields.items():
+        if isinstance(value, Withheld) and name != WITHHELD_FIELDS:
+            shown = name[:64].decode("utf-8", "replace")
+            return f"field {shown!r} is {value.size} bytes, the limit is {limits.max_field_bytes}"
+    return f"entry is larger than the limit of {limits.max_field_bytes} bytes a field"
 
 
 def discrete(action: float, dead_band: float) -> int:

@@ -1,22 +1,25 @@
-"""Reading states without trusting their size: every read of a consume loop goes through
-a server-side script that returns each entry's small fields and withholds the rest.
+"""Reading states without trusting their size.
 
-A value larger than MAX_FIELD_BYTES stays in Redis: the worker gets its size
-(``protocol.Withheld``) and answers the entry ``too_large`` (its dead letter copies what
-fits). An entry with more than MAX_FIELDS fields keeps only its addressing fields. A read
-stops taking payloads past READ_BUDGET_BYTES: the entries delivered beyond it are
-returned by id (``deferred``) and read by id next. Before this, a read of up to 128
-entries pulled every payload into the worker: 20 entries of 25 MB took 7 of 7 workers
-down under a 1.5 GB address-space cap, and the 5-delivery dead-letter rule never fired,
-since that path read the payloads too.
+New states are read with plain XREADGROUP on connections whose every reply is bounded
+(MAX_REPLY_BYTES, worker/connection.py): a reply past it is refused before it is all in
+memory, the connection dropped, and the entries it delivered (pending now) are read again
+as history, through the script here. Before, a read of up to 128 entries pulled every
+payload into the worker: 20 entries of 25 MB took 7 of 7 workers down under a 1.5 GB
+address-space cap, and the 5-delivery dead-letter rule never fired, since that path read
+the payloads too.
+
+The script (history, entries read by id, reclaims; and every read when replies cannot be
+bounded) returns each entry's small fields and withholds the rest: a value larger than
+MAX_FIELD_BYTES stays in Redis and the worker gets its size (``protocol.Withheld``),
+answers the entry ``too_large`` and dead-letters what fits; an entry with more than
+MAX_FIELDS fields keeps only its addressing fields; past READ_BUDGET_BYTES a read returns
+the entries it delivered by id (``deferred``), read by id next. It costs Redis about 4 µs
+an entry more than a plain read (converting the reply into Lua and back), which is why
+the hot path does not use it.
 
 Reclaiming (XAUTOCLAIM) goes through a script as well: it claims ids only (JUSTID), bumps
 each one's delivery count as a plain claim would (XCLAIM RETRYCOUNT), and returns the
-payloads the same bounded way, so a poison entry is dead-lettered without being read.
-
-The one read that can still carry a large payload is the blocking wait when the stream
-is idle (XREADGROUP BLOCK cannot run in a script): it asks for one entry per stream.
-Bound that too with Redis's own ``proto-max-bulk-len`` (docs/operations.md)."""
+payloads the same bounded way, so a poison entry is dead-lettered without being read."""
 
 from __future__ import annotations
 
@@ -32,44 +35,59 @@ KEEP = ("id", "reply_to", "pair", "ttl_ms", "contract")  # kept of an entry with
 
 _SHAPE = """
 local max_value = tonumber(ARGV[2])
-local max_fields = tonumber(ARGV[3])
+local max_fields = 2 * tonumber(ARGV[3])
 local budget = tonumber(ARGV[4])
 local keep = KEEP_TABLE
 local used, taken, over = 0, 0, false
--- One entry as the worker gets it: {id, 'ok', fields, withheld} with every value over
--- max_value replaced by '' and named in withheld (with its size); {id, 'deferred'} past
--- the budget; {id, 'gone'} when its payload is no longer in the stream.
+-- One entry as the worker gets it. Most entries: {id, fields}, the very table Redis gave
+-- (nothing copied). An entry with a value over max_value, a name over 256 bytes or more
+-- than max_fields fields: {id, fields kept (withheld values as ''), withheld (name, size)
+-- pairs}. Past the budget: {id, 1} (deferred: read by id next). No payload: {id, 0}.
 local function shape(id, fields)
-  if not fields then return {id, 'gone'} end
-  if over then return {id, 'deferred'} end
-  local flat, held, kept = {}, {}, 0
-  local n = #fields / 2
-  for j = 1, #fields, 2 do
-    local name, v = fields[j], fields[j + 1]
-    if n > max_fields and not keep[name] then
-      -- counted under the marker below, not read
-    elseif #v > max_value or #name > 256 then
-      flat[#flat + 1] = name
-      flat[#flat + 1] = ''
-      held[#held + 1] = name
-      held[#held + 1] = tostring(#v)
-    else
-      flat[#flat + 1] = name
-      flat[#flat + 1] = v
-      kept = kept + #v + #name
+  if not fields then return {id, 0} end
+  if over then return {id, 1} end
+  local n, kept, odd = #fields, 0, false
+  if n <= max_fields then
+    for j = 1, n do
+      local l = #fields[j]
+      if l > max_value or (j % 2 == 1 and l > 256) then odd = true; break end
+      kept = kept + l
     end
+  else
+    odd = true
   end
-  if n > max_fields then
-    held[#held + 1] = '\\0fields'
-    held[#held + 1] = tostring(n)
+  if odd then
+    local flat, held = {}, {}
+    kept = 0
+    for j = 1, n, 2 do
+      local name, v = fields[j], fields[j + 1]
+      if n > max_fields and not keep[name] then
+        -- counted under the marker below, not read
+      elseif #v > max_value or #name > 256 then
+        flat[#flat + 1] = string.sub(name, 1, 256)
+        flat[#flat + 1] = ''
+        held[#held + 1] = string.sub(name, 1, 256)
+        held[#held + 1] = #v + #name
+      else
+        flat[#flat + 1] = name
+        flat[#flat + 1] = v
+        kept = kept + #v + #name
+      end
+    end
+    if n > max_fields then
+      held[#held + 1] = '\\0fields'
+      held[#held + 1] = n / 2
+    end
+    fields = nil
+    if taken > 0 and used + kept > budget then over = true; return {id, 1} end
+    used = used + kept
+    taken = taken + 1
+    return {id, flat, held}
   end
-  if taken > 0 and used + kept > budget then
-    over = true
-    return {id, 'deferred'}
-  end
+  if taken > 0 and used + kept > budget then over = true; return {id, 1} end
   used = used + kept
   taken = taken + 1
-  return {id, 'ok', flat, held}
+  return {id, fields}
 end
 """.replace("KEEP_TABLE", "{" + ", ".join(f"['{name}'] = true" for name in KEEP) + "}")
 
@@ -183,28 +201,39 @@ def per_stream(count: int, streams: int) -> int:
     return max(1, math.ceil(count / max(1, streams)))
 
 
-def _entry(item: list[Any]) -> tuple[bytes, str, dict[bytes, bytes] | None]:
-    """One shaped entry: its id, status and (when read) its fields, withheld ones marked."""
-    entry_id, status = item[0], item[1].decode() if isinstance(item[1], bytes) else item[1]
-    if status != "ok":
-        return entry_id, status, None
-    flat, held = item[2], item[3]
+def _entry(item: list[Any]) -> dict[bytes, bytes] | int:
+    """One shaped entry's fields (withheld ones marked), or 0 (gone) or 1 (deferred)."""
+    if len(item) == 2:
+        flat = item[1]
+        if isinstance(flat, int):
+            return flat
+        return dict(zip(flat[0::2], flat[1::2], strict=True))
+    flat, held = item[1], item[2]
     fields: dict[bytes, bytes] = dict(zip(flat[0::2], flat[1::2], strict=True))
+    count = 0
     for name, size in zip(held[0::2], held[1::2], strict=True):
-        fields[WITHHELD_FIELDS if name == WITHHELD_FIELDS else name] = Withheld(int(size))
-    return entry_id, status, fields
+        if name == WITHHELD_FIELDS:
+            count = int(size)
+        else:
+            fields[name] = Withheld(int(size))
+    # The marker that anything was withheld (decoding looks for withheld values only then):
+    # how many fields the entry had, when there were too many (else 0).
+    fields[WITHHELD_FIELDS] = Withheld(count)
+    return fields
 
 
 def parse(reply: list[Any]) -> Read:
     """READ_LUA's reply as a Read (gone entries get ``GONE``, deferred ones are listed)."""
     read = Read()
+    entries, sources = read.entries, read.sources
     for source, items in enumerate(reply):
         for item in items:
-            entry_id, status, fields = _entry(item)
-            if status == "deferred":
-                read.deferred.setdefault(source, []).append(entry_id)
-            else:
-                read.add(source, entry_id, fields if fields is not None else GONE)
+            fields = _entry(item)
+            if fields == 1:
+                read.deferred.setdefault(source, []).append(item[0])
+                continue
+            entries.append((item[0], fields if isinstance(fields, dict) else GONE))
+            sources.append(source)
     return read
 
 
@@ -227,10 +256,10 @@ def parse_claim(reply: list[Any], source: int) -> Claimed:
     read = Read()
     got: dict[bytes, int] = {}
     for item, count in zip(items, counts, strict=True):
-        entry_id, status, fields = _entry(item)
+        entry_id, fields = item[0], _entry(item)
         got[entry_id] = int(count)
-        if status == "deferred":
+        if fields == 1:
             read.deferred.setdefault(source, []).append(entry_id)
         else:
-            read.add(source, entry_id, fields if fields is not None else GONE)
+            read.add(source, entry_id, fields if isinstance(fields, dict) else GONE)
     return Claimed(next_id, read, got, list(gone))

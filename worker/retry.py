@@ -15,6 +15,8 @@ from redis.exceptions import AuthenticationError, ClusterDownError, SlotNotCover
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.connection import ReplyTooLarge
+
 logger = logging.getLogger(__name__)
 
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -25,6 +27,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     ClusterDownError,
     TryAgainError,
     SlotNotCoveredError,
+    # A read past the bound (worker/connection.py): the connection was dropped; what the read
+    # delivered is pending, and the next read of it is bounded.
+    ReplyTooLarge,
 )
 """Errors that a retry can cure: the connection, not the command, failed."""
 

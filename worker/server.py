@@ -21,7 +21,7 @@ from redis.exceptions import AuthenticationError, RedisClusterException, RedisEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.catalog import Catalog
-from worker.connection import Client, redis_client
+from worker.connection import Client, bounded_parser, parser_misfit, redis_client
 from worker.control import Control
 from worker.eviction import check_eviction
 from worker.heartbeat import beat, heartbeat, heartbeat_key
@@ -34,6 +34,10 @@ from worker.shadow import Shadow, record_to
 from worker.state import ServerState
 
 logger = logging.getLogger("worker")
+
+# The largest reply a worker reads (MAX_REPLY_BYTES): a batch of 128 states is ~100 kB; past
+# this the read is refused and its entries read again through the bounded script.
+MAX_REPLY_BYTES = 32 << 20
 
 
 def settle_heap(_models: object = None) -> None:
@@ -75,6 +79,7 @@ class Server:
     ) -> None:
         self.settings = settings
         self._owns_redis = redis is None
+        bounded = False
         if redis is None:
             redis = redis_client(
                 settings.redis_url,
@@ -82,9 +87,19 @@ class Server:
                 ca_file=settings.redis_ca_file,
                 decode_responses=False,
                 client_name=f"statpair-worker:{settings.consumer}",
+                max_reply_bytes=MAX_REPLY_BYTES,
             )
+            bounded = bounded_parser(MAX_REPLY_BYTES) is not None
+            if not bounded:
+                logger.warning(
+                    "replies cannot be bounded here (%s): states are read through the bounded "
+                    "script, at more Redis CPU a state",
+                    parser_misfit() or "hiredis is not installed",
+                )
         models = Catalog(ModelManager.from_settings(settings), settings)
-        self.state = ServerState(settings, redis, models, stop=stop or asyncio.Event())
+        self.state = ServerState(
+            settings, redis, models, stop=stop or asyncio.Event(), replies_bounded=bounded
+        )
         # One consume loop per shard served (unsharded: one), sharing the state.
         self.workers = [
             Worker(self.state, streams, max_messages=max_messages, burst=burst)

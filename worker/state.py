@@ -85,6 +85,9 @@ class ServerState:
     # Why Redis refuses writes (OOM, READONLY, …), by shard (0 unsharded), and since when
     # (monotonic): that shard's consume loop reads no new states, and waits for writes.
     refusals: dict[int, Refusal] = field(default_factory=dict)
+    # Every reply on the worker's connections is bounded (MAX_REPLY_BYTES, worker/connection.py):
+    # new states are read with plain XREADGROUP; else through the bounded reading script.
+    replies_bounded: bool = False
     eviction_said: bool = False  # ALLOW_EVICTION=1 on an evicting Redis: warned once
     eviction_unknown_said: bool = False  # the policy could not be read (ACL): warned once
     # This run's own id in its heartbeat: tells it from another worker of the same CONSUMER name
