@@ -15,6 +15,8 @@ INDEX   = $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 # The unit tier: fakeredis and plain functions, no server started (tests/conftest.py marks
 # every test that starts one `integration`).
 FAST    = -m "not integration and not slow"
+# Test processes (pytest-xdist): 2 on the 2-core machines the suite is timed on.
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo bench test test-fast test-latest test-lowest lint install lock clean
 
@@ -49,10 +51,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest $(FAST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(FAST) $(PYTEST_ARGS)
 
 # The ranges users get, at both ends, each in a fresh venv beside .venv, the whole suite.
 # Newest: what `pip install 'statpair[...]'` resolves today.
@@ -64,7 +66,7 @@ test-latest:
 	    --editable '.[$(EXTRAS)]'
 	.venv-latest/bin/python -m pip check
 	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/versions.txt
-	STATPAIR_UNLOCKED=1 .venv-latest/bin/python -m pytest $(PYTEST_ARGS)
+	STATPAIR_UNLOCKED=1 .venv-latest/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Lowest: every direct dependency at the floor its range declares (uv's lowest-direct
 # resolution; torch first, from pip, whose configuration finds the CPU wheel).
@@ -75,7 +77,7 @@ test-lowest: $(STAMP)
 	    --editable '.[$(EXTRAS)]'
 	.venv-lowest/bin/python -m pip check
 	.venv-lowest/bin/python -m pip freeze --exclude-editable > .venv-lowest/versions.txt
-	STATPAIR_UNLOCKED=1 .venv-lowest/bin/python -m pytest $(PYTEST_ARGS)
+	STATPAIR_UNLOCKED=1 .venv-lowest/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lowest .pytest_cache
