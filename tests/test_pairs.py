@@ -106,8 +106,8 @@ async def test_a_pair_without_a_model_and_no_default(
             assert ok.status == "ok"
             with pytest.raises(ActionError) as err:
                 await client.act(np.zeros(28), pair="ABC/XYZ")
-    assert err.value.code == "model_unavailable"
-    assert err.value.detail == "no model serves pair 'ABC/XYZ' and there is no default model"
+    assert err.value.code == "no_model_for_pair"
+    assert err.value.detail == "no model here was trained for pair 'ABC/XYZ': this worker serves KO/PEP"
 
 
 async def test_max_models_bounds_what_is_held(tmp_path: Path, real_redis: Redis, redis_url: str) -> None:

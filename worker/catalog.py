@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from worker.model import ModelManager, ServedModel
+from worker.protocol import plain_label
 from worker.retry import pause
 from worker.settings import Settings
 from worker.sources import FolderSource
@@ -77,12 +78,36 @@ class Catalog:
         return self.default.current
 
     def route(self, pair: str | None) -> ServedModel | None:
-        """The model that answers ``pair``: its own, else the default (None: neither)."""
+        """The model that answers ``pair``: its own; else the default, if the default was
+        not trained on a named pair (the synthetic generator's), or was trained on this very
+        label, or the state names no pair. None: no model here may answer it."""
         if pair is not None:
             model = self._routes.get(pair)
             if model is not None:
                 return model
-        return self.default.current
+        default = self.default.current
+        if default is None or pair is None:
+            return default
+        own = default.contract.pair
+        return default if own is None or own == pair else None
+
+    def served_pairs(self) -> list[str]:
+        """The pair labels this worker answers (a synthetic default: every one, not listed)."""
+        pairs = sorted(self._routes)
+        own = self.default.current.contract.pair if self.default.current is not None else None
+        if own is not None and own not in pairs:
+            pairs.append(own)
+        return pairs
+
+    def unserved(self, pair: str | None) -> str:
+        """Why no model here answers ``pair``: the pairs served, and the one meant when the
+        label differs from one only by case or separators (``mrk/pfe``, ``MRK-PFE``)."""
+        served = self.served_pairs()
+        detail = f"no model here was trained for pair {pair!r}: this worker serves {', '.join(served)}"
+        meant = [p for p in served if pair is not None and plain_label(p) == plain_label(pair)]
+        if meant:
+            detail += f"; did you mean {meant[0]}?"
+        return detail
 
     def challenger_for(self, pair: str | None) -> ServedModel | None:
         if pair is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Coroutine
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis.exceptions import AuthenticationError, RedisError
 
-from worker.settings import ConfigError, Settings, describe, settings_help
+from worker.settings import ConfigError, Settings, describe, misspelt_settings, settings_help
 
 
 def _count(text: str) -> int:
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(exc), file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for var, meant in misspelt_settings(os.environ):
+        line = f"environment variable {var} is not a setting of the worker: did you mean {meant}?"
+        if settings.strict_settings:
+            print(f"invalid configuration: {line} (STRICT_SETTINGS=1)", file=sys.stderr)
+            return 2
+        logging.getLogger("worker").warning("%s It is ignored.", line)
     from worker.server import serve  # torch: imported once the settings are known good
 
     try:

@@ -82,13 +82,16 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
 
 async def publish_contracts(state: ServerState) -> None:
     """The contract of every model this worker serves, in CONTRACTS_KEY: the field of
-    a pair with a model of its own is that pair, the default model's is ``*``; pairs
-    it no longer serves are removed (another worker serving them writes them back)."""
+    a pair with a model of its own is that pair, the default model's is its pair (``*``
+    when it names none); pairs it no longer serves are removed (another worker serving
+    them writes them back)."""
     key, published = state.settings.contracts_key, state.published_contracts
-    fields: dict[FieldT, EncodableT] = {
-        (ANY_PAIR if route == "default" else route): model.contract.to_json()
-        for route, model in state.models.champions().items()
-    }
+    fields: dict[FieldT, EncodableT] = {}
+    for route, model in state.models.champions().items():
+        # The default model answers every pair only when it was trained on no named pair (the
+        # synthetic generator's): one trained on MRK/PFE is published as MRK/PFE's.
+        field = (model.contract.pair or ANY_PAIR) if route == "default" else route
+        fields.setdefault(field, model.contract.to_json())
     if fields and state.settings.redis_cluster:
         # How the workers shard the streams: a client sharding otherwise is told, not left waiting.
         fields[SHARDS_FIELD] = str(state.settings.shards)

@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from worker.answer import Answerer, Outcome, Served
+from worker.catalog import Catalog
 from worker.clock import RedisClock
 from worker.eviction import check_eviction
 from worker.heartbeat import peer_has_model
@@ -455,7 +456,7 @@ class ConsumeLoop:
         models = self.state.models
         dec = decode_batch(read.entries, now_ms, self.limits, models.route, read.sources)
         out = Outcome(read.entries, dec.reqs, now_ms, t_read)
-        infer(out, dec, models.any_loaded)
+        infer(out, dec, models)
         ahead = await self.answerer.answer(out, read_more, (self._read_ahead, self._parse_ahead))
         if self.state.shadow is not None and models.has_challengers:  # after the answers, never before
             try:
@@ -496,16 +497,19 @@ def _newer(a: bytes, b: bytes) -> bool:
     return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
-def infer(out: Outcome, dec: Decoded, any_model: bool = False) -> None:
+def infer(out: Outcome, dec: Decoded, models: Catalog | None = None) -> None:
     """Run each model over its group's rows in one forward pass and record the
-    actions; a valid entry no model takes, or whose pass fails, gets an error."""
+    actions; a valid entry no model takes, or whose pass fails, gets an error:
+    ``no_model_for_pair`` when models are loaded and none was trained for its pair,
+    ``model_unavailable`` when none is loaded yet."""
     for i in dec.unrouted:
         pair = out.reqs[i].pair
-        if any_model:  # other pairs have models: say which pair has none
-            detail = f"no model serves pair {pair!r} and there is no default model"
+        if models is not None and models.any_loaded:  # say which pairs it serves, and the one meant
+            out.reqs[i].fail("no_model_for_pair", models.unserved(pair))
         else:
-            detail = "no model is loaded; the worker is waiting for a checkpoint"
-        out.reqs[i].fail("model_unavailable", detail)
+            out.reqs[i].fail(
+                "model_unavailable", "no model is loaded; the worker is waiting for a checkpoint"
+            )
     t0 = time.perf_counter()
     for group in dec.groups:
         model = cast(ServedModel, group.target)

@@ -27,7 +27,7 @@ from agent.contract import PairContract
 from agent.features import WARMUP, sign
 from agent.streaming import FeatureBuilder
 from worker.client import ActionClient, ActionError
-from worker.protocol import ANY_PAIR, Result
+from worker.protocol import ANY_PAIR, SHARDS_FIELD, Result, plain_label
 
 CONTRACTS_KEY = "statpair:contracts"  # the workers' CONTRACTS_KEY setting
 
@@ -79,10 +79,23 @@ class PriceClient:
         raw: Any = await self.client.redis.hmget(self.contracts_key, [pair, ANY_PAIR])
         text = next((v for v in raw if v is not None), None)
         if text is None:
-            raise ContractUnavailable(
-                f"no worker publishes a contract for {pair!r} in {self.contracts_key} (is a model served?)"
-            )
+            raise ContractUnavailable(await self._unserved(pair))
         return PairContract.from_json(text, source=f"{self.contracts_key}[{pair}]")
+
+    async def _unserved(self, pair: str) -> str:
+        """Why there is no contract for ``pair``: the pairs the workers do serve, and the
+        one meant when the label differs only by case or separators."""
+        fields: Any = await self.client.redis.hkeys(self.contracts_key)
+        served = sorted(
+            text
+            for text in (f.decode() if isinstance(f, bytes) else str(f) for f in fields)
+            if text != SHARDS_FIELD
+        )
+        if not served:
+            return f"no worker publishes a contract for {pair!r} in {self.contracts_key} (is a model served?)"
+        detail = f"no worker serves a model trained for pair {pair!r}: they serve {', '.join(served)}"
+        meant = [p for p in served if plain_label(p) == plain_label(pair)]
+        return detail + (f"; did you mean {meant[0]}?" if meant else "")
 
     async def _book(self, pair: str) -> _Book:
         book = self._books.get(pair)

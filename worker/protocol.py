@@ -19,7 +19,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 ErrorCode = Literal[
-    "invalid_state", "too_large", "expired", "model_unavailable", "contract_mismatch", "internal"
+    "invalid_state",
+    "too_large",
+    "expired",
+    "model_unavailable",
+    "no_model_for_pair",
+    "contract_mismatch",
+    "internal",
 ]
 
 ANY_PAIR = "*"  # the contracts hash field of a model that answers every pair (see CONTRACTS_KEY)
@@ -59,6 +65,12 @@ class Limits:
     reply_prefix: str
     default_ttl_ms: int
     forbidden_prefixes: tuple[str, ...] = ()  # the shared stream may not name a strategy's replies
+
+
+def plain_label(label: str) -> str:
+    """A pair label without case or separators (``MRK/PFE``, ``mrk-pfe`` → ``mrkpfe``): two
+    labels equal so are the same pair mistyped."""
+    return "".join(ch for ch in label.casefold() if ch.isalnum())
 
 
 def entry_time_ms(entry_id: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -132,6 +133,11 @@ class Settings(BaseSettings):
         "has acknowledged (XTRIM MINID ~); off: the stream keeps every state until trimmed by hand.",
     )
     dead_maxlen: int = Field(10_000, ge=1, description="Approximate MAXLEN of the dead-letter stream.")
+    strict_settings: bool = Field(
+        False,
+        description="An environment variable that looks like a setting but is none (MODEL_UIR, "
+        "STATPAIR_RL_JIT) stops the worker (exit 2) instead of one warning each.",
+    )
     allow_eviction: bool = Field(
         False,
         description="Serve from a Redis whose maxmemory-policy evicts keys (allkeys-*, volatile-*): it "
@@ -480,6 +486,54 @@ def describe(exc: ValidationError) -> str:
             continue
         lines.append(f"invalid configuration: {var}{shown} {msg[0].lower() + msg[1:]}.")
     return "\n".join(lines)
+
+
+# Variables of the project that are not the worker's settings (the test suite's, the
+# trainer's tracking): never taken for a misspelt setting.
+NOT_SETTINGS = frozenset(
+    {"STATPAIR_REQUIRE_SERVERS", "STATPAIR_UNLOCKED", "STATPAIR_TEST_PG_DSN", "MLFLOW_EXPERIMENT_NAME"}
+)
+# Prefixes only statpair's variables carry: an unknown one of these is a misspelling, however far.
+OWN_PREFIXES = ("STATPAIR_", "STAT_PAIR_")
+
+
+def _distance(a: str, b: str) -> int:
+    """Edits (insert, delete, replace, swap two neighbours) between ``a`` and ``b``."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def misspelt_settings(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, the setting(s) it probably means: "A" or "A or B") for each environment
+    variable that looks like a worker setting and is none: within an edit or two of a
+    setting's name, or with statpair's own prefix. Read by the entrypoint; the settings
+    model ignores them."""
+    known: dict[str, str] = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names = [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else [name]
+        for n in names:
+            known[n.upper()] = env_name(name)
+    out = []
+    for var in sorted(environ):
+        upper = var.upper()
+        if upper in known or upper in NOT_SETTINGS or len(upper) < 5:
+            continue
+        distances = {k: _distance(upper, k) for k in known}
+        best = min(distances.values())
+        close = best <= (2 if len(upper) >= 8 else 1)
+        if close or upper.startswith(OWN_PREFIXES):
+            meant = sorted({known[k] for k, d in distances.items() if d == best})
+            out.append((var, " or ".join(meant)))
+    return out
 
 
 def env_name(field_name: str) -> str:
