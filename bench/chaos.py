@@ -73,6 +73,20 @@ class Server:
             self.proc.wait(timeout=30)
 
 
+def connect(url: str) -> redis.Redis:
+    """A client that rides out a restart of the server (reconnects and retries, bounded):
+    redis-py before 8.2 does not retry a command on a connection the server closed."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
@@ -159,7 +173,7 @@ def answered(client: redis.Redis) -> Counter[str]:
 def produce(url: str, n: int, rate: float, fault_at: dict[int, Callable[[], None]]) -> list[str]:
     """``n`` states at about ``rate`` a second, in chunks; ``fault_at[k]`` runs once k are
     sent. A refused XADD (Redis full, restarting) is retried, bounded, as a client would."""
-    client = redis.Redis.from_url(url, socket_timeout=5)
+    client = connect(url)
     ids: list[str] = []
     chunk = 50
     started = time.monotonic()
@@ -191,7 +205,7 @@ def run(scenario: str, n: int, rate: float, settle: float, workers: int, model: 
     folder.mkdir(parents=True)
     server = Server(folder)
     fleet = Fleet(server.url, model, folder, workers)
-    admin = redis.Redis.from_url(server.url, socket_timeout=5)
+    admin = connect(server.url)
     note = ""
     try:
         _until(lambda: len(admin.keys("statpair:workers:*")) >= workers, 120, "the workers to start")
