@@ -110,6 +110,9 @@ class CsvData(_Model):
     train_lines: tuple[int, int]  # file lines of the first and last training row (the header is line 1)
     train_dates: tuple[str, str] | None  # first and last date of the training window
     test_dates: tuple[str, str] | None  # first and last held-out date
+    # log(A/B) over the training rows, lowest and highest: a live tick far outside it (legs
+    # swapped, an unadjusted split) is refused by PriceClient. None in contracts made before.
+    log_ratio: tuple[Finite, Finite] | None = None
 
     @model_validator(mode="after")
     def _window_inside_the_rows(self) -> CsvData:
@@ -174,6 +177,8 @@ class PairContract(_Model):
 
     def model_post_init(self, context: Any, /) -> None:
         payload = self.model_dump(mode="json")
+        if payload["data"].get("log_ratio", 0) is None:  # a contract made before it existed keeps its id
+            del payload["data"]["log_ratio"]
         self._canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
         # Computed once: a strategy sends it with every state.
         self._id = hashlib.sha256(self._canonical.encode()).hexdigest()[:12]

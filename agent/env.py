@@ -209,6 +209,7 @@ class PairData:
             train_lines=(t.lines[0], t.lines[self.n_train - 1]),
             train_dates=None if split is None else split[0],
             test_dates=None if split is None else split[1],
+            log_ratio=self.log_ratio_range(),
         )
         leg_a, leg_b = legs or t.columns
         return PairContract.from_dict(
@@ -220,6 +221,15 @@ class PairData:
             },
             f"contract of {t.path.name}",
         )
+
+    def log_ratio_range(self) -> tuple[float, float] | None:
+        """log(A/B) over the training rows: its lowest and highest value."""
+        if self.table is None:
+            return None
+        ratio = np.log(np.asarray(self.table.a[: self.n_train], dtype=np.float64)) - np.log(
+            np.asarray(self.table.b[: self.n_train], dtype=np.float64)
+        )
+        return float(ratio.min()), float(ratio.max())
 
     def source(self, held_out: bool) -> PathSource:
         """Random episodes drawn from the training window, or from the held-out part."""

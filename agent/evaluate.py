@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from agent.scoring import (
     scores,
     walk_forward,
 )
+from agent.verdict import Evidence, verdict
 
 if TYPE_CHECKING:
     from agent.actor import SACActor
@@ -210,7 +212,12 @@ def _policies(actor: SACActor, args: argparse.Namespace) -> dict[str, Policy]:
 
 
 def _run_file(
-    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float, metadata: dict[str, Any]
+    actor: SACActor,
+    contract: PairContract,
+    args: argparse.Namespace,
+    cost: float,
+    metadata: dict[str, Any],
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
     from agent.wfreport import report
 
@@ -220,27 +227,51 @@ def _run_file(
         fixed.check()
     except ValueError as exc:
         raise DataError(f"--entry/--exit/--lookback: {exc}") from None
-    print(_title(args.model, contract))
+    say(_title(args.model, contract))
     for line in h.describe():
-        print(line)
+        say(line)
     start, stop = h.data.held_out
-    print(
+    say(
         f"held out: {stop - start} rows, {h.span()}: one walk forward of {h.data.walk_forward_steps} steps, "
         f"starting flat; cost {cost:g} per unit of position change"
     )
     r = report(actor, h, metadata, cost, contract.cost, fixed)
     for line in r.lines():
-        print(line)
+        say(line)
+    figures = {"data": h.as_dict(), **r.as_dict()}
+    test = {name: f["sharpe"] for name, f in figures["scores"].items()}
+    intervals = {name: (d.low, d.high) for name, d in r.differences.items()}
+    figures.update(_judged(metadata, test, intervals, say))
     if args.plot:
         from agent.wfplot import plot
 
         title = _title(Path(args.model.name), contract)  # the file name: the folder is the reader's business
-        print(f"plot: {plot(r, h.data.spread, title, args.plot)}")
-    return {"data": h.as_dict(), **r.as_dict()}
+        say(f"plot: {plot(r, h.data.spread, title, args.plot)}")
+    return figures
+
+
+def _judged(
+    metadata: dict[str, Any],
+    test: dict[str, float],
+    intervals: dict[str, tuple[float, float]],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The one verdict (agent.verdict) on the validation figures the checkpoint recorded and
+    these test figures; said, and returned for the JSON."""
+    recorded = metadata.get("validation")
+    validation = {str(k): float(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+    line = verdict(Evidence(validation, test, intervals))
+    say(line)
+    return {"validation": validation, "verdict": line}
 
 
 def _run_synthetic(
-    actor: SACActor, contract: PairContract, args: argparse.Namespace, cost: float, metadata: dict[str, Any]
+    actor: SACActor,
+    contract: PairContract,
+    args: argparse.Namespace,
+    cost: float,
+    metadata: dict[str, Any],
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
     config = _synthetic_config(contract, args, cost)
     episodes = DEFAULT_EPISODES if args.episodes is None else args.episodes
@@ -250,15 +281,15 @@ def _run_synthetic(
         )
     seed = EVAL_SEED if args.seed is None else args.seed
     result = compare(_policies(actor, args), episodes, config, None, seed)
-    print(_title(args.model, contract))
-    print(
+    say(_title(args.model, contract))
+    say(
         f"synthetic held-out paths: {episodes} × {config.episode_length} steps, "
         f"seeds {seed}…{seed + episodes - 1} "
         f"(half-life {config.half_life:g}, sigma {config.sigma:g}, regime prob {config.regime_prob:g}); "
         f"cost {cost:g} per unit of position change"
     )
     for name, sc in result.items():
-        print(sc.row(name))
+        say(sc.row(name))
     data = {
         "kind": "synthetic",
         "episodes": episodes,
@@ -268,7 +299,28 @@ def _run_synthetic(
         "sigma": config.sigma,
         "regime_prob": config.regime_prob,
     }
-    return {"data": data, "scores": {k: v.as_dict() for k, v in result.items()}}
+    figures: dict[str, Any] = {"data": data, "scores": {k: v.as_dict() for k, v in result.items()}}
+    names = {"policy": "policy", "zscore": "rule (fixed)", "flat": "flat"}
+    test = {names[k]: v.sharpe for k, v in result.items()}
+    figures.update(_judged(metadata, test, {}, say))
+    return figures
+
+
+def judge(path: Path, argv: list[str] | None = None) -> dict[str, Any]:
+    """What ``python -m agent.evaluate PATH ARGV…`` computes, without printing: its figures,
+    ``lines`` (what it would print) and ``verdict`` (the one line). For the trainer's summary,
+    so that both say the same of a model. Raises what the command reports as an error."""
+    from agent.checkpoint import load_checkpoint
+
+    args = _parser().parse_args([str(path), *(argv or [])])
+    ck = load_checkpoint(args.model)
+    cost = ck.contract.cost if args.cost is None else args.cost
+    on_file = isinstance(ck.contract.data, CsvData) or args.csv is not None
+    _check_flags(args, on_file, ck.contract)
+    lines: list[str] = []
+    run = _run_file if on_file else _run_synthetic
+    figures = run(ck.actor, ck.contract, args, cost, ck.metadata, lines.append)
+    return {**figures, "lines": lines}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         on_file = isinstance(contract.data, CsvData) or args.csv is not None
         _check_flags(args, on_file, contract)
         run = _run_file if on_file else _run_synthetic
-        figures = run(ck.actor, contract, args, cost, ck.metadata)
+        figures = run(ck.actor, contract, args, cost, ck.metadata, print)
     except (CheckpointError, ContractError, PriceDataError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

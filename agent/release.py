@@ -64,7 +64,7 @@ def held_out_scores(cfg: TrainConfig, checkpoint: Path, ck: Checkpoint) -> tuple
 
 
 def register_best(
-    cfg: TrainConfig, best_path: Path, run_id: str | None, val_sharpe: float, val_rule: float
+    cfg: TrainConfig, best_path: Path, run_id: str | None, val_sharpe: float, val_rule: float, said: str = ""
 ) -> Registered:
     """Register ``best_path`` as a new version of ``cfg.register``; the outcome, with the
     note for the summary."""
@@ -76,6 +76,7 @@ def register_best(
     except CheckpointError as exc:
         return Registered(cfg.register, None, f"registration as {cfg.register} skipped: {exc}")
     tags: dict[str, object] = {
+        "verdict": said,  # the one verdict (agent.verdict), as the run's summary said it: promotion reads it
         "contract_id": ck.contract.id,
         "val_sharpe": f"{val_sharpe:.6g}",
         "val_zscore_sharpe": f"{val_rule:.6g}",

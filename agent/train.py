@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from agent.baselines import zscore_rule
-from agent.checkpoint import Metadata, save_checkpoint
+from agent.checkpoint import CheckpointError, Metadata, save_checkpoint
 from agent.contract import ContractError
 from agent.data import PriceDataError
 from agent.env import PairTradingEnv, ou_spread
+from agent.heldout import DataError
 from agent.publish import Gate
 from agent.randomise import randomised_spreads
 from agent.release import check as check_release
@@ -37,7 +38,9 @@ from agent.replay import ReplayBuffer
 from agent.sac import SAC
 from agent.train_config import DEFAULT_OUT, DESCRIPTION, ConfigError, TrainConfig, config_from_args
 from agent.train_data import VALIDATION_SEED, plan
+from agent.verdict import REFUSE
 from agent.warmstart import behaviour_clone, restrict_inputs, rule_reference, rule_states
+from agent.wfreport import FIXED, TUNED
 from tracking import MlflowTracker
 
 __all__ = [
@@ -79,6 +82,7 @@ class Result:
     held_out: str = "held-out synthetic paths"  # what agent.evaluate judges the model on
     register_note: str = ""  # what --register did, and why
     registered: bool | None = None  # with --register: whether a version was registered
+    verdict: str = ""  # the one verdict on the model judged (agent.verdict), as agent.evaluate says it
 
 
 def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
@@ -128,6 +132,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         logger.warning("%s", warnings[-1])
 
     baseline = data.validate(zscore_rule())
+    # The rules' validation figures, recorded with every checkpoint: the verdict (agent.verdict)
+    # asks the policy to beat each of them where it was chosen.
+    on_validation = {"flat": 0.0, FIXED: baseline.sharpe}
+    if data.rule_sharpe is not None:
+        on_validation[TUNED] = data.validate(
+            zscore_rule(data.rule.entry, data.rule.exit, data.rule.lookback)
+        ).sharpe
     params = {k: (str(v) if isinstance(v, Path | tuple) or v is None else v) for k, v in asdict(cfg).items()}
     tags = {
         "algo": "sac",
@@ -172,6 +183,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
                     "eval_metric": "validation_sharpe",
                     "seed": cfg.seed,
                     "baseline_zscore_sharpe": baseline.sharpe,
+                    "validation": {"policy": val.sharpe, **on_validation},
                     "rule": asdict(data.rule),
                     **({"split": data.split} if data.split else {}),
                 }
@@ -264,8 +276,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         tracker.log_artifact(final_path)
     # Read once the run has ended: a slow server may have started it after training began.
     run_id = tracker.run_id
+    judged = cfg.out if gate.published else best_path
+    said = verdict_of(judged, data.evaluate_args)
     # After the run has ended: a registration that waits on MLflow never holds the run open.
-    registered = register_best(cfg, best_path, run_id, best, baseline.sharpe) if cfg.register else None
+    registered = None
+    if cfg.register:  # the version registered is best.pt: its own verdict, which promotion reads
+        own = said if judged == best_path else verdict_of(best_path, data.evaluate_args)
+        registered = register_best(cfg, best_path, run_id, best, baseline.sharpe, own)
     return Result(
         best_path=best_path,
         final_path=final_path,
@@ -286,8 +303,19 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> Result:
         evaluate_args=data.evaluate_args,
         held_out=data.held_out,
         register_note=registered.note if registered else "",
+        verdict=said,
         registered=None if registered is None else registered.version is not None,
     )
+
+
+def verdict_of(model: Path, evaluate_args: str) -> str:
+    """The verdict ``python -m agent.evaluate MODEL EVALUATE_ARGS`` prints on the model."""
+    from agent.evaluate import judge
+
+    try:
+        return str(judge(model, shlex.split(evaluate_args))["verdict"])
+    except (CheckpointError, ContractError, PriceDataError, DataError) as exc:
+        return f"{REFUSE}it could not be judged ({exc})"
 
 
 def writable(folder: Path, flag: str) -> None:
@@ -349,6 +377,8 @@ def summary(result: Result) -> str:
     lines.append(f"this run: best {result.best_path}, final {result.final_path}")
     judged = shlex.quote(str(result.out if result.published else result.best_path))
     lines.append(f"evaluate it on {result.held_out}: python -m agent.evaluate {judged}{result.evaluate_args}")
+    if result.verdict:
+        lines.append(result.verdict)
     return "\n".join(lines)
 
 

@@ -68,7 +68,9 @@ def _synthetic(cfg: TrainConfig) -> Plan:
         f"{cfg.regime_prob:g}); checkpoint chosen on {cfg.eval_episodes} paths × {cfg.eval_length} "
         f"steps, {seeds}"
     )
-    return Plan(None, validate, cfg.pair(cfg.episode_length).contract(), [line])
+    # agent.evaluate on the same held-out seeds and sizes as --register scores the model on.
+    judged = f" --episodes {cfg.eval_episodes} --episode-length {cfg.eval_length}"
+    return Plan(None, validate, cfg.pair(cfg.episode_length).contract(), [line], evaluate_args=judged)
 
 
 def _csv(cfg: TrainConfig, path: Path) -> Plan:

@@ -49,6 +49,7 @@ class Report:
     traces: dict[str, Trace]
     difference: Difference
     cost: float
+    differences: dict[str, Difference]  # policy − each baseline (the tuned rule's is ``difference``)
 
     def lines(self) -> list[str]:
         t = self.tuned
@@ -89,6 +90,7 @@ class Report:
             },
             "scores": {f.name: f.as_dict() for f in self.rows},
             "sharpe_difference_policy_minus_tuned_rule": self.difference.as_dict(),
+            "sharpe_differences": {name: d.as_dict() for name, d in self.differences.items()},
             "daily": self.daily(),
         }
 
@@ -132,5 +134,5 @@ def report(
         traces[name] = walk_forward(policy, held.data, cost, feature_cost=feature_cost)
     labels = {POLICY: "the model", TUNED: tp.label(), FIXED: fixed.label(), FLAT: "no position"}
     rows = tuple(figures(name, labels[name], trace) for name, trace in traces.items())
-    difference = sharpe_difference(traces[POLICY].pnl, traces[TUNED].pnl)
-    return Report(split, tuned, fixed, rows, traces, difference, cost)
+    differences = {name: sharpe_difference(traces[POLICY].pnl, traces[name].pnl) for name in policies}
+    return Report(split, tuned, fixed, rows, traces, differences[TUNED], cost, differences)

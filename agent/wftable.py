@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from agent.scoring import scores
+from agent.verdict import Evidence, verdict
 from agent.walkforward import IN_MARKET, sharpe_difference
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -77,7 +78,29 @@ def table(pair: str, docs: list[dict[str, Any]]) -> list[str]:
         )
     if seeds:
         lines += ["", _target("Target", [d["scores"]["policy"] for d in seeds], first["scores"][TUNED])]
+        lines.append(judged(seeds))
     return lines
+
+
+def judged(docs: list[dict[str, Any]]) -> str:
+    """The one verdict (agent.verdict) on a window's seeds: their recorded validation figures
+    and test Sharpes, each averaged over the seeds, and the intervals of the differences
+    (averaged ends); for one model, what agent.evaluate said of it."""
+
+    def mean(values: list[float]) -> float:
+        return float(statistics.mean(values))
+
+    validations = [d.get("validation") or {} for d in docs]
+    names = set.intersection(*(set(v) for v in validations)) if validations else set()
+    validation = {name: mean([float(v[name]) for v in validations]) for name in names}
+    test = {name: mean([float(d["scores"][name]["sharpe"]) for d in docs]) for name in docs[0]["scores"]}
+    diffs = [d.get("sharpe_differences") or {} for d in docs]
+    common = set.intersection(*(set(x) for x in diffs)) if diffs else set()
+    intervals = {
+        name: (mean([x[name]["low"] for x in diffs]), mean([x[name]["high"] for x in diffs]))
+        for name in common
+    }
+    return verdict(Evidence(validation, test, intervals))
 
 
 def _target(label: str, policy: list[dict[str, Any]], rule: dict[str, Any]) -> str:

@@ -177,3 +177,52 @@ async def test_a_tick_that_is_not_numbers_is_a_clear_error(fake_redis: Redis) ->
             await prices.tick("KO/PEP", "14.2", 20.0)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="the pair is a label"):
             await prices.tick(None, 14.2, 20.0)  # type: ignore[arg-type]
+
+
+def _csv_contract(tmp_path: Path) -> PairContract:
+    """A contract trained on a real file (SP500/NASDAQ 2017-2018): it records log(A/B)'s range."""
+    from agent.env import PairData
+
+    data = PairData.from_csv(Path(__file__).parent / "data" / "sp500_nasdaq_2017_2018.csv", None, 0.7)
+    contract = data.contract(0.0005)
+    assert contract.data.log_ratio is not None
+    return contract
+
+
+async def test_live_ticks_are_checked_like_rows_of_a_file(tmp_path: Path, fake_redis: Redis) -> None:
+    """Legs swapped went silent (Sharpe +0.02 → -0.80; A/B 0.63 on the first swapped tick
+    against 0.97–5.01 in training); a live 100× jump was taken; ``warm`` with unequal lengths
+    was zip()'s error. Each is one sentence now, and the tick never reaches the features."""
+    from worker.prices import TickRefused
+
+    contract = _csv_contract(tmp_path)
+    await fake_redis.hset("statpair:contracts", "SP500/NASDAQ", contract.to_json())
+    lo, hi = contract.data.log_ratio
+    a, b = 2500.0, 2500.0 / np.exp((lo + hi) / 2)  # a ratio in the middle of the training range
+    async with ActionClient(redis=fake_redis, timeout=1) as client:
+        prices = PriceClient(client)
+        assert await prices.warm("SP500/NASDAQ", [a] * 10, [b] * 10) > 0
+        with pytest.raises(
+            TickRefused,
+            match=r"far outside the .* the model was trained on: the legs look swapped: send SP500 as leg A",
+        ):
+            await prices.tick("SP500/NASDAQ", b, a)
+        with pytest.raises(
+            TickRefused, match=r"the price of leg A moved from 2500 to 250000 in one tick \(100×\)"
+        ):
+            await prices.tick("SP500/NASDAQ", a * 100, b)
+        with pytest.raises(TickRefused, match="beyond it by more than its own width"):
+            await prices.tick("SP500/NASDAQ", a * 5, b / 1.5)
+        assert prices.needed("SP500/NASDAQ") == await prices.warm("SP500/NASDAQ", [], [])  # none fed
+        with pytest.raises(ValueError, match="warm got 3 prices of leg A and 2 of leg B"):
+            await prices.warm("SP500/NASDAQ", [a, a, a], [b, b])
+
+
+def test_an_older_contract_keeps_its_id_without_a_training_range(tmp_path: Path) -> None:
+    """A contract recorded before the log(A/B) range existed reads back with the id it had."""
+    import hashlib
+
+    older = _csv_contract(tmp_path).model_dump(mode="json")
+    del older["data"]["log_ratio"]
+    text = json.dumps(older, sort_keys=True, separators=(",", ":"))
+    assert PairContract.from_dict(older).id == hashlib.sha256(text.encode()).hexdigest()[:12]

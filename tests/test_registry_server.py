@@ -37,7 +37,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures
 ROOT = Path(__file__).resolve().parent.parent
 STATE = [0.05 * i for i in range(28)]
 POLL_S = 1.0
-GOOD = {"test_sharpe": 1.2, "test_zscore_sharpe": 0.8, "val_sharpe": 1.0, "val_zscore_sharpe": 0.7}
+GOOD = {
+    "test_sharpe": 1.2,
+    "test_zscore_sharpe": 0.8,
+    "val_sharpe": 1.0,
+    "val_zscore_sharpe": 0.7,
+    "verdict": "verdict: serve",
+}
 
 
 @dataclass
@@ -362,7 +368,11 @@ async def test_cold_start_without_a_cache_waits_for_the_registry(
 def test_promotion_guard(registry: Registry_, trained: Trained, tmp_path: Path) -> None:
     name = unique("pol")
     good = register(name, trained.best, trained.run_id, GOOD, tracking_uri=registry.url).version
-    poor = {**GOOD, "test_sharpe": 0.3}
+    poor = {
+        **GOOD,
+        "test_sharpe": 0.3,
+        "verdict": "verdict: do not serve — on test it loses after costs: Sharpe -0.30",
+    }
     bad = register(name, trained.final, trained.run_id, poor, tracking_uri=registry.url).version
     unscored = register(name, trained.best, trained.run_id, {}, tracking_uri=registry.url).version
     env = {
@@ -380,19 +390,20 @@ def test_promotion_guard(registry: Registry_, trained: Trained, tmp_path: Path) 
             timeout=120,
         )
 
-    assert run("promote", name, str(good.version)).returncode == 0
+    assert run("promote", name, str(good.version)).stdout.splitlines()[0] == "verdict: serve"
     refused = run("promote", name, str(bad.version))
     assert refused.returncode == 1
+    assert refused.stdout.strip() == "verdict: do not serve — on test it loses after costs: Sharpe -0.30"
     assert refused.stderr.strip() == (
-        f"error: version {bad.version} of {name} scores held-out Sharpe 0.30, below the z-score rule's 0.80 "
-        "on the same paths: refusing (--force promotes it anyway)"
+        f"error: version {bad.version} of {name}: verdict: do not serve — on test it loses after costs: "
+        "Sharpe -0.30: refusing (--force promotes it anyway)"
     )
-    assert "no held-out scores" in run("promote", name, str(unscored.version)).stderr
+    assert "has no verdict recorded" in run("promote", name, str(unscored.version)).stderr
     client = Registry(registry.url)
     assert client.aliases(name) == {"champion": good.version}  # nothing moved
     forced = run("promote", name, str(bad.version), "--force")
     assert forced.returncode == 0, forced.stderr
-    assert forced.stdout.strip() == (
+    assert forced.stdout.strip().splitlines()[-1] == (
         f"{name}@champion: version {good.version} → version {bad.version} (held-out Sharpe 0.30, "
         "z-score rule 0.80) [--force: the promotion rule would refuse it]"
     )
@@ -616,3 +627,55 @@ async def test_per_pair_models_and_a_challenger_from_the_registry(
 
 async def _len_at_least(redis: Redis, n: int) -> bool:
     return await redis.xlen("statpair:actions") >= n
+
+
+def test_one_model_gets_one_verdict_line_from_train_evaluate_wftable_and_promote(
+    registry: Registry_, tmp_path: Path
+) -> None:
+    """On MRK/PFE, agent.wftable printed three 'yes', agent.evaluate compared the policy with
+    the tuned rule only, and the registry's guard judged against yet another rule. Now one
+    function decides, and each tool prints its line."""
+    csv = ROOT / "tests" / "data" / "sp500_nasdaq_2017_2018.csv"
+    name = unique("verdict")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MODEL_"))}
+    env.update({"MLFLOW_TRACKING_URI": registry.url, "MLFLOW_EXPERIMENT_NAME": "verdict-tests"})
+    tiny = "--episodes 2 --episode-length 64 --learning-starts 32 --batch-size 16 --buffer-size 1000 "
+    tiny += "--eval-every 1 --bc-steps 20 --quiet"
+    out = tmp_path / "m.pt"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    trained = run(
+        "agent.train",
+        *tiny.split(),
+        "--csv",
+        str(csv),
+        "--out",
+        str(out),
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--register",
+        name,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    said = trained.stdout.strip().splitlines()[-1]
+    assert said.startswith("verdict: ")
+    (best,) = (tmp_path / "runs").glob("*/best.pt")
+    evaluated = run("agent.evaluate", str(best), "--csv", str(csv), "--json", str(tmp_path / "e.json"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    tabled = run("agent.wftable", str(tmp_path / "e.json"))
+    assert tabled.returncode == 0, tabled.stderr[-3000:]
+    promoted = run("tracking.registry", "promote", name, "1")
+    lines = {
+        "train": said,
+        "evaluate": evaluated.stdout.strip().splitlines()[-1],
+        "wftable": next(x for x in tabled.stdout.splitlines() if x.startswith("verdict: ")),
+        "promote": promoted.stdout.splitlines()[0],
+    }
+    with contextlib.suppress(Exception):
+        print("\n" + "\n".join(f"{tool}: {line}" for tool, line in lines.items()))
+    assert len(set(lines.values())) == 1, lines
+    assert promoted.returncode == (0 if said == "verdict: serve" else 1)

@@ -304,7 +304,7 @@ def test_compact_dates_and_missing_values_train_and_evaluate_on_the_file(
     # 500 usable rows: the first 350 (file lines 2–352 less the blank) train, 150 are held out.
     assert "training window: 2017-01-03 … 2018-05-24 (file lines 2–352)" in printed
     assert "held out for agent.evaluate: 2018-05-25 … 2018-12-31 (file lines 353–503), 150 rows" in printed
-    hint = printed.strip().splitlines()[-1]
+    hint = printed.strip().splitlines()[-2]
     assert hint.endswith(f": python -m agent.evaluate {tmp_path / 'm.pt'}")  # the file is here: no --csv
     contract = load_checkpoint(tmp_path / "m.pt").contract
     assert contract.data.kind == "csv" and contract.data.date_column == "when"
@@ -320,7 +320,7 @@ def test_the_closing_hint_names_the_file_when_it_is_elsewhere(
     from agent.train import main
 
     assert main(_tiny_argv(tmp_path, REAL)) == 0
-    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    hint = capsys.readouterr().out.strip().splitlines()[-2]
     assert hint == (
         "evaluate it on the held-out rows of sp500_nasdaq_2017_2018.csv, 2018-05-25 … 2018-12-31 "
         f"(file lines 353–503): python -m agent.evaluate {tmp_path / 'm.pt'} --csv {REAL}"

@@ -102,3 +102,64 @@ async def test_a_synthetic_model_still_serves_any_label(tmp_path: Path, redis_ur
     async with serving(settings), ActionClient(redis_url, timeout=30) as client:
         results = await client.act_many([np.zeros(28)] * 3, ["SYN-A/SYN-B", "ANY/THING", "x"])
         assert [r.status for r in results] == ["ok"] * 3
+
+
+async def test_workers_of_one_stream_serving_different_models_say_so(
+    tmp_path: Path, redis_url: str, real_redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stale worker on an old folder model joined the group and took 201 of 400 states with
+    another model: no log on either side. Now each says so, names the other, and shows it."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    write_model(tmp_path / "a" / "models" / "m.pt", seed=1)
+    write_model(tmp_path / "b" / "models" / "m.pt", seed=2)
+    one = make_settings(tmp_path / "a", redis_url=redis_url, consumer="fresh", heartbeat_ttl_s=3)
+    two = make_settings(tmp_path / "b", redis_url=redis_url, consumer="stale", heartbeat_ttl_s=3)
+    async with serving(one) as a, serving(two) as b:
+        await wait_for(
+            lambda: a.state.fleet_divergent and b.state.fleet_divergent, timeout=30, what="both to see it"
+        )
+        for srv in (a, b):
+            (models,) = [m for label, m in srv.state.fleet_divergent.items() if label == ""]
+            assert set(models) == {"fresh", "stale"} and len(set(models.values())) == 2
+        await real_redis.xadd("statpair:control", {"cmd": "status", "id": "fleet"})
+        await wait_for(lambda: real_redis.xlen("statpair:control:replies"), timeout=30, what="status")
+    assert "workers on statpair:states answer pairs with different models (a mixed fleet)" in caplog.text
+    assert caplog.text.count("(a mixed fleet)") == 2  # once a worker
+    replies = [f for _, f in await real_redis.xrange("statpair:control:replies")]
+    import json
+
+    fleets = [json.loads(f[b"data"])["fleet"]["divergent"] for f in replies if f.get(b"status") == b"ok"]
+    assert any(set(d.get("", {})) == {"fresh", "stale"} for d in fleets)
+
+
+async def test_a_second_contract_mismatch_names_the_worker(
+    tmp_path: Path, redis_url: str, real_redis
+) -> None:
+    """The strategy died with a contract_mismatch traceback telling it to rebuild, which
+    PriceClient had just done; now the error names the worker and what went on."""
+    from agent.env import PairConfig, synthetic_prices
+    from worker.prices import MixedFleet
+
+    write_model(tmp_path / "models" / "m.pt", contract=MRK_PFE)
+    settings = make_settings(tmp_path, redis_url=redis_url, consumer="old-one", heartbeat_ttl_s=600)
+    other = PairContract.from_dict({**MRK_PFE.model_dump(), "cost": MRK_PFE.cost * 2})
+    async with serving(settings), ActionClient(redis_url, timeout=30) as client:
+        await wait_for(
+            lambda: real_redis.hexists("statpair:contracts", "MRK/PFE"), timeout=30, what="the contract"
+        )
+        await real_redis.hset("statpair:contracts", "MRK/PFE", other.to_json())  # what the rest publish
+        prices = PriceClient(client)
+        a, b = synthetic_prices(PairConfig(), np.random.default_rng(0), 200)
+        with pytest.raises(MixedFleet) as caught:
+            for pa, pb in zip(a, b, strict=True):
+                await prices.tick("MRK/PFE", float(pa), float(pb))
+    text = str(caught.value)
+    assert text.startswith(
+        "MRK/PFE: worker old-one answered contract_mismatch again after the rebuild on contract"
+    )
+    assert (
+        "the workers of this stream serve different models" in text
+        and caught.value.code == "contract_mismatch"
+    )

@@ -73,6 +73,8 @@ def status(state: ServerState) -> dict[str, Any]:
         "reclaimed": st.reclaimed,
         "failed": st.failed,
         "redis_errors": st.redis_errors,
+        # Pair labels the live workers of this stream answer with different models, by worker.
+        "fleet": {"divergent": state.fleet_divergent},
         # Why Redis refuses writes (the worker then reads no new states), or None.
         "writes_refused": state.refusal,
         "answers_refused": st.writes_refused,

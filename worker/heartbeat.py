@@ -1,16 +1,18 @@
 """The heartbeat: each worker keeps a hash ``HEARTBEAT_PREFIX<consumer>`` with a
-TTL (name, host, pid, model, entries answered, last seen), so the keys present
-are the live workers, and publishes the pair contract it serves (CONTRACTS_KEY)
-for strategies to build states with; with metrics on, it also samples the
-group's lag."""
+TTL (name, host, pid, model, the model answering each pair, entries answered, last
+seen), so the keys present are the live workers, and publishes the pair contract it
+serves (CONTRACTS_KEY) for strategies to build states with; it reads its peers'
+heartbeats and says when workers of one stream answer a pair with different models
+(a mixed fleet); with metrics on, it also samples the group's lag."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
@@ -59,10 +61,13 @@ async def beat(state: ServerState, metrics: Metrics | None = None) -> None:
             "last_seen_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "instance": state.instance,
             "beat_ms": str(int(time.time() * 1000)),  # changes at every beat: tells a live worker
+            "stream": fleet_of(state),
+            "routes": json.dumps(routes(state), sort_keys=True),
         },
     )
     pipe.expire(key, s.heartbeat_ttl_s)
     await pipe.execute()
+    await check_fleet(state, metrics)
     if metrics is None:
         return
     lag = pending = 0
@@ -116,6 +121,83 @@ async def heartbeat(state: ServerState, metrics: Metrics | None = None) -> None:
             # Redis refuses writes (full, read-only): the consume loop said so once; try again later.
             logger.debug("heartbeat not refreshed: %s", why)
         await pause(state.stop, interval)
+
+
+ANY_LABEL = "*"  # in a heartbeat's routes: the model answering every label (a synthetic default)
+NO_LABEL = ""  # the model answering a state that names no pair
+
+
+def fleet_of(state: ServerState) -> str:
+    """What makes workers one fleet: the stream they read and their group."""
+    return f"{state.settings.states_stream} {state.settings.group}"
+
+
+def model_label(model: Any) -> str:
+    """A served model as the fleet compares it: its sha (16 hex digits), and version."""
+    return f"{model.sha256}@{model.version}" if model.version else str(model.sha256)
+
+
+def routes(state: ServerState) -> dict[str, str]:
+    """Which model this worker answers each pair label with (see ANY_LABEL, NO_LABEL)."""
+    out: dict[str, str] = {}
+    for route, model in state.models.champions().items():
+        if route != "default":
+            out[route] = model_label(model)
+            continue
+        out[NO_LABEL] = model_label(model)
+        out[model.contract.pair or ANY_LABEL] = model_label(model)
+    return out
+
+
+def divergence(workers: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Pair labels (``""``: states without one) that the given workers (heartbeats) would
+    answer with different models, and each worker's model for them (``none``: it would
+    refuse the label, no_model_for_pair). Workers with no model (they defer) are left out."""
+    answering = {}
+    for w in workers:
+        try:
+            table = json.loads(w.get("routes") or "{}")
+        except ValueError:
+            continue
+        if table:
+            answering[w.get("name", "?")] = table
+    labels = sorted({label for table in answering.values() for label in table} - {ANY_LABEL})
+    out: dict[str, dict[str, str]] = {}
+    for label in labels:
+        models = {
+            name: table.get(label) or (table.get(ANY_LABEL) if label else None) or "none"
+            for name, table in sorted(answering.items())
+        }
+        if len(set(models.values())) > 1:
+            out[label] = models
+    return out
+
+
+async def check_fleet(state: ServerState, metrics: Metrics | None = None) -> None:
+    """Compare the models of the live workers of this worker's stream (their heartbeats):
+    a change in what diverges is said once (WARNING, naming the workers), and kept for
+    cmd=status and the statpair_fleet_divergent metric."""
+    mine = fleet_of(state)
+    peers = [w for w in await live_workers(state) if w.get("stream", mine) == mine]
+    found = divergence(peers)
+    if found != state.fleet_divergent:
+        if found:
+            logger.warning(
+                "workers on %s answer pairs with different models (a mixed fleet): %s",
+                state.settings.states_stream,
+                "; ".join(
+                    f"{label or 'states without a pair'}: "
+                    + ", ".join(f"{name} {model}" for name, model in models.items())
+                    for label, models in found.items()
+                ),
+            )
+        elif state.fleet_divergent:
+            logger.info(
+                "the workers on %s answer every pair with the same model again", state.settings.states_stream
+            )
+        state.fleet_divergent = found
+    if metrics is not None:
+        metrics.fleet_divergent.set(len(found))
 
 
 async def live_workers(state: ServerState) -> list[dict[str, str]]:

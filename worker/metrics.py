@@ -106,6 +106,11 @@ class Metrics:
         )
         self.redis_errors = Counter("statpair_redis_errors", "Failed Redis round trips (retried)", registry=r)
         self.redis_up = Gauge("statpair_redis_up", "1 when the last Redis call succeeded", registry=r)
+        self.fleet_divergent = Gauge(
+            "statpair_fleet_divergent",
+            "Pair labels the live workers of this stream answer with different models (0: one fleet)",
+            registry=r,
+        )
         self.writes_refused = Gauge(
             "statpair_redis_writes_refused",
             "1 while Redis refuses writes (full, read-only): no new states are read meanwhile",

@@ -32,6 +32,28 @@ from worker.protocol import ANY_PAIR, SHARDS_FIELD, Result, plain_label
 CONTRACTS_KEY = "statpair:contracts"  # the workers' CONTRACTS_KEY setting
 
 
+class MixedFleet(ActionError):
+    """After a rebuild on the contract the workers publish, a worker still serves another:
+    the workers of this stream serve different models (one is stale, or mid-swap)."""
+
+    def __init__(self, result: Result, pair: str, published: str) -> None:
+        super().__init__(result)
+        self.args = (
+            f"{pair}: worker {result.worker or '?'} answered contract_mismatch again after the rebuild on "
+            f"contract {published}, the one the workers publish for {pair}: the workers of this stream serve "
+            f"different models ({self.detail}); see each worker's cmd=status ('fleet') and its log",
+        )
+
+
+class TickRefused(ValueError):
+    """A tick no price file would have passed, or far from what the model was trained on:
+    refused before it reaches the pair's features (one sentence says why)."""
+
+
+MAX_JUMP = 10.0  # a leg moving this many times (or 1/this) in one tick: refused, as agent.data refuses a row
+LN2 = math.log(2.0)
+
+
 class ContractUnavailable(LookupError):
     """No worker has published a contract for the pair (no model is served yet)."""
 
@@ -50,9 +72,19 @@ class _Book:
     state: np.ndarray | None = None  # the last tick's state, for resend()
     # The contract's id, read once: a pydantic private attribute costs ~2.4 µs a read per tick.
     contract_id: str = field(init=False)
+    # log(A/B) bounds from the contract's training range: (trained low, high, near band low,
+    # high, far band low, high); None when the contract records none (synthetic, or older).
+    bounds: tuple[float, float, float, float, float, float] | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.contract_id = self.contract.id
+        trained = getattr(self.contract.data, "log_ratio", None)
+        if trained is None:
+            self.bounds = None
+        else:
+            lo, hi = trained
+            near, far = 0.25 * (hi - lo), max(hi - lo, LN2)
+            self.bounds = (lo, hi, lo - near, hi + near, lo - far, hi + far)
 
 
 class PriceClient:
@@ -135,11 +167,18 @@ class PriceClient:
     async def warm(
         self, pair: str, prices_a: Sequence[float] | np.ndarray, prices_b: Sequence[float] | np.ndarray
     ) -> int:
-        """Feed a price history (held flat) in one call; returns the ticks still needed."""
+        """Feed a price history (held flat) in one call; returns the ticks still needed.
+        Each tick is checked as ``tick`` checks it."""
+        a_list, b_list = np.asarray(prices_a, float).tolist(), np.asarray(prices_b, float).tolist()
+        if len(a_list) != len(b_list):
+            raise ValueError(
+                f"{pair}: warm got {len(a_list)} prices of leg A and {len(b_list)} of leg B: give both legs' "
+                "histories, one price of each per tick"
+            )
         book = await self._book(pair)
-        for a, b in zip(
-            np.asarray(prices_a, float).tolist(), np.asarray(prices_b, float).tolist(), strict=True
-        ):
+        for a, b in zip(a_list, b_list, strict=True):
+            if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b):
+                self._check(pair, book, a, b)
             self._feed(book, a, b)
         return book.builder.needed
 
@@ -154,6 +193,8 @@ class PriceClient:
             if isinstance(price, bool) or not isinstance(price, int | float | np.integer | np.floating):
                 raise TypeError(f"{pair}: the price of leg {leg} must be a number, got {price!r}")
         book = await self._book(pair)
+        if price_a > 0 and price_b > 0 and math.isfinite(price_a) and math.isfinite(price_b):
+            self._check(pair, book, float(price_a), float(price_b))  # (the builder refuses the rest)
         state = self._feed(book, price_a, price_b)
         book.state = state
         if state is None:
@@ -177,10 +218,51 @@ class PriceClient:
                 raise
             book = await self._rebuild(pair, book)
             state = book.state = book.builder.row64().astype(np.float32)
-            result = await self.client.act(state, pair=pair, contract=book.contract_id)
+            try:
+                result = await self.client.act(state, pair=pair, contract=book.contract_id)
+            except ActionError as again:
+                if again.code != "contract_mismatch":
+                    raise
+                raise MixedFleet(again.result, pair, book.contract_id) from None
         if self.follow_actions and result.action is not None:
             book.position = max(-1.0, min(1.0, result.action))
         return result
+
+    def _check(self, pair: str, book: _Book, price_a: float, price_b: float) -> None:
+        """Refuse a tick a price file would not have passed (a leg moving 10× or more at
+        once), or whose log(A/B) lies far outside the model's training range: nearer the
+        range's mirror image (the legs swapped), or beyond it by its own width."""
+        if book.last is not None:
+            for leg, new, old in (("A", price_a, book.last[0]), ("B", price_b, book.last[1])):
+                if new >= old * MAX_JUMP or new * MAX_JUMP <= old:
+                    raise TickRefused(
+                        f"{pair}: the price of leg {leg} moved from {old:g} to {new:g} in one tick "
+                        f"({new / old:.3g}×), as no row of a price file may (a typo, or an unadjusted "
+                        f"split); if it is real, PriceClient.forget({pair!r}) and warm the pair again"
+                    )
+        if book.bounds is None:
+            return
+        lo, hi, near_lo, near_hi, far_lo, far_hi = book.bounds
+        ratio = math.log(price_a) - math.log(price_b)
+        swapped = not near_lo <= ratio <= near_hi and near_lo <= -ratio <= near_hi
+        if not swapped and far_lo <= ratio <= far_hi:
+            return
+        legs = book.contract.instruments
+        trained = f"{math.exp(lo):.3g}–{math.exp(hi):.3g}"
+        why = (
+            f"the legs look swapped: send {legs.leg_a} as leg A and {legs.leg_b} as leg B"
+            if swapped
+            else "beyond it by more than its own width (an unadjusted split? another pair?)"
+        )
+        raise TickRefused(
+            f"{pair}: A/B is {price_a / price_b:.3g} on this tick, far outside the {trained} the model was "
+            f"trained on: {why}"
+        )
+
+    def forget(self, pair: str) -> None:
+        """Drop everything kept of ``pair`` (its features, position, last tick): the next tick
+        starts it again, from its warm-up."""
+        self._books.pop(pair, None)
 
     def _feed(self, book: _Book, price_a: float, price_b: float) -> np.ndarray | None:
         """One tick into the pair's book and builder (the builder checks the prices)."""

@@ -89,6 +89,9 @@ class ServerState:
     # new states are read with plain XREADGROUP; else through the bounded reading script.
     replies_bounded: bool = False
     eviction_said: bool = False  # ALLOW_EVICTION=1 on an evicting Redis: warned once
+    # Pair labels the live workers of this stream answer with different models, and each
+    # worker's model for them (worker/heartbeat.py): a mixed fleet, said once a change.
+    fleet_divergent: dict[str, dict[str, str]] = field(default_factory=dict)
     eviction_unknown_said: bool = False  # the policy could not be read (ACL): warned once
     # This run's own id in its heartbeat: tells it from another worker of the same CONSUMER name
     # (in a container, a restarted worker has the same host name and pid 1).

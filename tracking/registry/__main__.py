@@ -14,6 +14,7 @@ from tracking.mlflow_tracker import mask_url
 from tracking.registry.client import Registry, guard
 from tracking.registry.refs import (
     TAG_CONTRACT,
+    TAG_VERDICT,
     TEST_SHARPE,
     TEST_ZSCORE,
     VAL_SHARPE,
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         return 0
     if args.command == "promote":
         info = registry.version(args.name, args.version)
+        print(info.tags.get(TAG_VERDICT) or "verdict: none recorded")  # the one line, first
         move = registry.promote(args.name, args.version, args.alias, force=args.force)
         forced = ""
         if args.force:

@@ -17,10 +17,10 @@ from tracking.http import bound_http
 from tracking.registry.cache import file_sha256
 from tracking.registry.refs import (
     HISTORY_TAG,
+    SERVE,
     TAG_CHECKPOINT,
     TAG_SHA256,
-    TEST_SHARPE,
-    TEST_ZSCORE,
+    TAG_VERDICT,
     ModelRef,
     Move,
     NotFound,
@@ -150,8 +150,8 @@ class Registry:
         return VersionInfo.from_mlflow(mv)
 
     def promote(self, name: str, version: int, alias: str, *, force: bool = False) -> Move:
-        """Point ``alias`` at ``version``: refused when its held-out Sharpe is below the
-        z-score rule's on the same paths (or either is missing) unless ``force``."""
+        """Point ``alias`` at ``version``: refused unless its recorded verdict says serve
+        (``guard``), or ``force``."""
         check_alias(alias)
         info = self.version(name, version)
         if info.status != "READY":
@@ -230,17 +230,17 @@ class Registry:
 
 
 def guard(info: VersionInfo) -> None:
-    """The promotion rule: held-out Sharpe at least the z-score rule's on the same paths."""
-    mine, rule = info.score(TEST_SHARPE), info.score(TEST_ZSCORE)
-    if mine is None or rule is None:
+    """The promotion rule: the verdict recorded with the version (agent.verdict, the line its
+    training run printed, which agent.evaluate prints too) says serve."""
+    said = (info.tags.get(TAG_VERDICT) or "").strip()
+    if not said:
         raise RegistryError(
-            f"version {info.version} of {info.name} has no held-out scores "
-            f"({TEST_SHARPE}, {TEST_ZSCORE} tags) to judge it by: refusing (--force promotes it anyway)"
+            f"version {info.version} of {info.name} has no verdict recorded ({TAG_VERDICT} tag: registered "
+            "by hand or by an older statpair) to judge it by: refusing (--force promotes it anyway)"
         )
-    if mine < rule:
+    if said != SERVE:
         raise RegistryError(
-            f"version {info.version} of {info.name} scores held-out Sharpe {mine:.2f}, below the z-score "
-            f"rule's {rule:.2f} on the same paths: refusing (--force promotes it anyway)"
+            f"version {info.version} of {info.name}: {said}: refusing (--force promotes it anyway)"
         )
 
 

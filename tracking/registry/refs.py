@@ -14,6 +14,10 @@ from typing import Any
 TAG_SHA256 = "sha256"  # of the checkpoint file: a worker checks its download against it
 TAG_CHECKPOINT = "checkpoint"  # the checkpoint's file name inside the version's artifact folder
 TAG_CONTRACT = "contract_id"  # the pair contract the model was trained for
+# The one verdict on the model (agent.verdict), as its training run printed it: promotion
+# reads it, and serves only what it says to serve.
+TAG_VERDICT = "verdict"
+SERVE = "verdict: serve"
 VAL_SHARPE = "val_sharpe"  # the model's Sharpe on the validation paths (checkpoint selection)
 VAL_ZSCORE = "val_zscore_sharpe"  # the z-score rule's Sharpe on the same validation paths
 TEST_SHARPE = "test_sharpe"  # the model's Sharpe on held-out paths
